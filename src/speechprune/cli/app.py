@@ -1,0 +1,53 @@
+"""Typer application: wires the subcommand modules together and turns :class:`SpeechpruneError` into a clean
+one-line message with exit code 2 (no traceback for user errors)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from speechprune.errors import SpeechpruneError
+
+app = typer.Typer(
+    name="speechprune",
+    help=(
+        "Analyse, prune and profile transformer speech models (wav2vec 2.0, HuBERT, WavLM, data2vec-audio, "
+        "Whisper encoder).\n\nLayer index convention everywhere: state 0 = input to the first transformer layer, "
+        "state i = output of layer i."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Subcommand modules, in the order they appear in --help.
+COMMAND_MODULES = [
+    "speechprune.cli.cmd_info",
+    "speechprune.cli.cmd_extract",
+    "speechprune.cli.cmd_profile",
+    "speechprune.cli.cmd_import_ct2",
+    "speechprune.cli.cmd_demo",
+]
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:  # a subcommand still being written must not break the others
+        if exc.name != _name:
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except SpeechpruneError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

