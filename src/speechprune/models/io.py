@@ -1,0 +1,51 @@
+"""Saving: ``save_pretrained`` output that reloads with plain ``transformers`` ``from_pretrained``.
+
+The folder is built beside the destination and renamed into place, so an interrupted save never leaves a folder
+that looks complete. A side file ``speechprune.json`` records what was done (family, kept layers in the original
+numbering, window), because the stock config has no place for provenance.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from speechprune.utils.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from speechprune.models.adapter import SpeechEncoder
+
+SIDE_FILE = "speechprune.json"
+
+
+def save_encoder(encoder: "SpeechEncoder", path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        encoder.model.save_pretrained(tmp, safe_serialization=True)
+        if encoder.feature_extractor is not None:
+            encoder.feature_extractor.save_pretrained(tmp)
+        side = {
+            "family": encoder.family,
+            "num_layers": encoder.num_layers,
+            "kept_layers_of_source": getattr(encoder, "kept_layers", None),
+            "source": encoder.source,
+            **encoder.preparation_options(),
+            **(metadata or {}),
+        }
+        write_json_atomic(tmp / SIDE_FILE, side)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -1,0 +1,91 @@
+"""Load any supported model into a :class:`~speechprune.models.adapter.SpeechEncoder`: a local folder, a hub id
+(for users who have the hub), a built-in ``tiny:``/``default:`` config, or an already-built transformers model.
+
+The class written in the checkpoint's ``config.architectures`` is kept (a CTC or classification head, a Whisper
+decoder survive surgery and save), falling back to the bare ``AutoModel``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from speechprune.errors import SpeechpruneError
+from speechprune.models.adapter import SpeechEncoder, check_family
+
+
+def wrap_model(model: nn.Module, feature_extractor: Any | None = None, source: str | None = None) -> SpeechEncoder:
+    """Wrap an already-built transformers model of a supported family."""
+    family = check_family(getattr(model.config, "model_type", type(model).__name__))
+    if family == "whisper":
+        from speechprune.models.whisper import WhisperEncoderAdapter
+
+        return WhisperEncoderAdapter(model, feature_extractor, source)
+    from speechprune.models.wav2vec2_family import Wav2Vec2FamilyEncoder
+
+    return Wav2Vec2FamilyEncoder(model, feature_extractor, source)
+
+
+def load_encoder(
+    source: str | Path | nn.Module,
+    *,
+    window_seconds: float | None = None,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+    seed: int = 0,
+) -> SpeechEncoder:
+    """Load ``source`` and wrap it.
+
+    ``window_seconds`` (Whisper only) shortens the encoder window (see :meth:`WhisperEncoderAdapter.with_window`).
+    ``attn_implementation="eager"`` is what FLOP counting needs; the default lets transformers choose.
+    """
+    if isinstance(source, nn.Module):
+        enc = wrap_model(source)
+    else:
+        from speechprune.models.tiny import build_model, parse_builtin
+
+        spec = str(source)
+        cfg = parse_builtin(spec)
+        if cfg is not None:
+            if attn_implementation:
+                cfg._attn_implementation = attn_implementation
+            enc = wrap_model(build_model(cfg, seed=seed), source=spec)
+        else:
+            enc = _load_pretrained(spec, attn_implementation)
+    if window_seconds is not None:
+        if enc.family != "whisper":
+            raise SpeechpruneError(f"--window applies to Whisper only; this is a {enc.family} model")
+        enc = enc.with_window(window_seconds)  # type: ignore[attr-defined]
+    enc.model.to(device)
+    return enc
+
+
+def _load_pretrained(spec: str, attn_implementation: str | None) -> SpeechEncoder:
+    try:
+        config = transformers.AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        where = "local folder" if Path(spec).exists() else "local folder or reachable hub id"
+        raise SpeechpruneError(f"cannot load model {spec!r}: not a {where} with a config.json ({exc})") from exc
+    check_family(config.model_type)
+    cls = _model_class(config)
+    kwargs: dict[str, Any] = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = cls.from_pretrained(spec, **kwargs)
+    try:
+        fe = transformers.AutoFeatureExtractor.from_pretrained(spec)
+    except (OSError, ValueError):
+        fe = None
+    return wrap_model(model, fe, source=spec)
+
+
+def _model_class(config: Any) -> type:
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModel
