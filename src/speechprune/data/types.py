@@ -95,18 +95,20 @@ class AudioDataset:
             [self.items[i] for i in indices], self.label_columns, self.group_column, name or self.name
         )
 
-    def fingerprint(self) -> str:
-        """Identify the data for cache keys: item keys, labels, groups, segments and the audio's identity.
+    def fingerprint(self, *, labels: bool = True, segments: bool = True) -> str:
+        """Identify the data for cache keys: item keys, (optionally) labels and groups, segments, and the audio.
 
         Files are identified by absolute path, size and modification time (cheap; a re-recorded file changes
-        its mtime); in-memory arrays by a hash of their samples.
+        its mtime); in-memory arrays by a hash of their samples. Feature caches pass ``labels=False``: features
+        do not depend on labels, so editing a label must not force a re-extraction.
         """
         h = hashlib.sha256()
         for it in self.items:
             h.update(it.key.encode())
-            h.update(repr(sorted(it.labels.items())).encode())
-            h.update(repr(it.group).encode())
-            if it.segments is not None:
+            if labels:
+                h.update(repr(sorted(it.labels.items())).encode())
+                h.update(repr(it.group).encode())
+            if segments and it.segments is not None:
                 h.update(repr([(s.start, s.end, s.label) for s in it.segments]).encode())
             if it.path is not None:
                 p = Path(it.path)

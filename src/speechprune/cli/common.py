@@ -1,0 +1,42 @@
+"""Helpers shared by subcommands: parsing layer lists, loading data from a CLI spec, printing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from speechprune.errors import SpeechpruneError
+
+console = Console(stderr=True)
+
+
+def parse_states(spec: str | None, num_states: int | None = None) -> list[int] | None:
+    """Parse ``"all"``, ``"0,3,6"`` or ``"2-5"`` (inclusive) into state indices (``None`` = all)."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError as exc:
+            raise SpeechpruneError(f"cannot parse layer list {spec!r}: use e.g. 'all', '0,3,6' or '2-5'") from exc
+    return sorted(set(out))
+
+
+def load_dataset_spec(
+    data: str, labels: list[str] | None, group: str | None, segments_dir: str | None = None
+) -> Any:
+    """Load a dataset from a CLI argument (audiofolder, CSV/JSONL manifest, or ``hf:NAME[:CONFIG][:SPLIT]``)."""
+    from speechprune.data.sources import load_data
+
+    kwargs: dict[str, Any] = {}
+    if segments_dir:
+        kwargs["segments_dir"] = Path(segments_dir)
+    return load_data(data, label_columns=labels or None, group_column=group, **kwargs)
