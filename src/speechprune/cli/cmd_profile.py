@@ -1,0 +1,85 @@
+"""``speechprune profile``: parameters, MACs, FlopCounter cross-check, latency and memory of one model.
+
+Heavy imports (torch, transformers) happen inside the command so that ``speechprune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from speechprune.errors import SpeechpruneError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+HELP = "\n\n".join(
+    [
+        "Profile a speech model: parameters and analytic MACs per part, an optional FlopCounter cross-check, "
+        "latency (median/p90/min/mean) and peak memory.",
+        "MODEL is a local folder or hub id (loaded with transformers.AutoModel; for Whisper only the encoder is "
+        "kept), or one of tiny:NAME / default:NAME with NAME in wav2vec2, hubert, wavlm, data2vec-audio, whisper, "
+        "which builds a randomly initialised model from a small test config or the default config (no download).",
+        "MAC convention: 1 MAC = one multiply-add = 2 FLOPs = torch FlopCounterMode FLOPs / 2. Counted: Linear, "
+        "Conv1d and the attention matmuls QK^T and AV; not counted: bias adds, norms, activations, softmax, pooling, "
+        "WavLM's relative-position bucket lookup (its gru_rel_pos_linear is a Linear and is counted). MACs are per "
+        "clip.",
+        "Whisper always processes its fixed input window (30 s for real checkpoints: 3000 mel frames -> 1500 "
+        "positions), so its cost does not depend on --seconds; a clip longer than the window costs one window per "
+        "started window.",
+    ]
+)
+
+
+def load_profile_model(name: str) -> nn.Module:
+    """Load MODEL as the profile command understands it (see :data:`HELP`)."""
+    if name.startswith(("tiny:", "default:")):
+        from speechprune.profile import build_config_model
+
+        return build_config_model(name)
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SpeechpruneError(f"cannot load model {name!r}: {exc}") from exc
+    if getattr(model.config, "model_type", None) == "whisper" and hasattr(model, "get_encoder"):
+        model = model.get_encoder()  # only the encoder is profiled; drop the decoder's memory
+    return model.eval()
+
+
+def profile_cmd(
+    model: str = typer.Argument(..., help="Local folder, hub id, or tiny:NAME / default:NAME."),
+    seconds: float = typer.Option(1.0, "--seconds", help="Clip length in seconds (16 kHz)."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Clips per batch for the latency measurement."),
+    repeats: int = typer.Option(20, "--repeats", help="Timed forward passes."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed forward passes before timing."),
+    threads: int | None = typer.Option(None, "--threads", help="torch.set_num_threads for the run (default: keep)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or bf16 (torch.autocast)."),
+    flop_check: bool = typer.Option(True, "--flop-check/--no-flop-check",
+                                    help="Cross-check the analytic MACs with FlopCounterMode (one extra forward)."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency and peak memory."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON (atomically)."),
+) -> None:
+    from speechprune.profile import profile_model, render_report
+    from speechprune.utils.io import write_json_atomic
+
+    if dtype not in ("fp32", "bf16"):
+        raise SpeechpruneError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    loaded = load_profile_model(model)
+    report = profile_model(
+        loaded, seconds=seconds, batch_size=batch_size, latency=latency, flop_check=flop_check, warmup=warmup,
+        repeats=repeats, threads=threads, device=device, dtype=dtype, name=model,
+    )
+    render_report(report)
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+        typer.echo(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``profile`` subcommand to ``app``."""
+    app.command("profile", help=HELP)(profile_cmd)

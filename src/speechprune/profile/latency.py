@@ -1,0 +1,252 @@
+"""Wall-clock latency and peak memory of one forward pass.
+
+Timing: ``warmup`` untimed forwards, then ``repeats`` timed ones (``time.perf_counter``; on CUDA bracketed by
+``torch.cuda.synchronize``). We report median, p90, min, mean and max, because this 2-core VM is noisy
+(docs/cpu-performance.md §8: single outliers up to +30 %, some processes 3-5x slower throughout) — compare medians,
+ideally across several fresh processes. Forwards run under ``torch.inference_mode()``; if the model refuses it we
+fall back to ``torch.no_grad()`` and record which mode was used.
+
+Peak memory:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, reported total and above the
+  memory allocated before the run (weights, inputs).
+Memory is measured on one extra forward after the timed ones (the sampling thread would perturb timings).
+
+* CPU: the peak resident set size above the RSS just before that forward. A background thread reads
+  ``/proc/self/statm`` (resident pages × page size) every ``sample_interval_s`` while the forwards run; torch
+  kernels release the GIL, so it keeps sampling during long ops. Before the baseline we call glibc's
+  ``malloc_trim(0)`` (when available) so that heap pages freed by earlier work are returned to the OS and cannot
+  hide this run's allocations. A short-lived peak between two samples can be missed, so treat it as a lower bound.
+  Without ``/proc`` (non-Linux) we fall back to ``ru_maxrss``, which only shows growth beyond the process's
+  earlier maximum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from speechprune.errors import SpeechpruneError
+from speechprune.profile.arch import dummy_inputs, resolve_modules, spec_from_parts
+from speechprune.profile.macs import whisper_windows
+
+DTYPES = ("fp32", "bf16")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _maxrss_bytes() -> int:
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru if sys.platform == "darwin" else ru * 1024
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class RssSampler:
+    """Background thread that tracks the maximum RSS (from /proc/self/statm) while it runs."""
+
+    def __init__(self, interval_s: float = 0.0005) -> None:
+        self.interval_s = interval_s
+        self.baseline = _rss_bytes() or 0
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = _rss_bytes()
+            if rss is not None and rss > self.peak:
+                self.peak = rss
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        rss = _rss_bytes()
+        if rss is not None:
+            self.peak = max(self.peak, rss)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), without needing numpy."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _forward(root: nn.Module, inputs: dict[str, torch.Tensor], grad_mode: Any, autocast: Any) -> None:
+    with grad_mode(), autocast():
+        root(**inputs)
+
+
+def measure_latency(
+    model: nn.Module,
+    seconds: float = 1.0,
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 20,
+    threads: int | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    sample_interval_s: float = 0.0005,
+) -> dict[str, Any]:
+    """Time ``repeats`` forwards of a random batch (``batch_size`` clips of ``seconds``) and measure peak memory.
+
+    At least one untimed forward always runs (it also probes whether ``inference_mode`` works). Peak memory is
+    measured on one extra forward after the timed ones, so the sampling thread cannot perturb the timings.
+
+    ``dtype`` ``bf16`` runs fp32 weights under ``torch.autocast(device, bfloat16)`` (AMX on this CPU; ~2x on
+    batched/long inputs, different numerics). ``threads`` sets ``torch.set_num_threads`` for the run and restores it.
+    The model is moved to ``device`` (in place) and put in eval mode for the run (training mode restored after).
+    Whisper processes its fixed window per clip (one window per started window for clips longer than it).
+    """
+    if dtype not in DTYPES:
+        raise SpeechpruneError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if repeats < 1 or warmup < 0 or batch_size < 1 or seconds <= 0:
+        raise SpeechpruneError("need repeats >= 1, warmup >= 0, batch_size >= 1 and seconds > 0")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpeechpruneError("device cuda requested but torch.cuda.is_available() is False")
+    mp = resolve_modules(model)
+    spec = spec_from_parts(mp)
+    root = mp.root.to(dev)
+    num_samples = round(seconds * spec.sample_rate)
+    windows = whisper_windows(spec, num_samples) if spec.whisper_window is not None else 1
+    inputs = dummy_inputs(spec, num_samples, batch_size, dev, windows)
+
+    def autocast() -> Any:
+        if dtype == "bf16":
+            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    old_threads = torch.get_num_threads()
+    was_training = root.training
+    root.eval()
+    grad_mode: Any = torch.inference_mode
+    times: list[float] = []
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            _forward(root, inputs, grad_mode, autocast)  # first warm-up run also probes inference_mode
+        except RuntimeError as exc:  # pragma: no cover - depends on the model
+            if "inference" not in str(exc).lower():
+                raise
+            grad_mode = torch.no_grad
+        sync()
+        for _ in range(max(warmup - 1, 0)):
+            _forward(root, inputs, grad_mode, autocast)
+        sync()
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            _forward(root, inputs, grad_mode, autocast)
+            sync()
+            times.append((time.perf_counter() - t0) * 1000.0)
+        mem = _MemoryProbe(dev, sample_interval_s)  # separate forward: the sampler thread must not perturb timing
+        with mem:
+            _forward(root, inputs, grad_mode, autocast)
+            sync()
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+        root.train(was_training)
+
+    audio_s = batch_size * seconds
+    stats = {
+        "median": statistics.median(times),
+        "p90": _percentile(times, 0.9),
+        "min": min(times),
+        "mean": statistics.fmean(times),
+        "max": max(times),
+    }
+    return {
+        "ms_per_batch": stats,
+        "ms_per_audio_second": {k: v / audio_s for k, v in stats.items()},
+        "real_time_factor": stats["median"] / 1000.0 / audio_s,
+        "times_ms": times,
+        "memory": mem.result(),
+        "settings": {
+            "seconds": seconds,
+            "batch_size": batch_size,
+            "windows": windows if spec.whisper_window is not None else None,
+            "warmup": warmup,
+            "repeats": repeats,
+            "threads": torch.get_num_threads() if threads is None else threads,
+            "device": str(dev),
+            "dtype": dtype,
+            "grad_mode": grad_mode.__name__,
+            "torch_version": torch.__version__,
+        },
+    }
+
+
+class _MemoryProbe:
+    """Peak memory during the timed forwards: CUDA allocator stats or the CPU RSS sampler (see module doc)."""
+
+    def __init__(self, dev: torch.device, interval_s: float) -> None:
+        self.dev = dev
+        self.interval_s = interval_s
+        self._result: dict[str, Any] = {}
+
+    def __enter__(self) -> _MemoryProbe:
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)
+            self._before = torch.cuda.memory_allocated(self.dev)
+        else:
+            _malloc_trim()
+            self._maxrss_before = _maxrss_bytes()
+            self._sampler = RssSampler(self.interval_s)
+            self._sampler.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dev.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.dev)
+            self._result = {"method": "torch.cuda.max_memory_allocated", "peak_bytes": peak - self._before,
+                            "peak_total_bytes": peak, "baseline_bytes": self._before}
+            return
+        self._sampler.__exit__(*exc)
+        s = self._sampler
+        if s.baseline:
+            self._result = {"method": "rss sampled from /proc/self/statm above the pre-run RSS",
+                            "peak_bytes": s.peak - s.baseline, "peak_total_bytes": s.peak, "baseline_bytes": s.baseline,
+                            "sample_interval_s": self.interval_s}
+        else:  # no /proc: ru_maxrss growth only
+            after = _maxrss_bytes()
+            self._result = {"method": "ru_maxrss growth (lower bound)", "peak_bytes": after - self._maxrss_before,
+                            "peak_total_bytes": after, "baseline_bytes": self._maxrss_before}
+
+    def result(self) -> dict[str, Any]:
+        return self._result
+
