@@ -34,20 +34,11 @@ HELP = "\n\n".join(
 
 
 def load_profile_model(name: str) -> nn.Module:
-    """Load MODEL as the profile command understands it (see :data:`HELP`)."""
-    if name.startswith(("tiny:", "default:")):
-        from speechprune.profile import build_config_model
+    """Load MODEL as every speechprune command does (see :data:`HELP`); for Whisper only the encoder is kept."""
+    from speechprune.models import load_encoder
 
-        return build_config_model(name)
-    from transformers import AutoModel
-
-    try:
-        model = AutoModel.from_pretrained(name)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SpeechpruneError(f"cannot load model {name!r}: {exc}") from exc
-    if getattr(model.config, "model_type", None) == "whisper" and hasattr(model, "get_encoder"):
-        model = model.get_encoder()  # only the encoder is profiled; drop the decoder's memory
-    return model.eval()
+    enc = load_encoder(name)
+    return enc.encoder_module.eval() if enc.family == "whisper" else enc.model.eval()
 
 
 def profile_cmd(

@@ -45,47 +45,22 @@ __all__ = [
     "mac_breakdown", "macs_per_second", "measure_latency", "profile_model", "render_report",
 ]
 
-# Test-sized settings (docs/cpu-performance.md §6: shrink conv_dim too, or the default 512-channel CNN dominates).
-_TINY_SSL: dict[str, Any] = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, conv_dim=(32,) * 7,
-    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=32,
-)
-_TINY_WHISPER: dict[str, Any] = dict(
-    d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=256, num_mel_bins=80,
-    max_source_positions=100,  # a 2 s window keeps tiny tests fast; real checkpoints use 1500 (30 s)
-)
-
-
 def config_model_names() -> list[str]:
     """All names accepted by :func:`build_config_model`."""
     return [f"{size}:{fam}" for size in ("tiny", "default") for fam in SUPPORTED_FAMILIES]
 
 
 def build_config_model(spec: str) -> nn.Module:
-    """Build a randomly initialised model (eval mode, seed 0) from ``tiny:<family>`` or ``default:<family>``.
+    """A randomly initialised model (eval mode, seed 0) for ``tiny:<family>`` or ``default:<family>``.
 
-    Families: wav2vec2, hubert, wavlm, data2vec-audio, whisper (encoder only, ``WhisperEncoder``). The global RNG
-    state is left untouched.
+    The configs are the ones of :mod:`speechprune.models.tiny` (one definition for tests, CLI and profile); for
+    Whisper only the encoder is returned (``tiny:whisper`` has a 3 s window). The global RNG state is left untouched.
     """
+    from speechprune.models.tiny import build_model, parse_builtin
+
     size, _, family = spec.partition(":")
-    if size not in ("tiny", "default") or family not in SUPPORTED_FAMILIES:
+    if size not in ("tiny", "default") or family.removesuffix("-stable") not in SUPPORTED_FAMILIES:
         raise UnsupportedModelError(f"unknown config model {spec!r}; choose one of: {', '.join(config_model_names())}")
-    import transformers as tf
-
-    tiny = size == "tiny"
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        if family == "whisper":
-            from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-            return WhisperEncoder(tf.WhisperConfig(**(_TINY_WHISPER if tiny else {}))).eval()
-        kwargs = dict(_TINY_SSL) if tiny else {}
-        if family == "data2vec-audio" and tiny:  # data2vec-audio's positional embedding is a stack of convs
-            kwargs.update(num_conv_pos_embeddings=2, conv_pos_kernel_size=5)
-        config_cls, model_cls = {
-            "wav2vec2": (tf.Wav2Vec2Config, tf.Wav2Vec2Model),
-            "hubert": (tf.HubertConfig, tf.HubertModel),
-            "wavlm": (tf.WavLMConfig, tf.WavLMModel),
-            "data2vec-audio": (tf.Data2VecAudioConfig, tf.Data2VecAudioModel),
-        }[family]
-        return model_cls(config_cls(**kwargs)).eval()
+        model = build_model(parse_builtin(spec), seed=0)
+    return model.get_encoder().eval() if family == "whisper" else model
