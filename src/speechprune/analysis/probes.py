@@ -1,0 +1,200 @@
+"""Per-layer linear probes: how linearly decodable a label is from each state.
+
+Standardised multinomial logistic regression (scaler fitted on the training rows only), evaluated on a given
+split or by cross-validation. When a group column is given (e.g. speaker), folds are group-aware so that no
+speaker appears in both training and test data — otherwise speaker identity leaks into emotion or word scores.
+A label-permutation baseline (labels shuffled within the training rows) gives the chance level next to every
+score.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from speechprune.errors import SpeechpruneError
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class ProbeResult:
+    """Scores of one probe (one state, one label), averaged over folds; ``folds`` keeps each fold's numbers."""
+
+    accuracy: float
+    macro_f1: float
+    folds: list[dict[str, float]] = field(default_factory=list)
+    n_train: int = 0
+    n_test: int = 0
+    classes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "accuracy_std": float(np.std([f["accuracy"] for f in self.folds])) if self.folds else 0.0,
+            "n_folds": len(self.folds),
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+        }
+
+
+def make_splits(
+    labels: Sequence[str],
+    *,
+    groups: Sequence[Any] | None = None,
+    n_splits: int = 5,
+    seed: int = 0,
+    split: Split | None = None,
+) -> list[Split]:
+    """Evaluation splits: the given ``split``, else (group-aware when ``groups`` is given) stratified k-fold.
+
+    Raises a clear error when the data cannot support the requested folds (fewer groups than folds, or a class
+    with fewer examples than folds when there are no groups).
+    """
+    y = np.asarray(labels)
+    if split is not None:
+        train, test = (np.asarray(s, dtype=np.int64) for s in split)
+        if len(train) == 0 or len(test) == 0:
+            raise SpeechpruneError("the probe split has an empty training or test part")
+        missing = sorted(set(y[test]) - set(y[train]))
+        if missing:
+            raise SpeechpruneError(f"classes {missing} occur in the test rows but never in the training rows")
+        return [(train, test)]
+    if n_splits < 2:
+        raise SpeechpruneError(f"cross-validation needs at least 2 folds, got {n_splits}")
+    x_dummy = np.zeros(len(y))
+    if groups is not None:
+        g = np.asarray([str(v) for v in groups])
+        n_groups = len(set(g))
+        if n_groups < n_splits:
+            raise SpeechpruneError(
+                f"group-aware probing with {n_splits} folds needs at least {n_splits} groups; found {n_groups}"
+            )
+        counts = Counter(y.tolist())
+        if min(counts.values()) >= n_splits:
+            cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            return [(tr, te) for tr, te in cv.split(x_dummy, y, g)]
+        return [(tr, te) for tr, te in GroupKFold(n_splits=n_splits).split(x_dummy, y, g)]
+    counts = Counter(y.tolist())
+    rare = sorted(c for c, n in counts.items() if n < n_splits)
+    if rare:
+        raise SpeechpruneError(
+            f"classes {rare[:10]} have fewer than {n_splits} examples; stratified {n_splits}-fold probing needs at "
+            f"least {n_splits} per class (use fewer folds, a given split, or drop those classes)"
+        )
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in cv.split(x_dummy, y)]
+
+
+def linear_probe(
+    x: np.ndarray,
+    labels: Sequence[str],
+    splits: Sequence[Split],
+    *,
+    c: float = 1.0,
+    max_iter: int = 1000,
+    permute_seed: int | None = None,
+) -> ProbeResult:
+    """Fit and score a standardised logistic regression on each split.
+
+    ``permute_seed`` shuffles the training labels (the chance baseline); test labels stay true.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != len(labels):
+        raise SpeechpruneError(f"features {x.shape} and {len(labels)} labels do not match")
+    if not np.isfinite(x).all():
+        raise SpeechpruneError("features contain NaN or inf values; cannot fit a probe")
+    y = np.asarray(labels)
+    folds = []
+    for k, (train, test) in enumerate(splits):
+        y_train = y[train]
+        if len(set(y_train.tolist())) < 2:
+            raise SpeechpruneError("a probe's training rows hold only one class; nothing to learn")
+        if permute_seed is not None:
+            y_train = np.random.default_rng(permute_seed + k).permutation(y_train)
+        scaler = StandardScaler().fit(x[train])
+        clf = LogisticRegression(C=c, max_iter=max_iter)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(scaler.transform(x[train]), y_train)
+        pred = clf.predict(scaler.transform(x[test]))
+        folds.append(
+            {
+                "accuracy": float(accuracy_score(y[test], pred)),
+                "macro_f1": float(f1_score(y[test], pred, average="macro", zero_division=0)),
+            }
+        )
+    return ProbeResult(
+        accuracy=float(np.mean([f["accuracy"] for f in folds])),
+        macro_f1=float(np.mean([f["macro_f1"] for f in folds])),
+        folds=folds,
+        n_train=int(np.mean([len(tr) for tr, _ in splits])),
+        n_test=int(np.mean([len(te) for _, te in splits])),
+        classes=sorted(set(y.tolist())),
+    )
+
+
+def probes_by_layer(
+    feats: Any,
+    label: str,
+    *,
+    layers: Sequence[int] | None = None,
+    splits: Sequence[Split] | None = None,
+    use_groups: bool = True,
+    n_splits: int = 5,
+    seed: int = 0,
+    n_permutations: int = 1,
+    progress: Any = None,
+    **probe_kw: Any,
+) -> list[dict[str, Any]]:
+    """One row per state: probe accuracy and macro-F1 for ``label``, plus the permutation baseline.
+
+    ``feats`` is a :class:`~speechprune.features.LayerFeatures`; splits default to group-aware k-fold on
+    ``feats.groups`` when every row has a group and ``use_groups`` is set.
+    """
+    if label not in feats.labels:
+        raise SpeechpruneError(f"no label column {label!r} in the features; available: {', '.join(feats.labels)}")
+    y = feats.labels[label]
+    groups = feats.groups if use_groups and all(g is not None for g in feats.groups) else None
+    if splits is None:
+        splits = make_splits(y, groups=groups, n_splits=n_splits, seed=seed)
+    rows = []
+    for state in layers if layers is not None else feats.layers:
+        x = feats.layer(state)
+        res = linear_probe(x, y, splits, **probe_kw)
+        chance = [linear_probe(x, y, splits, permute_seed=seed + 1000 * (p + 1), **probe_kw).accuracy
+                  for p in range(n_permutations)]
+        rows.append(
+            {
+                "state": state,
+                "label": label,
+                **res.to_dict(),
+                "chance_accuracy": float(np.mean(chance)) if chance else None,
+                "chance_accuracy_std": float(np.std(chance)) if chance else None,
+                "majority_accuracy": _majority(y, splits),
+            }
+        )
+        if progress is not None:
+            progress()
+    return rows
+
+
+def _majority(labels: Sequence[str], splits: Sequence[Split]) -> float:
+    """Accuracy of always predicting the training majority class (another chance reference)."""
+    y = np.asarray(labels)
+    scores = []
+    for train, test in splits:
+        values, counts = np.unique(y[train], return_counts=True)
+        scores.append(float(np.mean(y[test] == values[np.argmax(counts)])))
+    return float(np.mean(scores))
