@@ -26,6 +26,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "speechprune.cli.cmd_info",
     "speechprune.cli.cmd_extract",
+    "speechprune.cli.cmd_analyze",
     "speechprune.cli.cmd_profile",
     "speechprune.cli.cmd_import_ct2",
     "speechprune.cli.cmd_demo",

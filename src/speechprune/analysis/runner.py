@@ -1,0 +1,261 @@
+"""The ``analyze`` job: features once, then every requested metric, each beside its chance level.
+
+Writes one results folder::
+
+    metrics.json             everything below, plus model/data/config provenance
+    config.yaml              the resolved configuration
+    similarity_<metric>.csv/.npy   labelled (L+1)×(L+1) matrices; similarity.png heatmaps with block boundaries
+    blocks.json              block boundaries per similarity metric
+    convexity.csv            state × label convexity with permutation chance level
+    probes.csv               state × label probe accuracy / macro-F1 with permutation and majority baselines
+    layers.png               convexity and probe curves against the state index
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from speechprune.cli.common import console
+from speechprune.errors import SpeechpruneError
+from speechprune.utils.io import atomic_path, write_json_atomic, write_text_atomic
+
+METRICS = ("similarity", "convexity", "probes")
+SIMILARITIES = ("cosine", "cka", "cka_debiased", "mutual_knn")
+
+
+@dataclass
+class AnalysisConfig:
+    """Everything that shapes an analysis (saved as ``config.yaml`` next to the results)."""
+
+    labels: list[str]
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    similarity: list[str] = field(default_factory=lambda: ["cosine", "cka", "mutual_knn"])
+    pooling: str = "mean"
+    layers: list[int] | None = None
+    batch_size: int = 8
+    dtype: str = "fp32"
+    device: str = "cpu"
+    knn_k: int = 10
+    convexity_k: int = 10
+    max_pairs: int = 5000
+    permutations: int = 3
+    probe_folds: int = 5
+    split_column: str | None = None
+    test_groups: list[str] | None = None
+    seed: int = 42
+    processes: int = 2
+
+    def validate(self) -> None:
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad:
+            raise SpeechpruneError(f"unknown metric(s) {bad}; choose from {', '.join(METRICS)}")
+        bad = [m for m in self.similarity if m not in SIMILARITIES]
+        if bad:
+            raise SpeechpruneError(f"unknown similarity measure(s) {bad}; choose from {', '.join(SIMILARITIES)}")
+        if not self.labels and ("convexity" in self.metrics or "probes" in self.metrics):
+            raise SpeechpruneError("convexity and probes need at least one --label")
+        if self.split_column and self.test_groups:
+            raise SpeechpruneError("give either --split-column or --test-groups, not both")
+
+
+def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, cache_dir: Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content."""
+    from speechprune.features import extract_features
+
+    cfg.validate()
+    missing = [lab for lab in cfg.labels if lab not in dataset.label_columns]
+    if missing:
+        raise SpeechpruneError(
+            f"label column(s) {missing} not in the data; available: {', '.join(dataset.label_columns)}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
+                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
+    timings["features"] = round(time.perf_counter() - t, 2)
+    result: dict[str, Any] = {
+        "model": {k: v for k, v in encoder.describe().items()},
+        "data": {"name": dataset.name, "n_items": len(dataset), "n_rows": feats.num_rows,
+                 "features": str(feats.path)},
+        "config": asdict(cfg),
+        "states": feats.layers,
+        "index_convention": "state 0 = input to the first transformer layer; state i = output of layer i",
+    }
+    if "similarity" in cfg.metrics:
+        t = time.perf_counter()
+        result["similarity"] = _similarity(feats, cfg, out)
+        timings["similarity"] = round(time.perf_counter() - t, 2)
+    if "convexity" in cfg.metrics:
+        t = time.perf_counter()
+        result["convexity"] = _convexity(feats, cfg, out, progress)
+        timings["convexity"] = round(time.perf_counter() - t, 2)
+    if "probes" in cfg.metrics:
+        t = time.perf_counter()
+        result["probes"] = _probes(feats, dataset, cfg, out, progress)
+        timings["probes"] = round(time.perf_counter() - t, 2)
+    if "convexity" in cfg.metrics or "probes" in cfg.metrics:
+        from speechprune.analysis.curves import plot_layer_curves
+
+        plot_layer_curves(out / "layers.png", cfg.labels, result.get("convexity"), result.get("probes"),
+                          title=f"{result['model'].get('source') or result['model']['family']} on {dataset.name}")
+    result["summary"] = _summary(result)
+    result["seconds"] = timings
+    write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+# --- similarity ------------------------------------------------------------------------------------------------
+def _similarity(feats: Any, cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
+    from speechprune.analysis.blocks import find_blocks
+    from speechprune.analysis.plots import plot_similarity_grid
+    from speechprune.analysis.similarity import shuffled_pairing_baseline, similarity_matrices
+
+    console.print(f"similarity: {', '.join(cfg.similarity)} over {len(feats.layers)} states")
+    mats = similarity_matrices(feats, metrics=tuple(cfg.similarity), k=cfg.knn_k)
+    res: dict[str, Any] = {}
+    blocks_all = {}
+    for name, mat in mats.items():
+        mat.to_csv(out / f"similarity_{name}.csv")
+        mat.to_npy(out / f"similarity_{name}.npy")
+        blocks = find_blocks(mat.values, mat.states)
+        blocks_all[name] = blocks
+        base = shuffled_pairing_baseline(feats.states, name, n_permutations=max(1, cfg.permutations),
+                                         seed=cfg.seed, k=cfg.knn_k)
+        res[name] = {
+            "matrix": np.round(mat.values, 6).tolist(),
+            "blocks": blocks.to_dict(),
+            "chance_offdiag_mean": float(_offdiag(np.asarray(base))),
+            "offdiag_mean": float(_offdiag(mat.values)),
+        }
+    write_json_atomic(out / "blocks.json", {k: v.to_dict() for k, v in blocks_all.items()})
+    plot_similarity_grid(list(mats.values()), out / "similarity.png", blocks=list(blocks_all.values()))
+    return res
+
+
+def _offdiag(m: np.ndarray) -> float:
+    m = np.asarray(m, dtype=float)
+    mask = ~np.eye(m.shape[0], dtype=bool)
+    return float(np.nanmean(m[mask])) if mask.any() else float("nan")
+
+
+# --- convexity -------------------------------------------------------------------------------------------------
+def _convexity(feats: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, list[dict[str, Any]]]:
+    from speechprune.analysis.convexity import convexity_by_layer
+
+    res = {}
+    for label in cfg.labels:
+        console.print(f"convexity: {label} over {len(feats.layers)} states ({cfg.permutations} permutations)")
+        res[label] = convexity_by_layer(
+            feats, label, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
+            max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
+        )
+    _write_rows(out / "convexity.csv", [
+        {"label": lab, "state": r["state"], "convexity": r["score"], "std_error": r["std_error"],
+         "chance": r.get("chance"), "chance_std": r.get("chance_std"), "n_pairs": r["n_pairs"],
+         "unreachable_fraction": r["unreachable_fraction"]}
+        for lab, rows in res.items() for r in rows
+    ])
+    return res
+
+
+# --- probes ----------------------------------------------------------------------------------------------------
+def _probe_split(feats: Any, dataset: Any, cfg: AnalysisConfig) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    items = [dataset.items[i] for i in feats.item_index]
+    if cfg.split_column:
+        values = [it.labels.get(cfg.split_column) for it in items]
+        if any(v is None for v in values):
+            raise SpeechpruneError(f"split column {cfg.split_column!r} is missing for some items")
+        train = np.asarray([i for i, v in enumerate(values) if v == "train"])
+        test = np.asarray([i for i, v in enumerate(values) if v == "test"])
+        if len(train) == 0 or len(test) == 0:
+            raise SpeechpruneError(
+                f"split column {cfg.split_column!r} must hold 'train' and 'test' values; found {sorted(set(values))}"
+            )
+        return (train, test), f"given split ({cfg.split_column}: {len(train)} train / {len(test)} test)"
+    if cfg.test_groups:
+        groups = [str(g) for g in feats.groups]
+        unknown = sorted(set(cfg.test_groups) - set(groups))
+        if unknown:
+            raise SpeechpruneError(f"test groups {unknown} do not occur in group column {dataset.group_column!r}")
+        test_mask = np.isin(groups, cfg.test_groups)
+        return (np.flatnonzero(~test_mask), np.flatnonzero(test_mask)), (
+            f"held-out groups {cfg.test_groups} ({int((~test_mask).sum())} train / {int(test_mask.sum())} test)"
+        )
+    if all(g is not None for g in feats.groups):
+        return None, f"{cfg.probe_folds}-fold group-aware cross-validation ({dataset.group_column})"
+    return None, f"{cfg.probe_folds}-fold stratified cross-validation"
+
+
+def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from speechprune.analysis.probes import make_splits, probes_by_layer
+
+    split, how = _probe_split(feats, dataset, cfg)
+    all_grouped = all(g is not None for g in feats.groups)
+    res: dict[str, Any] = {}
+    for label in cfg.labels:
+        y = feats.labels[label]
+        if all_grouped and _label_is_group(y, feats.groups):
+            # The label *is* the group (speaker ID): a speaker-independent split would leave every test class
+            # unseen in training, so this label is probed with stratified folds instead (reported in "split").
+            splits = make_splits(y, n_splits=cfg.probe_folds, seed=cfg.seed)
+            label_how = f"{cfg.probe_folds}-fold stratified cross-validation (label = group column)"
+        elif split is not None:
+            splits, label_how = [split], how
+        else:
+            splits = make_splits(y, groups=feats.groups if all_grouped else None, n_splits=cfg.probe_folds,
+                                 seed=cfg.seed)
+            label_how = how
+        bar = tqdm(total=len(feats.layers), desc=f"probes {label}", disable=not progress)
+        res[label] = probes_by_layer(feats, label, splits=splits, seed=cfg.seed,
+                                     n_permutations=cfg.permutations, progress=lambda: bar.update(1))
+        bar.close()
+        for r in res[label]:
+            r["split"] = label_how
+    _write_rows(out / "probes.csv", [
+        {"label": lab, "state": r["state"], "accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"],
+         "macro_f1": r["macro_f1"], "chance_accuracy": r["chance_accuracy"],
+         "majority_accuracy": r["majority_accuracy"], "split": r["split"]}
+        for lab, rows in res.items() for r in rows
+    ])
+    return res
+
+
+def _label_is_group(labels: list[str], groups: list[Any]) -> bool:
+    return all(str(a) == str(b) for a, b in zip(labels, groups))
+
+
+# --- summary ---------------------------------------------------------------------------------------------------
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, rows in (result.get("convexity") or {}).items():
+        best = max(rows, key=lambda r: r["score"])
+        out.setdefault(label, {})["convexity_peak_state"] = best["state"]
+        out[label]["convexity_peak"] = best["score"]
+    for label, rows in (result.get("probes") or {}).items():
+        best = max(rows, key=lambda r: r["accuracy"])
+        out.setdefault(label, {})["probe_peak_state"] = best["state"]
+        out[label]["probe_peak_accuracy"] = best["accuracy"]
+    for name, sim in (result.get("similarity") or {}).items():
+        out.setdefault("_blocks", {})[name] = sim["blocks"].get("blocks")
+    return out
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)

@@ -1,0 +1,76 @@
+"""``speechprune analyze``: which layers matter for my task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from speechprune.cli.common import console, load_dataset_spec, parse_states
+from speechprune.cli.config import config_option
+
+
+def _split_list(values: List[str]) -> List[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("analyze")
+    def analyze(
+        model: str = typer.Argument(..., help="Local folder, hub id, or built-in 'tiny:<family>'."),
+        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        label: List[str] = typer.Option([], "--label", "-l", help="Label column(s) to analyse (repeatable)."),
+        metrics: List[str] = typer.Option(
+            ["similarity", "convexity", "probes"], "--metrics", "-m",
+            help="Any of similarity, convexity, probes (repeatable or comma-separated)."),
+        similarity: List[str] = typer.Option(
+            ["cosine", "cka", "mutual_knn"], "--similarity",
+            help="Similarity measures: cosine, cka (linear, biased), cka_debiased, mutual_knn."),
+        group: Optional[str] = typer.Option(None, help="Group column (e.g. speaker): probe folds keep groups apart."),
+        test_groups: List[str] = typer.Option([], "--test-groups", help="Hold these groups out as the probe test set (e.g. 14,15,16)."),
+        split_column: Optional[str] = typer.Option(None, help="Column with train/test values to use as the probe split (e.g. split)."),
+        pooling: str = typer.Option("mean", help="mean | mean-all | segment | frames (see `extract --help`)."),
+        layers: str = typer.Option("all", help="States: 'all', '0,3,6' or '2-5' (0 = input to layer 1, i = output of layer i)."),
+        knn_k: int = typer.Option(10, min=1, help="k of mutual-kNN similarity."),
+        convexity_k: int = typer.Option(10, min=1, help="k of the convexity kNN graph (reference: 10)."),
+        max_pairs: int = typer.Option(5000, min=1, help="Ordered same-class pairs sampled per class (reference: 5000)."),
+        permutations: int = typer.Option(3, min=0, help="Label permutations for the chance levels (0 = none)."),
+        probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given."),
+        seed: int = typer.Option(42, help="Seed for pair sampling, folds and permutations."),
+        processes: int = typer.Option(2, min=1, help="Worker processes for shortest paths."),
+        batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
+        dtype: str = typer.Option("fp32", help="fp32 or bf16."),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+        window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds."),
+        segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut files (for --pooling segment)."),
+        out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Results folder."),
+        cache_dir: Optional[Path] = typer.Option(None, help="Feature cache root."),
+        progress: bool = typer.Option(True, help="Show progress bars."),
+        config: Optional[str] = config_option(),
+    ) -> None:
+        """Layer-to-layer similarity with block structure, per-layer graph convexity and linear probes, each next
+        to a chance level, written to OUT as metrics.json, CSV/NPY tables and PNG plots.
+
+        Features are extracted once (cached); an interrupted run resumes. Example:
+
+            speechprune analyze models/whisper-base ../shared/data/emodb -l emotion -l speaker --group speaker --test-groups 14,15,16
+        """
+        from speechprune.analysis.runner import AnalysisConfig, run_analysis
+        from speechprune.models import load_encoder
+
+        cfg = AnalysisConfig(
+            labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
+            layers=parse_states(layers), batch_size=batch_size, dtype=dtype, device=device, knn_k=knn_k,
+            convexity_k=convexity_k, max_pairs=max_pairs, permutations=permutations, probe_folds=probe_folds,
+            split_column=split_column, test_groups=_split_list(test_groups) or None, seed=seed, processes=processes,
+        )
+        cfg.validate()
+        ds = load_dataset_spec(data, list(label), group, segments_dir)
+        enc = load_encoder(model, window_seconds=window, device=device)
+        result = run_analysis(enc, ds, cfg, out, cache_dir=cache_dir, progress=progress)
+        for lab, s in result["summary"].items():
+            if not lab.startswith("_"):
+                console.print(f"[bold]{lab}[/bold]: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                             for k, v in s.items()))
+        console.print(f"[green]results[/green] → {out}")
