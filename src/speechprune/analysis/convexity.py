@@ -1,0 +1,571 @@
+"""Graph convexity of class regions in a layer's latent space (Tětková et al., Nat. Commun. 16:5419, 2025).
+
+A class region is *graph convex* when the shortest path between two members of the class, taken through a kNN
+graph of all points, stays inside the class. The score (in %) is the mean, over sampled same-class pairs, of the
+share of interior path vertices that carry the class label; see ``shared/docs/methods.md`` section 0 for the exact
+definition this module implements.
+
+Protocol (as the reference ``nnconvexity`` 0.1.1):
+
+1. Directed kNN (``n_neighbors``, Euclidean, the point itself and distance-0 duplicates skipped), edge weight =
+   distance, made symmetric with ``W = max(W, Wᵀ)`` (the union of kNN edges).
+2. Per class c, ``min(|I_c|(|I_c|−1), max_pairs_per_class)`` *ordered* pairs (u, v), u ≠ v, drawn without
+   replacement with a seeded :class:`numpy.random.Generator`.
+3. Weighted shortest path per pair: no path → 0; a path of ≤ 2 vertices (u, v are neighbours) → 1; otherwise the
+   share of interior vertices labelled c.
+4. Layer score = mean over all sampled pairs pooled across classes × 100; per-class score = mean of its pairs × 100.
+
+Why it is fast (``shared/docs/cpu-performance.md`` §5.3): the cost is almost entirely single-source shortest path
+trees, so the graph is exact-kNN sparse (never N × N), pairs are grouped by source, sources go to scipy's
+``dijkstra(indices=chunk, return_predecessors=True)`` in chunks, the predecessor walk is vectorised over all
+pairs of a chunk, chunks run on forked processes (scipy's csgraph holds the GIL, threads do not help), pairs whose
+endpoints lie in different connected components are scored 0 without any search, and — with ``use_symmetry`` —
+each pair needs a tree from only one of its endpoints, chosen by a greedy vertex cover so that few trees are
+computed.
+
+Known differences from the reference (none changes the definition):
+
+* Ties between equal-length shortest paths are broken by scipy, not igraph. With ``use_symmetry=True`` the path of
+  (u, v) may also come from v's tree, i.e. be the reverse of a different equal-length path. Ties have measure zero
+  for real-valued features, so scores agree to rounding on real data (measured: see
+  ``benchmarks/results/analysis_convexity.md`` and ``tests/test_analysis_convexity.py``).
+* A point with exact duplicates gets its k nearest *distinct* neighbours; the reference keeps only
+  ``k − #duplicates`` of them. Identical only without duplicate feature vectors.
+* Labels may be any hashable values (strings, ints); the reference selects class members with ``labels == i``
+  where i is a position in ``set(labels)``, which is only right for labels 0..C−1.
+* The reference draws pairs with the global, unseeded ``np.random``; here one seeded generator per class
+  (``SeedSequence(seed).spawn``), so a result is reproducible and independent of ``processes``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import multiprocessing
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components, dijkstra
+from tqdm.auto import tqdm
+
+from speechprune.analysis.knn import knn
+from speechprune.errors import SpeechpruneError
+
+MIN_CHUNK = 32  # below this many sources per worker, forking costs more than it saves
+# kNN row block: the exact refinement holds block × (k + 9) × D float64 temporaries (≈ 240 MB each at 2048 and
+# D = 768); 512 halved the peak RSS at N = 20 000 and was not slower (20 s vs 29 s, loaded machine).
+KNN_BLOCK = 512
+
+
+class ConvexityWarning(UserWarning):
+    """A class was left out of the convexity score (e.g. it has a single example, hence no pairs)."""
+
+
+@dataclass
+class ConvexityResult:
+    """Graph convexity of one representation.
+
+    Scores are in % (0–100). ``std_error`` follows the reference's error bar, ``std(pair scores) / sqrt(#points)``
+    (divided by the number of *points* in the scored classes, not the number of pairs, because pairs share their
+    endpoints and are far from independent); ``std`` is the plain standard deviation of the pair scores.
+    ``pairs`` (M × 2 row indices, in their sampled orientation) and ``pair_scores`` (M, in [0, 1]) keep the raw
+    sample so that any other aggregate can be computed; :meth:`to_dict` leaves them out.
+    """
+
+    score: float
+    std_error: float
+    std: float
+    per_class: dict[Any, float]
+    per_class_std_error: dict[Any, float]
+    pair_counts: dict[Any, int]
+    class_sizes: dict[Any, int]
+    n_pairs: int
+    unreachable_fraction: float
+    skipped_classes: list[Any]
+    n_components: int
+    n_sources: int
+    mean_path_vertices: float
+    n_neighbors: int
+    max_pairs_per_class: int
+    seed: int
+    use_symmetry: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+    pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64), repr=False)
+    pair_scores: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (labels become strings as JSON keys; the raw pair arrays are omitted)."""
+        out = asdict(self)
+        del out["pairs"], out["pair_scores"]
+        for key in ("per_class", "per_class_std_error", "pair_counts", "class_sizes"):
+            out[key] = {str(k): v for k, v in out[key].items()}
+        out["skipped_classes"] = [str(c) for c in self.skipped_classes]
+        return out
+
+
+@dataclass
+class PermutationBaseline:
+    """Chance level of graph convexity: the score with labels shuffled (class sizes kept), in %.
+
+    ``std`` is the sample standard deviation over permutations (0 for a single permutation).
+    """
+
+    mean: float
+    std: float
+    scores: list[float]
+    n_permutations: int
+    seed: int
+
+
+@dataclass
+class _Prepared:
+    """Everything that depends on the features but not on the labels' assignment: built once, scored many times."""
+
+    graph: sparse.csr_matrix
+    components: np.ndarray
+    n_components: int
+    seconds_graph: float
+
+
+# ----------------------------------------------------------------------------------------------------- public API
+
+
+def graph_convexity(
+    x: np.ndarray,
+    labels: Sequence[Any] | np.ndarray,
+    *,
+    n_neighbors: int = 10,
+    max_pairs_per_class: int = 5000,
+    seed: int = 42,
+    processes: int = 2,
+    chunk: int = 256,
+    use_symmetry: bool = True,
+    progress: bool = False,
+) -> ConvexityResult:
+    """Graph convexity (in %) of the classes given by ``labels`` in the representation ``x`` (N × D).
+
+    ``processes`` forked workers compute the shortest-path trees (1 = in this process; falls back to 1 where fork
+    is unavailable). ``chunk`` sources share one scipy call (memory ≈ chunk × N × 12 bytes per worker).
+    ``use_symmetry`` computes each pair's path from whichever endpoint needs fewer trees overall; it changes only
+    which of several equal-length shortest paths is taken. Results depend on ``seed`` and nothing else.
+    """
+    _check_options(n_neighbors, max_pairs_per_class, processes, chunk)
+    data = _check_features(x, n_neighbors)
+    classes, codes = _encode_labels(labels, data.shape[0])
+    prep = _prepare(data, n_neighbors)
+    return _score(prep, codes, classes, n_neighbors, max_pairs_per_class, seed, processes, chunk, use_symmetry,
+                  progress)
+
+
+def permutation_baseline(
+    x: np.ndarray,
+    labels: Sequence[Any] | np.ndarray,
+    n_permutations: int = 3,
+    seed: int = 42,
+    **kw: Any,
+) -> PermutationBaseline:
+    """Chance-level convexity: :func:`graph_convexity` with the labels randomly permuted ``n_permutations`` times.
+
+    Shuffling keeps the class sizes, so the baseline reflects the graph's geometry and the class proportions — what
+    a score must be compared with (a large class is "convex" by chance more often). The kNN graph is built once.
+    ``kw`` are :func:`graph_convexity`'s options.
+    """
+    if n_permutations < 1:
+        raise SpeechpruneError(f"n_permutations must be ≥ 1, got {n_permutations}")
+    opts = _options(kw)
+    data = _check_features(x, opts["n_neighbors"])
+    classes, codes = _encode_labels(labels, data.shape[0])
+    prep = _prepare(data, opts["n_neighbors"])
+    return _baseline_on(prep, codes, classes, n_permutations, seed, opts)
+
+
+def convexity_by_layer(
+    feats: Any,
+    label: str,
+    layers: Sequence[int] | None = None,
+    *,
+    n_permutations: int = 0,
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """One row per state of ``feats`` (:class:`speechprune.features.LayerFeatures`) for the label column ``label``.
+
+    Each row: ``state``, ``score``, ``std_error``, ``per_class``, ``pair_counts``, ``n_pairs``,
+    ``unreachable_fraction``, ``skipped_classes``, ``seconds`` and — with ``n_permutations`` > 0 — the chance level
+    ``chance`` ± ``chance_std`` from that many label permutations on the same graph. Unknown states raise
+    :class:`~speechprune.errors.LayerIndexError`.
+    """
+    if label not in feats.labels:
+        raise SpeechpruneError(
+            f"no label column {label!r} in these features; available: {', '.join(feats.labels) or '(none)'}"
+        )
+    opts = _options(kw)
+    labels = feats.labels[label]
+    states = list(feats.layers) if layers is None else list(layers)
+    for state in states:  # fail on a bad state index before spending minutes on the good ones
+        feats.layer(state)
+    rows = []
+    for state in states:
+        data = _check_features(feats.layer(state), opts["n_neighbors"])
+        classes, codes = _encode_labels(labels, data.shape[0])
+        prep = _prepare(data, opts["n_neighbors"])
+        res = _score(prep, codes, classes, **opts)
+        row = {"state": int(state), **_row(res)}
+        if n_permutations > 0:
+            base = _baseline_on(prep, codes, classes, n_permutations, opts["seed"], opts)
+            row.update(chance=base.mean, chance_std=base.std)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- input checking
+
+
+def _options(kw: dict[str, Any]) -> dict[str, Any]:
+    """Fill :func:`graph_convexity`'s defaults into ``kw`` and reject unknown names (so typos do not pass silently)."""
+    opts = dict(n_neighbors=10, max_pairs_per_class=5000, seed=42, processes=2, chunk=256, use_symmetry=True,
+                progress=False)
+    unknown = set(kw) - set(opts)
+    if unknown:
+        raise TypeError(f"unknown graph_convexity option(s): {', '.join(sorted(unknown))}")
+    opts.update(kw)
+    _check_options(opts["n_neighbors"], opts["max_pairs_per_class"], opts["processes"], opts["chunk"])
+    return opts
+
+
+def _check_options(n_neighbors: int, max_pairs: int, processes: int, chunk: int) -> None:
+    for name, value in (("n_neighbors", n_neighbors), ("max_pairs_per_class", max_pairs),
+                        ("processes", processes), ("chunk", chunk)):
+        if int(value) != value or value < 1:
+            raise SpeechpruneError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_features(x: Any, n_neighbors: int) -> np.ndarray:
+    data = np.asarray(x)
+    if data.ndim != 2:
+        raise SpeechpruneError(f"graph convexity needs an N × D feature matrix, got shape {data.shape}")
+    if not np.issubdtype(data.dtype, np.number):
+        raise SpeechpruneError(f"features must be numeric, got dtype {data.dtype}")
+    bad = ~np.isfinite(data).all(axis=1)
+    if bad.any():
+        raise SpeechpruneError(
+            f"features contain NaN or inf values in {int(bad.sum())} row(s) (first: row {int(np.argmax(bad))}); "
+            "drop or repair them before computing graph convexity"
+        )
+    if data.shape[0] <= n_neighbors:
+        raise SpeechpruneError(
+            f"graph convexity with n_neighbors={n_neighbors} needs more than {n_neighbors} points, got N={data.shape[0]}"
+        )
+    return data
+
+
+def _encode_labels(labels: Sequence[Any] | np.ndarray, n: int) -> tuple[list[Any], np.ndarray]:
+    """Map any label values to codes 0..C−1 (sorted where the values sort), so class selection never depends on
+    the values being 0..C−1 (the reference's ``labels == i`` pitfall)."""
+    arr = np.asarray(labels, dtype=object if not isinstance(labels, np.ndarray) else None)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise SpeechpruneError(f"labels must be a 1-d sequence with one label per row: got {arr.shape}, N={n}")
+    try:
+        uniq, codes = np.unique(arr, return_inverse=True)
+    except TypeError:  # values of mixed, unorderable types: keep the order of first appearance
+        first: dict[Any, int] = {}
+        codes = np.array([first.setdefault(v, len(first)) for v in arr.tolist()])
+        uniq = np.array(list(first), dtype=object)
+    classes = [v.item() if isinstance(v, np.generic) else v for v in uniq.tolist()]
+    return classes, codes.astype(np.int64).ravel()
+
+
+# ------------------------------------------------------------------------------------------------------ the graph
+
+
+def knn_graph(x: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
+    """Symmetric kNN graph as a scipy CSR matrix: edge i–j weighted by the Euclidean distance when j is among i's
+    ``n_neighbors`` nearest distinct points or i among j's (``max(W, Wᵀ)``). Memory O(N·k), never N × N."""
+    n = x.shape[0]
+    nb = knn(x, n_neighbors, metric="euclidean", exclude_self=True, exclude_duplicates=True, block=KNN_BLOCK)
+    rows = np.repeat(np.arange(n), n_neighbors)
+    w = sparse.csr_matrix((nb.distances.ravel(), (rows, nb.indices.ravel())), shape=(n, n))
+    graph = w.maximum(w.T).tocsr()
+    graph.sort_indices()
+    return graph
+
+
+def _prepare(x: np.ndarray, n_neighbors: int) -> _Prepared:
+    start = time.perf_counter()
+    graph = knn_graph(x, n_neighbors)
+    n_comp, comp = connected_components(graph, directed=False)
+    return _Prepared(graph, comp, int(n_comp), time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------------- pair sampling
+
+
+def class_generators(seed: int, n_classes: int) -> list[np.random.Generator]:
+    """One independent generator per class code, so the pairs of a class do not depend on the other classes."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_classes)]
+
+
+def sample_pair_indices(n: int, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices into the n(n−1) ordered pairs of a class (``itertools.permutations`` order), ``min(n(n−1),
+    max_pairs)`` of them without replacement; all of them, in order and without drawing, when they fit."""
+    total = n * (n - 1)
+    return np.arange(total) if total <= max_pairs else rng.choice(total, size=max_pairs, replace=False)
+
+
+def sample_pairs(members: np.ndarray, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Ordered pairs of distinct ``members`` (P × 2), drawn by :func:`sample_pair_indices` and decoded
+    arithmetically, so a large class never materialises its pair list."""
+    n = len(members)
+    picks = sample_pair_indices(n, max_pairs, rng)
+    first = picks // (n - 1)
+    rest = picks % (n - 1)
+    second = rest + (rest >= first)
+    return np.stack([members[first], members[second]], axis=1)
+
+
+def _sample_all(codes: np.ndarray, n_classes: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of every class with ≥ 2 members (members in row order); returns (pairs, class code per pair)."""
+    gens = class_generators(seed, n_classes)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_classes + 1))
+    pairs, owner = [], []
+    for c in range(n_classes):
+        members = order[bounds[c]:bounds[c + 1]]
+        if len(members) < 2:
+            continue
+        p = sample_pairs(members, max_pairs, gens[c])
+        pairs.append(p)
+        owner.append(np.full(len(p), c, np.int64))
+    return np.concatenate(pairs), np.concatenate(owner)
+
+
+# --------------------------------------------------------------------------------------------- source selection
+
+
+def greedy_cover(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """A small vertex cover of the pairs (u, v) by greedy max-degree selection (lazy heap): a boolean mask of
+    size n. Every pair then has an endpoint whose shortest-path tree contains the pair's path."""
+    a, b = np.minimum(u, v), np.maximum(u, v)
+    edges = np.unique(a * n + b)
+    a, b = edges // n, edges % n
+    ends = np.concatenate([a, b])
+    other = np.concatenate([b, a])
+    eid = np.concatenate([np.arange(len(a))] * 2)
+    order = np.argsort(ends, kind="stable")
+    ptr = np.searchsorted(ends[order], np.arange(n + 1))
+    nbr, nbr_edge = other[order].tolist(), eid[order].tolist()
+    deg = np.diff(ptr).tolist()
+    ptr = ptr.tolist()
+    covered = [False] * len(a)
+    chosen = np.zeros(n, bool)
+    heap = [(-d, i) for i, d in enumerate(deg) if d > 0]
+    heapq.heapify(heap)
+    while heap:
+        d, i = heapq.heappop(heap)
+        if -d != deg[i] or deg[i] == 0:
+            continue  # stale entry
+        chosen[i] = True
+        for k in range(ptr[i], ptr[i + 1]):
+            e = nbr_edge[k]
+            if not covered[e]:
+                covered[e] = True
+                j = nbr[k]
+                deg[j] -= 1
+                if deg[j] > 0:
+                    heapq.heappush(heap, (-deg[j], j))
+        deg[i] = 0
+    return chosen
+
+
+def _orient(pairs: np.ndarray, n: int, use_symmetry: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) per pair. Without symmetry the source is u, as in the reference. With symmetry, the pair is
+    flipped when that lets fewer distinct sources cover all pairs (never more sources than without)."""
+    u, v = pairs[:, 0], pairs[:, 1]
+    if not use_symmetry or len(u) == 0:
+        return u, v
+    cover = greedy_cover(u, v, n)
+    if cover.sum() >= len(np.unique(u)):
+        return u, v
+    flip = ~cover[u]
+    return np.where(flip, v, u), np.where(flip, u, v)
+
+
+# -------------------------------------------------------------------------------------------- shortest paths
+
+
+_WORK: tuple[sparse.csr_matrix, np.ndarray] | None = None  # (graph, codes), inherited by forked workers
+
+
+def _walk_chunk(task: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Trees of one chunk of sources, then every pair's path walked back from its target, vectorised over pairs.
+
+    ``task`` = (sources, row of each pair's source in ``sources``, targets, class codes). Returns the pair scores
+    in [0, 1] and the number of interior vertices (−1 when unreachable).
+    """
+    graph, codes = _WORK  # type: ignore[misc]
+    sources, row, target, cls = task
+    n = graph.shape[0]
+    _, pred = dijkstra(graph, directed=True, indices=sources, return_predecessors=True)
+    flat = pred.ravel()
+    base = row.astype(np.int64) * n
+    src = sources[row]
+    prev = flat[base + target].astype(np.int64)
+    reached = prev >= 0
+    interior = np.zeros(len(target), np.int64)
+    inside = np.zeros(len(target), np.int64)
+    active = np.flatnonzero(reached & (prev != src))
+    cur = prev
+    while active.size:
+        node = cur[active]
+        interior[active] += 1
+        inside[active] += codes[node] == cls[active]
+        nxt = flat[base[active] + node].astype(np.int64)
+        cur[active] = nxt
+        active = active[nxt != src[active]]
+    score = np.where(interior > 0, inside / np.maximum(interior, 1), 1.0)
+    score[~reached] = 0.0
+    interior[~reached] = -1
+    return score, interior
+
+
+def _tasks(source: np.ndarray, target: np.ndarray, cls: np.ndarray, chunk: int, processes: int):
+    """Group pairs by source and cut the unique sources into balanced chunks (≤ ``chunk``, ≥ ``MIN_CHUNK``)."""
+    order = np.argsort(source, kind="stable")
+    s, t, c = source[order], target[order], cls[order]
+    uniq, start = np.unique(s, return_index=True)
+    size = max(1, min(chunk, max(MIN_CHUNK, math.ceil(len(uniq) / processes))))
+    start = np.append(start, len(s))
+    tasks = []
+    for lo in range(0, len(uniq), size):
+        hi = min(lo + size, len(uniq))
+        a, b = start[lo], start[hi]
+        row = np.searchsorted(uniq[lo:hi], s[a:b])
+        tasks.append((uniq[lo:hi], row, t[a:b], c[a:b]))
+    return order, tasks, len(uniq)
+
+
+def _run_tasks(tasks: list, processes: int, progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run the chunks on ``processes`` forked workers (results in task order), or here when that is not possible."""
+    bar = tqdm(total=len(tasks), desc="convexity paths", unit="chunk", disable=not progress)
+    try:
+        if processes > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            try:
+                pool = multiprocessing.get_context("fork").Pool(min(processes, len(tasks)))
+            except (OSError, ValueError, AssertionError) as err:  # e.g. inside a daemonic worker
+                warnings.warn(f"graph convexity runs in one process: cannot fork workers ({err})",
+                              ConvexityWarning, stacklevel=3)
+            else:
+                with pool:
+                    out = []
+                    for res in pool.imap(_walk_chunk, tasks):
+                        out.append(res)
+                        bar.update()
+                return out
+        out = []
+        for task in tasks:
+            out.append(_walk_chunk(task))
+            bar.update()
+        return out
+    finally:
+        bar.close()
+
+
+def _path_scores(prep: _Prepared, codes: np.ndarray, pairs: np.ndarray, owner: np.ndarray, *, processes: int,
+                 chunk: int, use_symmetry: bool, progress: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """Score of every pair (0 across components, without a search) and its number of interior vertices."""
+    global _WORK
+    m = len(pairs)
+    scores = np.zeros(m)
+    interior = np.full(m, -1, np.int64)
+    comp = prep.components
+    linked = np.flatnonzero(comp[pairs[:, 0]] == comp[pairs[:, 1]])
+    source, target = _orient(pairs[linked], len(codes), use_symmetry)
+    order, tasks, n_sources = _tasks(source, target, owner[linked], chunk, processes)
+    _WORK = (prep.graph, codes)
+    try:
+        results = _run_tasks(tasks, processes, progress)
+    finally:
+        _WORK = None
+    if results:
+        where = linked[order]
+        scores[where] = np.concatenate([r[0] for r in results])
+        interior[where] = np.concatenate([r[1] for r in results])
+    return scores, interior, n_sources
+
+
+# --------------------------------------------------------------------------------------------------- aggregation
+
+
+def _score(prep: _Prepared, codes: np.ndarray, classes: list[Any], n_neighbors: int, max_pairs_per_class: int,
+           seed: int, processes: int, chunk: int, use_symmetry: bool, progress: bool) -> ConvexityResult:
+    sizes = np.bincount(codes, minlength=len(classes))
+    skipped = [classes[c] for c in np.flatnonzero(sizes < 2)]
+    if len(skipped) == len(classes):
+        raise SpeechpruneError(
+            f"graph convexity needs at least one class with ≥ 2 examples; all {len(classes)} class(es) have one"
+        )
+    if skipped:
+        warnings.warn(
+            f"graph convexity skips {len(skipped)} class(es) with a single example (no pairs): "
+            + ", ".join(map(repr, skipped[:10])) + (" ..." if len(skipped) > 10 else ""),
+            ConvexityWarning, stacklevel=3,
+        )
+    start = time.perf_counter()
+    pairs, owner = _sample_all(codes, len(classes), max_pairs_per_class, seed)
+    scores, interior, n_sources = _path_scores(prep, codes, pairs, owner, processes=processes, chunk=chunk,
+                                               use_symmetry=use_symmetry, progress=progress)
+    seconds_paths = time.perf_counter() - start
+    scored = np.flatnonzero(sizes >= 2)
+    counts = np.bincount(owner, minlength=len(classes))
+    sums = np.bincount(owner, weights=scores, minlength=len(classes))
+    sq = np.bincount(owner, weights=scores**2, minlength=len(classes))
+    mean_c = sums / np.maximum(counts, 1)
+    std_c = np.sqrt(np.maximum(sq / np.maximum(counts, 1) - mean_c**2, 0.0))
+    reached = interior >= 0
+    return ConvexityResult(
+        score=float(scores.mean() * 100),
+        std_error=float(scores.std() * 100 / math.sqrt(sizes[scored].sum())),
+        std=float(scores.std() * 100),
+        per_class={classes[c]: float(mean_c[c] * 100) for c in scored},
+        per_class_std_error={classes[c]: float(std_c[c] * 100 / math.sqrt(sizes[c])) for c in scored},
+        pair_counts={classes[c]: int(counts[c]) for c in scored},
+        class_sizes={classes[c]: int(sizes[c]) for c in range(len(classes))},
+        n_pairs=int(len(scores)),
+        unreachable_fraction=float(1.0 - reached.mean()),
+        skipped_classes=skipped,
+        n_components=prep.n_components,
+        n_sources=int(n_sources),
+        mean_path_vertices=float(interior[reached].mean() + 2) if reached.any() else float("nan"),
+        n_neighbors=int(n_neighbors),
+        max_pairs_per_class=int(max_pairs_per_class),
+        seed=int(seed),
+        use_symmetry=bool(use_symmetry),
+        seconds={"graph": prep.seconds_graph, "paths": seconds_paths},
+        pairs=pairs,
+        pair_scores=scores,
+    )
+
+
+def _baseline_on(prep: _Prepared, codes: np.ndarray, classes: list[Any], n_permutations: int, seed: int,
+                 opts: dict[str, Any]) -> PermutationBaseline:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    scores = []
+    for i in range(n_permutations):
+        shuffled = rng.permutation(codes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvexityWarning)  # already reported for the real labels
+            res = _score(prep, shuffled, classes, **{**opts, "seed": int(seed) + 1 + i})
+        scores.append(res.score)
+    std = float(np.std(scores, ddof=1)) if n_permutations > 1 else 0.0
+    return PermutationBaseline(float(np.mean(scores)), std, scores, n_permutations, int(seed))
+
+
+def _row(res: ConvexityResult) -> dict[str, Any]:
+    d = res.to_dict()
+    keep = ("score", "std_error", "per_class", "pair_counts", "n_pairs", "unreachable_fraction", "skipped_classes",
+            "mean_path_vertices", "seconds")
+    return {k: d[k] for k in keep}
