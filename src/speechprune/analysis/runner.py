@@ -118,27 +118,32 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
 def _similarity(feats: Any, cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     from speechprune.analysis.blocks import find_blocks
     from speechprune.analysis.plots import plot_similarity_grid
-    from speechprune.analysis.similarity import shuffled_pairing_baseline, similarity_matrices
+    from speechprune.analysis.similarity import similarity_matrices
 
     console.print(f"similarity: {', '.join(cfg.similarity)} over {len(feats.layers)} states")
-    mats = similarity_matrices(feats, metrics=tuple(cfg.similarity), k=cfg.knn_k)
+    mats = similarity_matrices(feats, metrics=tuple(cfg.similarity), k=cfg.knn_k,
+                               baseline_permutations=cfg.permutations, seed=cfg.seed)
     res: dict[str, Any] = {}
     blocks_all = {}
-    for name, mat in mats.items():
+    for name in cfg.similarity:
+        mat = mats[name]
         mat.to_csv(out / f"similarity_{name}.csv")
         mat.to_npy(out / f"similarity_{name}.npy")
-        blocks = find_blocks(mat.values, mat.states)
+        blocks = find_blocks(mat, seed=cfg.seed)
         blocks_all[name] = blocks
-        base = shuffled_pairing_baseline(feats.states, name, n_permutations=max(1, cfg.permutations),
-                                         seed=cfg.seed, k=cfg.knn_k)
+        base = mats.get(f"{name}_baseline")
+        if base is not None:
+            base.to_csv(out / f"similarity_{name}_chance.csv")
         res[name] = {
             "matrix": np.round(mat.values, 6).tolist(),
+            "params": mat.params,
             "blocks": blocks.to_dict(),
-            "chance_offdiag_mean": float(_offdiag(np.asarray(base))),
-            "offdiag_mean": float(_offdiag(mat.values)),
+            "offdiag_mean": _offdiag(mat.values),
+            "chance_offdiag_mean": _offdiag(base.values) if base is not None else None,
         }
     write_json_atomic(out / "blocks.json", {k: v.to_dict() for k, v in blocks_all.items()})
-    plot_similarity_grid(list(mats.values()), out / "similarity.png", blocks=list(blocks_all.values()))
+    plot_similarity_grid({k: mats[k] for k in cfg.similarity}, out / "similarity.png", blocks=blocks_all,
+                         title="layer-to-layer similarity (state 0 = input to layer 1)")
     return res
 
 
