@@ -92,6 +92,10 @@ def test_raw_contrast_alone_would_be_fooled_by_decay() -> None:
 def test_constraints_are_respected() -> None:
     m = noisy(block_matrix([2, 3, 8]), 0.02, 0)
     assert find_blocks(m).blocks == [(0, 1), (2, 4), (5, 12)]
+    lone = noisy(block_matrix([1, 12]), 0.02, 0)  # an input state unlike every layer
+    r = find_blocks(lone)
+    assert r.blocks == [(0, 0), (1, 12)] and r.multi_state_blocks == [(1, 12)]
+    assert "1 of them with ≥ 2 states" in r.summary()
     r = find_blocks(m, min_size=3)
     assert all(b - a + 1 >= 3 for a, b in r.blocks)
     r = find_blocks(m, max_blocks=2)

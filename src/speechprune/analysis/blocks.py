@@ -74,6 +74,12 @@ class BlockResult:
         return len(self.blocks)
 
     @property
+    def multi_state_blocks(self) -> list[tuple[int, int]]:
+        """Blocks of at least two states. A singleton (often state 0, the input embedding) is a state unlike its
+        neighbours rather than a processing step; ``min_size=2`` forbids singletons altogether."""
+        return [(a, b) for a, b in self.blocks if self.states.index(b) > self.states.index(a)]
+
+    @property
     def boundaries(self) -> list[int]:
         """The first state of every block after the first (where a new processing step starts)."""
         return [a for a, _ in self.blocks[1:]]
@@ -83,7 +89,9 @@ class BlockResult:
         stats = (f"within {self.within_mean:.3f}, between {self.between_mean:.3f}, contrast {self.contrast:.3f}, "
                  f"distance-matched excess {self.excess:.3f}, p = {self.p_value:.3g}")
         if self.has_blocks:
-            return f"{self.n_blocks} blocks of mutually similar layers: states {ranges} ({stats})"
+            multi = len(self.multi_state_blocks)
+            extra = f", {multi} of them with ≥ 2 states" if multi != self.n_blocks else ""
+            return f"{self.n_blocks} blocks of mutually similar layers{extra}: states {ranges} ({stats})"
         return (f"no block structure beyond similarity decaying with layer distance (best split: states {ranges}; "
                 f"{stats}; alpha = {self.alpha})")
 
@@ -92,6 +100,7 @@ class BlockResult:
         d["blocks"] = [list(b) for b in self.blocks]
         d["score_by_k"] = {str(k): v for k, v in self.score_by_k.items()}
         d["boundaries"] = self.boundaries
+        d["multi_state_blocks"] = [list(b) for b in self.multi_state_blocks]
         d["summary"] = self.summary()
         return d
 
