@@ -245,3 +245,11 @@ def test_option_errors(tmp_path: Path) -> None:
     with pytest.raises(SpeechpruneError, match="segment pooling needs segments"):
         plain = AudioDataset([AudioItem("a", {"w": "1"}, array=np.ones(16000, np.float32), sampling_rate=16000)], ["w"])
         extract_features(enc, plain, pooling="segment", cache_dir=tmp_path, progress=False)
+
+
+def test_results_are_written_with_ordinary_permissions(tmp_path: Path) -> None:
+    from speechprune.utils.io import write_json_atomic
+
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    mode = (tmp_path / "x.json").stat().st_mode & 0o777
+    assert mode & 0o044, f"result files must be readable by others (got {oct(mode)})"

@@ -129,7 +129,15 @@ def _similarity(feats: Any, cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
         mat = mats[name]
         mat.to_csv(out / f"similarity_{name}.csv")
         mat.to_npy(out / f"similarity_{name}.npy")
-        blocks = find_blocks(mat, seed=cfg.seed)
+        finite = [i for i in range(len(mat.states)) if np.isfinite(mat.values[i]).all()]
+        if len(finite) < len(mat.states):
+            # a constant (dead) state has undefined similarity: find blocks among the others and say so
+            dropped = [mat.states[i] for i in range(len(mat.states)) if i not in finite]
+            console.print(f"[yellow]{name}: states {dropped} have undefined similarity; left out of block search")
+            sub = mat.values[np.ix_(finite, finite)]
+            blocks = find_blocks(sub, [mat.states[i] for i in finite], seed=cfg.seed)
+        else:
+            blocks = find_blocks(mat, seed=cfg.seed)
         blocks_all[name] = blocks
         base = mats.get(f"{name}_baseline")
         if base is not None:
