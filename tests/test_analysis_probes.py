@@ -65,3 +65,22 @@ def test_probes_by_layer_rows_and_baselines() -> None:
     assert all(abs(r["chance_accuracy"] - 0.25) < 0.2 and r["majority_accuracy"] <= 0.3 for r in rows)
     with pytest.raises(SpeechpruneError, match="no label column 'nope'"):
         probes_by_layer(feats, "nope")
+
+
+def test_lbfgs_probe_matches_scikit_learn_logistic_regression() -> None:
+    """The fast torch fit minimises scikit-learn's objective: same weights (to optimiser tolerance) and the same
+    predictions on held-out rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    from speechprune.analysis.probes import fit_logistic_regression
+
+    x, y = blobs(n_per=40, n_cls=5, d=20, sep=1.5, seed=4)  # overlapping classes: a non-trivial optimum
+    x = (x - x.mean(0)) / x.std(0)
+    classes, codes = np.unique(y, return_inverse=True)
+    tr, te = np.arange(0, 200, 2), np.arange(1, 200, 2)
+    ref = LogisticRegression(C=0.5, max_iter=5000, tol=1e-10).fit(x[tr], codes[tr])
+    w, b = fit_logistic_regression(x[tr], codes[tr], len(classes), c=0.5)
+    # multinomial weights are defined up to a per-feature constant shift across classes: compare centred
+    np.testing.assert_allclose(w.T - w.T.mean(0), ref.coef_ - ref.coef_.mean(0), atol=2e-4)
+    pred = np.argmax(x[te] @ w + b, axis=1)
+    assert (pred == ref.predict(x[te])).mean() == 1.0

@@ -9,18 +9,15 @@ score.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+import torch
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
-from sklearn.preprocessing import StandardScaler
 
 from speechprune.errors import SpeechpruneError
 
@@ -123,12 +120,12 @@ def linear_probe(
             raise SpeechpruneError("a probe's training rows hold only one class; nothing to learn")
         if permute_seed is not None:
             y_train = np.random.default_rng(permute_seed + k).permutation(y_train)
-        scaler = StandardScaler().fit(x[train])
-        clf = LogisticRegression(C=c, max_iter=max_iter)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(scaler.transform(x[train]), y_train)
-        pred = clf.predict(scaler.transform(x[test]))
+        mean, std = x[train].mean(0), x[train].std(0)
+        std[std == 0] = 1.0
+        classes, codes = np.unique(y_train, return_inverse=True)
+        w, bias = fit_logistic_regression((x[train] - mean) / std, codes, len(classes), c=c, max_iter=max_iter)
+        scores = ((x[test] - mean) / std) @ w + bias
+        pred = classes[np.argmax(scores, axis=1)]
         folds.append(
             {
                 "accuracy": float(accuracy_score(y[test], pred)),
@@ -143,6 +140,41 @@ def linear_probe(
         n_test=int(np.mean([len(te) for _, te in splits])),
         classes=sorted(set(y.tolist())),
     )
+
+
+def fit_logistic_regression(
+    x: np.ndarray, codes: np.ndarray, n_classes: int, *, c: float = 1.0, max_iter: int = 1000, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression with an L2 penalty, full-batch L-BFGS in float64.
+
+    Minimises ``0.5‖W‖² + C Σᵢ CE(xᵢ)`` (intercept not penalised) — the objective of scikit-learn's
+    ``LogisticRegression(C=c)`` — but without its per-iteration overhead: a probe per state, label, fold and
+    permutation is hundreds of fits, which took minutes in scikit-learn and takes seconds here. The tests check
+    agreement with scikit-learn.
+    """
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    yt = torch.as_tensor(codes, dtype=torch.long)
+    n, d = xt.shape
+    w = torch.zeros(d, n_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+    scale = 1.0 / (c * n)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + 0.5 * scale * (w * w).sum()
+        loss.backward()
+        return loss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: extra threads only add sync cost, and thrash when cores are busy
+    try:
+        with torch.enable_grad():
+            opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
+    return w.detach().numpy(), b.detach().numpy()
 
 
 def probes_by_layer(
