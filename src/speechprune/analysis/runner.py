@@ -219,7 +219,9 @@ def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: 
     res: dict[str, Any] = {}
     for label in cfg.labels:
         y = feats.labels[label]
-        if all_grouped and _label_is_group(y, feats.groups):
+        if split is not None and cfg.split_column:
+            splits, label_how = [split], how
+        elif all_grouped and _label_is_group(y, feats.groups):
             # The label *is* the group (speaker ID): a speaker-independent split would leave every test class
             # unseen in training, so this label is probed with stratified folds instead (reported in "split").
             splits = make_splits(y, n_splits=cfg.probe_folds, seed=cfg.seed)
