@@ -5,11 +5,12 @@ Reference protocol throughout: k = 10, Euclidean, ≤ 5 000 ordered pairs per cl
 noise), so shortest paths are multi-hop as in real embeddings (isotropic 768-d blobs give ~1-hop paths and would
 flatter every implementation).
 
-Every case runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own. The reference runs with its
+"ours" is run twice: as shipped (``use_symmetry=True``) and with ``use_symmetry=False`` (one tree per first
+endpoint, as the reference orients pairs). Every case runs in a fresh subprocess so that its peak RSS (``ru_maxrss``) is its own. The reference runs with its
 pair draw (global ``np.random.choice``) replaced by speechprune's seeded draw, so both score the *same* pairs and
 the score difference measures the implementations, not sampling noise. The reference at N = 20 000 is run only if
 its time and memory, extrapolated from N = 5 000, fit the budget (``--reference-budget`` seconds); otherwise the
-row records "not run" with the extrapolation.
+row records "not run" with the extrapolation. At N = 1 000 and 5 000 it always runs.
 
 Usage (writes benchmarks/results/analysis_convexity.{json,md}):
 
@@ -53,17 +54,26 @@ def _rss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the forked workers): on a shared machine this is
+    what the run cost, while wall time also counts waiting for the other users' processes."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def child_ours(n: int, processes: int, use_symmetry: bool) -> dict[str, Any]:
     from speechprune.analysis.convexity import graph_convexity
 
     x, y = latent_data(n)
     before = _rss_mb(resource.RUSAGE_SELF)
+    cpu = _cpu_s()
     start = time.perf_counter()
     res = graph_convexity(x, y, n_neighbors=K, max_pairs_per_class=MAX_PAIRS, seed=SEED, processes=processes,
                           use_symmetry=use_symmetry)
     wall = time.perf_counter() - start
     return {
         "wall_s": wall,
+        "cpu_s": _cpu_s() - cpu,
         "graph_s": res.seconds["graph"],
         "paths_s": res.seconds["paths"],
         "peak_rss_mb": _rss_mb(resource.RUSAGE_SELF),
@@ -74,6 +84,7 @@ def child_ours(n: int, processes: int, use_symmetry: bool) -> dict[str, Any]:
         "per_class": {str(k): v for k, v in res.per_class.items()},
         "n_pairs": res.n_pairs,
         "n_sources": res.n_sources,
+        "n_trees": res.n_trees,
         "sources_without_symmetry": int(len(np.unique(res.pairs[:, 0]))),
         "mean_path_vertices": res.mean_path_vertices,
         "unreachable_fraction": res.unreachable_fraction,
@@ -117,6 +128,7 @@ def child_reference(n: int) -> dict[str, Any]:
     ref.get_nearest_neighbors = timed(ref.get_nearest_neighbors, "neighbours_s")
     ref.compute_paths = timed(ref.compute_paths, "paths_s")
     before = _rss_mb(resource.RUSAGE_SELF)
+    cpu = _cpu_s()
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -124,6 +136,7 @@ def child_reference(n: int) -> dict[str, Any]:
     wall = time.perf_counter() - start
     return {
         "wall_s": wall,
+        "cpu_s": _cpu_s() - cpu,
         **phases,
         "dense_graph_s": wall - phases["neighbours_s"] - phases["paths_s"],
         "peak_rss_mb": _rss_mb(resource.RUSAGE_SELF),
@@ -171,7 +184,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--reference-sizes", type=int, nargs="*", default=[1000, 5000, 20000])
-    ap.add_argument("--reference-budget", type=float, default=300.0)
+    ap.add_argument("--reference-required", type=int, nargs="*", default=[1000, 5000],
+                    help="sizes at which the reference always runs (with a 30 min timeout)")
+    ap.add_argument("--reference-budget", type=float, default=300.0,
+                    help="seconds the reference may take at other sizes (decided by extrapolation)")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -189,8 +205,11 @@ def main() -> None:
         row["ours"] = run_child(["ours", str(n), str(args.processes), "1"])
         row["ours_no_symmetry"] = run_child(["ours", str(n), str(args.processes), "0"])
         if n in args.reference_sizes:
-            ok, why = reference_plan(n, refs, args.reference_budget)
-            refs[n] = run_child(["reference", str(n)], timeout=args.reference_budget * 2) if ok else {"error": why}
+            if n in args.reference_required:
+                refs[n] = run_child(["reference", str(n)], timeout=1800)
+            else:
+                ok, why = reference_plan(n, refs, args.reference_budget)
+                refs[n] = run_child(["reference", str(n)], timeout=args.reference_budget * 2) if ok else {"error": why}
             row["reference"] = refs[n]
         else:
             row["reference"] = {"error": "not run: not requested"}
@@ -215,6 +234,7 @@ def _derive(row: dict[str, Any]) -> None:
     ours, ref = row["ours"], row["reference"]
     if "wall_s" in ours and "wall_s" in ref:
         row["speedup"] = ref["wall_s"] / ours["wall_s"]
+        row["speedup_cpu"] = ref["cpu_s"] / ours["cpu_s"]
         row["score_diff"] = ours["score"] - ref["score"]
         row["max_class_diff"] = max(abs(ours["per_class"][c] - ref["per_class"][c]) for c in ref["per_class"])
 
@@ -249,21 +269,22 @@ def markdown(report: dict[str, Any]) -> str:
         "copy-on-write with the parent. The reference scored the same pairs",
         "(its unseeded draw replaced by ours), so the score difference is due to the implementations only.",
         "",
-        "| N | ours s (graph + paths) | ours peak RSS MB (parent / worker) | trees: symmetry / none | ours no-symmetry s |"
-        " nnconvexity s (neighbours + dense graph + paths) | nnconvexity peak RSS MB | speed-up | score ours | score ref | diff | max class diff |"
+        "| N | ours wall s (graph + paths) | ours CPU s | ours peak RSS MB (parent / worker) | sources: symmetry / none · searches run | ours no-symmetry s |"
+        " nnconvexity wall s (neighbours + dense graph + paths) | nnconvexity CPU s | nnconvexity peak RSS MB |"
+        " speed-up (wall / CPU) | score ours | score ref | diff | max class diff |"
         " mean path vertices | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for r in report["rows"]:
         o, s, ref = r["ours"], r["ours_no_symmetry"], r["reference"]
-        ours_t = (f"{o['wall_s']:.2f} ({o['graph_s']:.2f} + {o['paths_s']:.2f})" if "wall_s" in o
-                  else o.get("error", "—"))
+        ours_t = (f"{o['wall_s']:.2f} ({o['graph_s']:.2f} + {o['paths_s']:.2f}) | {o['cpu_s']:.1f}"
+                  if "wall_s" in o else f"{o.get('error', '—')} | —")
         lines.append(
             f"| {r['n']:,} | {ours_t} | {_rss(o)} / {f(o, 'worker_peak_rss_mb', '{:.0f}')} | "
-            f"{f(o, 'n_sources', '{:,}')} / {f(o, 'sources_without_symmetry', '{:,}')} | {f(s, 'wall_s')} | "
-            f"{_ref_time(ref)} | {_rss(ref)} | "
-            f"{f(r, 'speedup', '{:.1f}×')} | {f(o, 'score', '{:.3f}')} | {f(ref, 'score')} | "
+            f"{f(o, 'n_sources', '{:,}')} / {f(o, 'sources_without_symmetry', '{:,}')} · {f(o, 'n_trees', '{:,}')} | {f(s, 'wall_s')} | "
+            f"{_ref_time(ref)} | {f(ref, 'cpu_s', '{:.1f}')} | {_rss(ref)} | "
+            f"{f(r, 'speedup', '{:.1f}×')} / {f(r, 'speedup_cpu', '{:.1f}×')} | {f(o, 'score', '{:.3f}')} | {f(ref, 'score')} | "
             f"{f(r, 'score_diff', '{:+.3f}')} | {f(r, 'max_class_diff', '{:.3f}')} | "
             f"{f(o, 'mean_path_vertices')} | {r['load_before']:.1f} |"
         )
@@ -272,8 +293,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Notes:", *notes] if notes else []
     lines += [
         "",
-        "- Scores in %. The reference rounds to 2 decimals. `trees` = single-source shortest-path trees computed;",
-        "  `load` = 1-min load average before the row (the 2 cores are shared, so timings are upper bounds).",
+        "- Scores in %. The reference rounds to 2 decimals. `sources` = distinct path sources with / without the",
+        "  symmetric source cover; `searches run` = Dijkstra searches incl. the bounded ones redone as whole trees;",
+        "  `load` = 1-min load average before the row. The 2 cores are shared with other users' jobs, so wall times",
+        "  are upper bounds; CPU s (this process + its workers) is what a run costs; both phases use the 2 cores, so",
+        "  on an idle machine wall ≈ CPU / 2 (contention also inflates CPU time somewhat).",
         "- nnconvexity runs with its default `n_parallel=1` (its joblib threads share the GIL).",
         "",
     ]
