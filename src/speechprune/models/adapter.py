@@ -308,6 +308,16 @@ class _autocast:
         if name not in ("fp32", "bf16"):
             raise SpeechpruneError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
         self._ctx = torch.autocast(device.type, dtype=torch.bfloat16) if name == "bf16" else None
+        if name == "bf16" and device.type == "cpu":
+            from speechprune.utils.hardware import cpu_has_fast_bf16
+
+            if not cpu_has_fast_bf16():
+                import warnings
+
+                warnings.warn(
+                    "this CPU has no native bf16 (no AVX-512-BF16/AMX): bf16 autocast runs a slow fallback, "
+                    "often far slower than fp32; use dtype='fp32'", RuntimeWarning, stacklevel=3,
+                )
 
     def __enter__(self) -> None:
         if self._ctx is not None:
