@@ -39,6 +39,7 @@ import torch
 from speechprune.analysis.blocks import find_blocks
 from speechprune.analysis.similarity import cka_gram, cka_matrices, mutual_knn_matrix
 from speechprune.utils.io import write_json_atomic, write_text_atomic
+from speechprune.utils.hardware import matmul_peak_gflops
 
 RESULTS = Path(__file__).parent / "results"
 CASES = ("cka", "cka_fp32", "mutual_knn")
@@ -62,15 +63,8 @@ def structured_states(n: int, dim: int, n_states: int, seed: int) -> np.ndarray:
 
 
 def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
-    """Best-of-``repeats`` GFLOP/s of an n³ product right now: the ceiling (and the load) CKA is measured against."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    """GFLOP/s of an n³ product right now: the ceiling (and the load) CKA is measured against."""
+    return matmul_peak_gflops(dtype, n, repeats)
 
 
 def rss_bytes() -> int:

@@ -30,23 +30,15 @@ from speechprune.data.types import AudioDataset, AudioItem
 from speechprune.features import extract_features
 from speechprune.models import load_encoder
 from speechprune.profile.macs import count_macs
-from speechprune.utils.hardware import cpu_has_fast_bf16, cpu_model
+from speechprune.utils.hardware import cpu_has_fast_bf16, cpu_model, matmul_peak_gflops
 from speechprune.utils.io import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of an n³ matrix product: the ceiling the forward pass is measured against."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    """GFLOP/s of an n³ product: the ceiling the forward pass is measured against."""
+    return matmul_peak_gflops(dtype, n, repeats)
 
 
 def noise_dataset(n: int, seconds: float, seed: int) -> AudioDataset:

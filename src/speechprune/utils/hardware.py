@@ -34,3 +34,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def matmul_peak_gflops(dtype: "torch.dtype", n: int = 2048, repeats: int = 3) -> float:
+    """Best-of-``repeats`` GFLOP/s of an n³ matrix product right now: the ceiling that benchmarks report their
+    achieved rate against (measured in the same process, so it also reflects the current machine load)."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
