@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 SIDE_FILE = "speechprune.json"
 
 
-def save_encoder(encoder: "SpeechEncoder", path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_encoder(
+    encoder: "SpeechEncoder",
+    path: str | Path,
+    metadata: dict[str, Any] | None = None,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """Save into ``path`` atomically; ``extra_json`` maps file names to objects written beside the model (a run's
+    ``training.json``, ``metrics.json``) so that they appear together with it or not at all."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -37,6 +44,8 @@ def save_encoder(encoder: "SpeechEncoder", path: str | Path, metadata: dict[str,
             **(metadata or {}),
         }
         write_json_atomic(tmp / SIDE_FILE, side)
+        for name, obj in (extra_json or {}).items():
+            write_json_atomic(tmp / name, obj)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Compressions: layer pruning (``layers``), structured pruning (``structured``), distillation (``distill``)."""

@@ -1,0 +1,201 @@
+"""Layer pruning: pick a depth by convexity and truncate, or remove layers one at a time without retraining.
+
+Layers are numbered 1..L (layer i produces state i). Two compressions of the papers live here:
+
+* **Convexity-guided truncation** (Dorszewski et al. 2024): the pretrained model's per-layer graph convexity for
+  the task's labels picks the depth. Rule (:func:`choose_depth`): the layer with the highest convexity among
+  states 1..L; with a tolerance ``t`` (points), the *shallowest* layer whose convexity is within ``t`` of that
+  maximum, which prefers a smaller model when the curve has a plateau. State 0 is never chosen (a model keeps at
+  least one layer).
+* **Removal without post-training** (Dorszewski et al. 2025): from a fine-tuned classifier, delete layers one at
+  a time in an order and evaluate after each removal, giving a retained-capacity curve (accuracy ÷ full
+  accuracy) against removed layers and MACs. Orders (:data:`ORDERS`):
+
+  - ``backward``: last layer first (L, L−1, …, 2);
+  - ``forward``: layer 2, 3, …, L (layer 1 stays, as in the reference code);
+  - ``block-influence`` (ShortGPT): BI_i = 1 − cos(h_{i−1}, h_i), the cosine between the flattened input and
+    output of layer i over its valid frames, averaged over clips; lowest BI (the layer that changes its input
+    least) first;
+  - ``knn-block-influence``: BI_i = 1 − mutual-kNN alignment of the mean-pooled states i−1 and i, averaged over
+    k ∈ {2, 4, 8, 16, 32, 64} (those below N); lowest first.
+
+  Layer 1 is never removed in any order: WavLM computes its relative position bias there, and one layer must
+  remain. The influence scores are measured once, on the unpruned model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from speechprune.data.batching import iter_batches
+from speechprune.data.types import AudioDataset
+from speechprune.errors import LayerIndexError, SpeechpruneError
+from speechprune.models.adapter import SpeechEncoder
+
+ORDERS = ("backward", "forward", "block-influence", "knn-block-influence")
+KNN_KS = (2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class DepthChoice:
+    depth: int
+    best_layer: int
+    best_score: float
+    tolerance: float
+    scores: dict[int, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"depth": self.depth, "best_layer": self.best_layer, "best_score": self.best_score,
+                "tolerance": self.tolerance, "scores": {str(k): v for k, v in self.scores.items()}}
+
+
+def choose_depth(scores: dict[int, float] | Sequence[float], tolerance: float = 0.0) -> DepthChoice:
+    """The depth to keep from per-state convexity scores (``scores[i]`` for state i; state 0 is ignored)."""
+    if tolerance < 0:
+        raise SpeechpruneError(f"tolerance must be >= 0 points, got {tolerance}")
+    by_state = dict(enumerate(scores)) if not isinstance(scores, dict) else {int(k): float(v) for k, v in scores.items()}
+    layers = {k: float(v) for k, v in by_state.items() if k >= 1 and np.isfinite(v)}
+    if not layers:
+        raise SpeechpruneError("no finite convexity score for any layer (states 1..L)")
+    best_layer = max(layers, key=lambda k: (layers[k], -k))
+    best = layers[best_layer]
+    depth = min(k for k, v in layers.items() if v >= best - tolerance)
+    return DepthChoice(depth, best_layer, best, tolerance, dict(sorted(by_state.items())))
+
+
+def removal_order(order: str, num_layers: int, influence: dict[int, float] | None = None) -> list[int]:
+    """Layers (1-based, original numbering) in the order they are removed; layer 1 is never listed."""
+    if order not in ORDERS:
+        raise SpeechpruneError(f"unknown removal order {order!r}; choose from {', '.join(ORDERS)}")
+    if num_layers < 2:
+        raise LayerIndexError("a model with one layer has nothing to remove")
+    candidates = list(range(2, num_layers + 1))
+    if order == "backward":
+        return candidates[::-1]
+    if order == "forward":
+        return candidates
+    if influence is None:
+        raise SpeechpruneError(f"order {order!r} needs influence scores (see block_influence)")
+    return sorted(candidates, key=lambda i: (influence[i], i))
+
+
+@torch.no_grad()
+def block_influence(
+    encoder: SpeechEncoder,
+    dataset: AudioDataset,
+    indices: Sequence[int] | None = None,
+    *,
+    batch_size: int = 8,
+    knn_ks: Sequence[int] = KNN_KS,
+) -> dict[str, dict[int, float]]:
+    """Both influence scores for every layer 1..L, from one pass over the data.
+
+    Returns ``{"block-influence": {i: BI_i}, "knn-block-influence": {i: kBI_i}}``.
+    """
+    from speechprune.analysis.similarity import mutual_knn_sweep
+    from speechprune.features.pooling import valid_frame_mask
+
+    L = encoder.num_layers
+    cos_sum = np.zeros(L + 1)
+    pooled: list[list[np.ndarray]] = [[] for _ in range(L + 1)]
+    n = 0
+    for _, wavs in iter_batches(dataset, batch_size, indices):
+        prepared = encoder.prepare(wavs)
+        states = encoder.hidden_states(prepared)
+        mask = valid_frame_mask(prepared.frame_lengths, states[0].shape[1]).unsqueeze(-1).float()
+        flat = [(s * mask).flatten(1) for s in states]
+        for i in range(1, L + 1):
+            cos_sum[i] += torch.nn.functional.cosine_similarity(flat[i - 1], flat[i], dim=1).sum().item()
+        counts = mask.sum(1).clamp(min=1)
+        for i, s in enumerate(states):
+            pooled[i].append(((s * mask).sum(1) / counts).numpy())
+        n += len(wavs)
+    bi = {i: float(1.0 - cos_sum[i] / n) for i in range(1, L + 1)}
+    feats = [np.concatenate(p) for p in pooled]
+    ks = [k for k in knn_ks if k < n - 1] or [max(1, n - 2)]
+    knn = np.zeros((L + 1,))
+    for m in mutual_knn_sweep(feats, ks).values():
+        for i in range(1, L + 1):
+            knn[i] += m[i - 1, i]
+    kbi = {i: float(1.0 - knn[i] / len(ks)) for i in range(1, L + 1)}
+    return {"block-influence": bi, "knn-block-influence": kbi}
+
+
+def removal_curve(
+    encoder: SpeechEncoder,
+    dataset: AudioDataset,
+    label: str,
+    order: Sequence[int],
+    indices: Sequence[int] | None = None,
+    *,
+    batch_size: int = 8,
+    max_seconds: float | None = None,
+    profile_seconds: float = 1.0,
+    order_name: str = "",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Evaluate the classifier after removing 0, 1, …, len(order) layers of ``order`` (no retraining).
+
+    Each row: removed layers, kept layers, accuracy, macro-F1, retained capacity (accuracy ÷ the unpruned
+    accuracy) and analytic MACs for a ``profile_seconds`` clip.
+    """
+    from speechprune.profile.macs import count_macs
+    from speechprune.train.evaluate import evaluate_classifier
+
+    rows: list[dict[str, Any]] = []
+    full_macs = count_macs(encoder.model, round(profile_seconds * 16_000))
+    steps = range(len(order) + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"removal {order_name}".strip(), unit="step")
+    base_acc = None
+    for r in steps:
+        pruned = encoder if r == 0 else encoder.drop_layers(order[:r])
+        res = evaluate_classifier(pruned, dataset, label, indices, batch_size=batch_size, max_seconds=max_seconds,
+                                  profile=False)
+        macs = count_macs(pruned.model, round(profile_seconds * 16_000))
+        if base_acc is None:
+            base_acc = res["accuracy"]
+        rows.append({
+            "order": order_name, "removed": r, "removed_layers": " ".join(map(str, order[:r])),
+            "kept_layers": " ".join(map(str, pruned.kept_layers or range(1, pruned.num_layers + 1))),
+            "accuracy": res["accuracy"], "macro_f1": res["macro_f1"],
+            "retained": res["accuracy"] / base_acc if base_acc else float("nan"),
+            "macs": macs, "macs_fraction": macs / full_macs,
+        })
+    return rows
+
+
+def plot_removal_curves(rows: Sequence[dict[str, Any]], path: Any, title: str = "") -> Any:
+    """Retained capacity against removed layers and against MACs, one line per order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from speechprune.analysis.plots import _save
+
+    orders = list(dict.fromkeys(r["order"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for name in orders:
+        rs = [r for r in rows if r["order"] == name]
+        axes[0].plot([r["removed"] for r in rs], [r["retained"] for r in rs], marker="o", label=name)
+        axes[1].plot([r["macs_fraction"] for r in rs], [r["retained"] for r in rs], marker="o", label=name)
+    axes[0].set_xlabel("layers removed (no retraining)")
+    axes[1].set_xlabel("MACs (fraction of the unpruned model)")
+    axes[1].invert_xaxis()
+    axes[0].set_ylabel("retained capacity (accuracy ÷ unpruned accuracy)")
+    for ax in axes:
+        ax.axhline(0.95, color="grey", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, 120)
