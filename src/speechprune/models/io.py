@@ -7,12 +7,13 @@ numbering, window), because the stock config has no place for provenance.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from speechprune.utils.io import write_json_atomic
+from speechprune.utils.io import _umask, write_json_atomic
 
 if TYPE_CHECKING:
     from speechprune.models.adapter import SpeechEncoder
@@ -31,6 +32,7 @@ def save_encoder(
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a saved model is an ordinary, shareable folder
     try:
         encoder.model.save_pretrained(tmp, safe_serialization=True)
         if encoder.feature_extractor is not None:

@@ -76,6 +76,8 @@ def finetune(
 
     cfg = (cfg or TrainConfig()).validate()
     split = split or SplitSpec(seed=cfg.seed)
+    if split.group_column is None:
+        split.group_column = dataset.group_column
     out = Path(out)
     work = prepare_output(out, resume=resume, overwrite=overwrite)
     parts = make_splits(dataset, label, split)

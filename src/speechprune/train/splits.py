@@ -37,6 +37,8 @@ class SplitSpec:
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     seed: int = 0
+    #: The data's group column when the split was made (recorded so ``evaluate`` can rebuild the same split).
+    group_column: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,71 @@
+"""``speechprune evaluate``: accuracy, macro-F1, confusion matrix and cost of a classifier, as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from speechprune.cli.cmd_finetune import make_split_spec, split_options
+from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.config import config_option
+
+
+def saved_split(model: str) -> dict | None:
+    """The split a speechprune fine-tuning recorded in the model folder, if any."""
+    path = Path(model) / "training.json"
+    if path.is_file():
+        return json.loads(path.read_text()).get("split_spec")
+    return None
+
+
+def register(app: typer.Typer) -> None:
+    so = split_options()
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        model: str = typer.Argument(..., help="A classifier folder (e.g. from `speechprune finetune`) or hub id."),
+        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        label: str = typer.Option(..., "--label", "-l", help="Label column the classifier predicts."),
+        split: str = typer.Option("test", help="Which part to evaluate: test | validation | train | all."),
+        group: Optional[str] = typer.Option(None, help="Group column (for --test-groups)."),
+        split_column: Optional[str] = so["split_column"],
+        test_groups: List[str] = so["test_groups"],
+        val_groups: List[str] = so["val_groups"],
+        test_fraction: float = so["test_fraction"],
+        val_fraction: float = so["val_fraction"],
+        seed: int = typer.Option(0, help="Seed of a random split (must match the fine-tuning's)."),
+        batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
+        max_seconds: Optional[float] = typer.Option(None, help="Cut clips to their first N seconds."),
+        profile_seconds: float = typer.Option(1.0, help="Clip length for MACs and latency."),
+        latency_repeats: int = typer.Option(20, min=0, help="Timed forward passes (0 = no latency)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: stdout only)."),
+        config: Optional[str] = config_option(),
+    ) -> None:
+        """Evaluate a classifier on a split of DATA. Without split options, a model fine-tuned by speechprune is
+        evaluated on the split recorded in its training.json (so `evaluate` sees the same test clips); otherwise
+        the options define the split, and --split all uses every clip."""
+        from speechprune.models import load_encoder
+        from speechprune.train.evaluate import evaluate_classifier
+        from speechprune.train.splits import SplitSpec, make_splits
+        from speechprune.utils.io import write_json_atomic
+
+        if split not in ("test", "validation", "train", "all"):
+            raise typer.BadParameter("choose test, validation, train or all", param_hint="--split")
+        given = split_column or test_groups or val_groups
+        recorded = None if given else saved_split(model)
+        spec = SplitSpec(**recorded) if recorded else make_split_spec(split_column, test_groups, val_groups,
+                                                                        test_fraction, val_fraction, seed)
+        columns = [label] + ([spec.split_column] if spec.split_column else [])
+        ds = load_dataset_spec(data, columns, group or spec.group_column)
+        enc = load_encoder(model)
+        indices = None if split == "all" else make_splits(ds, label, spec)[split]
+        res = evaluate_classifier(enc, ds, label, indices, batch_size=batch_size, max_seconds=max_seconds,
+                                  profile_seconds=profile_seconds, latency_repeats=latency_repeats, progress=True)
+        res.update(model=model, data=data, split=split, split_spec=spec.to_dict())
+        if out:
+            write_json_atomic(out, res)
+        console.print(f"accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} on {res['n']} clips")
+        typer.echo(json.dumps(res, default=str))
