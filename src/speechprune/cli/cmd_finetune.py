@@ -95,6 +95,8 @@ def register(app: typer.Typer) -> None:
         if keep is not None:
             enc = enc.keep_layers(keep)
         res = finetune(enc, ds, label, out, cfg, spec, resume=resume, overwrite=overwrite, progress=progress)
+        if "model_dir" not in res:
+            return  # a non-main process of a multi-process run, or an interrupted run
         t = res["training"]
         console.print(f"best validation accuracy {t['best_validation_accuracy']:.4f} (epoch {t['best_epoch']}), "
                       f"training {t['train_seconds']:.1f} s")

@@ -46,6 +46,12 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path:
     return work
 
 
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def classes_for(dataset: AudioDataset, label: str, train_indices: np.ndarray) -> list[str]:
     values = dataset.labels(label)
     return sorted({values[i] for i in train_indices}, key=_natural)
@@ -103,8 +109,8 @@ def finetune(
         "kept_layers_of_source": model_enc.kept_layers,
         **(metadata or {}),
     }
-    if not summary["finished"]:
-        return summary
+    if not summary["finished"] or not _is_main_process():
+        return summary  # in a multi-process run only the main process evaluates and writes the model
     if evaluate_test and len(parts["test"]):
         summary["test"] = evaluate_classifier(model_enc, dataset, label, parts["test"], batch_size=cfg.batch_size,
                                               max_seconds=cfg.max_seconds, latency_repeats=latency_repeats)
