@@ -1,0 +1,241 @@
+"""Physical pruning: eval masks → smaller tensors, soft mask values folded into the weights.
+
+Why a state-dict transformation: the pruned model is built the same way a saved one is loaded — stock class from
+a config (plus, when the stock config cannot describe the result, :func:`apply_structure` to shape the layers),
+then ``load_state_dict`` of sliced tensors. So the in-memory result and the reloaded export are the same object
+by construction, and every key keeps its stock name.
+
+What is removed and folded (``s`` = soft eval-mask value of a kept unit, ``g`` = layer-gate value):
+
+* conv ``i`` channels: rows of its weight/bias and norm; the consumer's input columns × ``s`` (next conv, or the
+  feature projection's Linear; its LayerNorm loses the same channels); Whisper: ``conv1`` rows, ``conv2`` columns;
+* heads: ``q``/``k``/``v`` rows of removed heads, ``out_proj`` columns × ``s`` × ``g``, ``out_proj`` bias × ``g``
+  (WavLM: ``gru_rel_pos_const`` sliced to the kept heads; the bucket embedding keeps all original heads);
+* FFN units: first-linear rows, second-linear columns × ``s`` × ``g``, its bias × ``g``;
+* a layer gate at 0 removes the whole sub-layer including ``out_proj``'s bias.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from speechprune.compress.structured.cost import gate_name
+from speechprune.compress.structured.modules import EmptyAttention, WavLMPrunedAttention, linear
+from speechprune.compress.structured.sites import ModelSites, find_sites
+
+#: Config attribute holding the per-layer shapes of a result the stock config cannot describe.
+STRUCTURE_KEY = "speechprune_structure"
+STRUCTURE_FORMAT = 1
+
+
+def _kept(mask: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if mask is None:
+        return torch.arange(n), torch.ones(n)
+    idx = torch.nonzero(mask != 0).flatten()
+    return idx, mask.detach().float().cpu()[idx]
+
+
+def plan_structure(sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The shapes the pruned model will have: conv channels, per layer kept heads (original indices), FFN size and
+    whether each sub-layer survives (its output bias)."""
+    conv = []
+    for c in sites.convs:
+        m = masks.get(gate_name("conv", c.index))
+        conv.append(c.channels if m is None else int((m != 0).sum()))
+    layers = []
+    for site in sites.layers:
+        n = site.number
+        att = masks.get(gate_name("attlayer", n))
+        ffn = masks.get(gate_name("ffnlayer", n))
+        att_on = att is None or bool(att[0] != 0)
+        ffn_on = ffn is None or bool(ffn[0] != 0)
+        base_heads = list(getattr(site.attn, "kept_heads", range(site.num_heads)))
+        heads, _ = _kept(masks.get(gate_name("head", n)), site.num_heads)
+        layers.append({
+            "heads": [base_heads[i] for i in heads.tolist()] if att_on else [],
+            "full_heads": int(getattr(site.attn, "full_heads", site.num_heads)) if site.wavlm else site.num_heads,
+            "attention_bias": att_on and site.attn.out_proj.bias is not None,
+            "intermediate_size": int(_kept(masks.get(gate_name("interm", n)), site.ffn_dim)[0].numel()) if ffn_on
+            else 0,
+            "ffn_bias": ffn_on and site.fc2.bias is not None,
+        })
+    return {"format": STRUCTURE_FORMAT, "family": sites.family, "conv_channels": conv, "layers": layers}
+
+
+def fits_stock(structure: dict[str, Any], sites: ModelSites) -> bool:
+    """Whether a stock config describes the result: every layer keeps all its heads and both biases, all FFNs
+    have the same non-zero size, and (Whisper) ``conv1`` keeps ``d_model`` channels."""
+    layers = structure["layers"]
+    sizes = {lay["intermediate_size"] for lay in layers}
+    if len(sizes) != 1 or 0 in sizes:
+        return False
+    for lay, site in zip(layers, sites.layers):
+        if lay["heads"] != list(range(lay["full_heads"])) or site.num_heads != lay["full_heads"]:
+            return False
+        if not lay["attention_bias"] or not lay["ffn_bias"]:
+            return False
+    if sites.family == "whisper":
+        return structure["conv_channels"][0] == sites.convs[1].channels
+    return True
+
+
+def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Reshape a freshly built stock ``model`` in place to ``structure`` (weights are left for loading)."""
+    sites = find_sites(model)
+    if sites.family == "whisper":
+        c1 = int(structure["conv_channels"][0])
+        enc = sites.base
+        if c1 != enc.conv1.out_channels:
+            ref = enc.conv1.weight
+            kw = {"device": ref.device, "dtype": ref.dtype}
+            enc.conv1 = nn.Conv1d(enc.conv1.in_channels, c1, 3, padding=1, **kw)
+            enc.conv2 = nn.Conv1d(c1, enc.conv2.out_channels, 3, stride=2, padding=1, **kw)
+    for lay, site in zip(structure["layers"], sites.layers):
+        _shape_attention(site, lay)
+        _shape_ffn(site, lay)
+    return model
+
+
+def _shape_attention(site: Any, lay: dict[str, Any]) -> None:
+    attn = site.attn
+    heads, bias = list(lay["heads"]), bool(lay["attention_bias"])
+    full = int(lay["full_heads"])
+    if site.wavlm:
+        setattr(site.layer, site.attn_attr, WavLMPrunedAttention(attn, heads, full, bias))
+        return
+    if heads == list(range(site.num_heads)) and bias:
+        return
+    if not heads:
+        setattr(site.layer, site.attn_attr, EmptyAttention(attn, bias))
+        return
+    h, dh, d = len(heads), site.head_dim, site.d_model
+    for name in ("q_proj", "k_proj", "v_proj"):
+        setattr(attn, name, linear(d, h * dh, getattr(attn, name).bias is not None, attn))
+    attn.out_proj = linear(h * dh, d, bias, attn)
+    attn.num_heads = h
+
+
+def _shape_ffn(site: Any, lay: dict[str, Any]) -> None:
+    f, bias = int(lay["intermediate_size"]), bool(lay["ffn_bias"])
+    if f == site.ffn_dim and bias == (site.fc2.bias is not None):
+        return
+    fc1 = linear(site.d_model, f, site.fc1.bias is not None, site.fc1)
+    fc2 = linear(f, site.d_model, bias, site.fc2)
+    owner = site.layer.feed_forward if hasattr(site.layer, "feed_forward") else site.layer
+    names = ("intermediate_dense", "output_dense") if hasattr(site.layer, "feed_forward") else ("fc1", "fc2")
+    setattr(owner, names[0], fc1)
+    setattr(owner, names[1], fc2)
+
+
+def pruned_state_dict(model: nn.Module, sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with pruned tensors sliced and soft mask values folded in."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def key(module: nn.Module, param: str) -> str:
+        prefix = names[id(module)]
+        return f"{prefix}.{param}" if prefix else param
+
+    def rows(module: nn.Module, idx: torch.Tensor) -> None:
+        for p in ("weight", "bias"):
+            k = key(module, p)
+            if k in sd and sd[k] is not None:
+                sd[k] = sd[k].index_select(0, idx.to(sd[k].device))
+
+    def cols(module: nn.Module, idx: torch.Tensor, scale: torch.Tensor) -> None:
+        k = key(module, "weight")
+        w = sd[k].index_select(1, idx.to(sd[k].device))
+        shape = [1] * w.dim()
+        shape[1] = -1
+        sd[k] = w * scale.to(w.device, w.dtype).view(shape)
+
+    for i in sites.gatable_convs:
+        m = masks.get(gate_name("conv", i))
+        if m is None:
+            continue
+        c = sites.convs[i]
+        idx, s = _kept(m, c.channels)
+        rows(c.conv, idx)
+        if c.norm is not None:
+            rows(c.norm, idx)
+        if sites.family == "whisper":
+            cols(sites.convs[1].conv, idx, s)
+        elif i < len(sites.convs) - 1:
+            cols(sites.convs[i + 1].conv, idx, s)
+        else:
+            if sites.proj_norm is not None:
+                rows(sites.proj_norm, idx)
+            cols(sites.projection, idx, s)
+    for site in sites.layers:
+        _prune_layer(site, masks, sd, key, rows, cols)
+    return sd
+
+
+def _prune_layer(site: Any, masks: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], key: Any, rows: Any,
+                 cols: Any) -> None:
+    n, attn, dh = site.number, site.attn, site.head_dim
+    att = masks.get(gate_name("attlayer", n))
+    g_att = 1.0 if att is None else float(att[0])
+    hm = masks.get(gate_name("head", n))
+    if hm is not None or att is not None:
+        heads, s = _kept(hm, site.num_heads)
+        if g_att == 0.0:
+            heads, s = heads[:0], s[:0]
+        unit = (heads[:, None] * dh + torch.arange(dh)[None, :]).flatten()
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            rows(proj, unit)
+        cols(attn.out_proj, unit, s.repeat_interleave(dh) * g_att)
+        _scale_or_drop_bias(sd, key(attn.out_proj, "bias"), g_att)
+        if site.wavlm:
+            k = key(attn, "gru_rel_pos_const")
+            sd[k] = sd[k].index_select(1, heads.to(sd[k].device))
+    ffn = masks.get(gate_name("ffnlayer", n))
+    g_ffn = 1.0 if ffn is None else float(ffn[0])
+    im = masks.get(gate_name("interm", n))
+    if im is not None or ffn is not None:
+        units, s = _kept(im, site.ffn_dim)
+        if g_ffn == 0.0:
+            units, s = units[:0], s[:0]
+        rows(site.fc1, units)
+        cols(site.fc2, units, s * g_ffn)
+        _scale_or_drop_bias(sd, key(site.fc2, "bias"), g_ffn)
+
+
+def _scale_or_drop_bias(sd: dict[str, torch.Tensor], k: str, g: float) -> None:
+    if k not in sd:
+        return
+    if g == 0.0:
+        del sd[k]
+    else:
+        sd[k] = sd[k] * g
+
+
+def prune_model(model: nn.Module, sites: ModelSites, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Build the pruned model (eval mode): stock class when a stock config fits, else the registered pruned class
+    (see :mod:`.export`) with :data:`STRUCTURE_KEY` in its config."""
+    from speechprune.compress.structured.export import pruned_class, stock_class
+
+    structure = plan_structure(sites, masks)
+    sd = pruned_state_dict(model, sites, masks)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, STRUCTURE_KEY):
+        delattr(config, STRUCTURE_KEY)
+    if sites.family != "whisper":
+        config.conv_dim = tuple(structure["conv_channels"])
+    stock = stock_class(type(model))
+    if fits_stock(structure, sites):
+        size = structure["layers"][0]["intermediate_size"]
+        setattr(config, "encoder_ffn_dim" if sites.family == "whisper" else "intermediate_size", size)
+        cls = stock
+    else:
+        setattr(config, STRUCTURE_KEY, structure)
+        cls = pruned_class(stock)
+    new = cls(config)
+    ref = next(model.parameters())
+    new.to(device=ref.device)
+    new.load_state_dict(sd, strict=True)
+    return new.eval()
