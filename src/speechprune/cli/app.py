@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "speechprune.cli.cmd_profile",
     "speechprune.cli.cmd_import_ct2",
     "speechprune.cli.cmd_demo",
+    "speechprune.cli.cmd_distill",
 ]
 
 for _name in COMMAND_MODULES:

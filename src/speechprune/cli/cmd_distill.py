@@ -1,0 +1,126 @@
+"""``speechprune distill``: replace a fine-tuned classifier's transformer stack with small mimicking layers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.config import config_option
+
+
+def _split_list(values: List[str]) -> List[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("distill")
+    def distill_cmd(
+        teacher: str = typer.Argument(..., help="Fine-tuned classifier: a folder written by `finetune` (or any stock "
+                                                "audio-classification model of a supported family)."),
+        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        label: str = typer.Option(..., "--label", "-l", help="Label column the teacher classifies."),
+        mimicker: str = typer.Option("mlp", help="mlp (per-frame Linear→LayerNorm→ReLU→Linear blocks), transformer "
+                                                 "(small batch-first encoder layers) or none (head on the front end)."),
+        hidden: int = typer.Option(64, help="h: MLP bottleneck / transformer feed-forward width (> 0)."),
+        blocks: int = typer.Option(2, help="Mimicker blocks: 1 or 2."),
+        nhead: Optional[int] = typer.Option(None, help="Attention heads of a transformer mimicker (default: the "
+                                                       "teacher's)."),
+        intermediate: Optional[int] = typer.Option(
+            None, help="With 2 blocks: also regress the first block onto the teacher's state i (1..L-1)."),
+        positions: bool = typer.Option(True, help="Whisper: add the fixed sinusoidal position table to the front "
+                                                  "end's output (free; no effect on other families)."),
+        freeze_mimicker: bool = typer.Option(True, help="Stage 2: keep the mimicker frozen (reference) or train it "
+                                                        "with the head (--no-freeze-mimicker)."),
+        stage1_epochs: int = typer.Option(30, min=1, help="Stage 1 (MSE) epochs."),
+        stage2_epochs: int = typer.Option(20, min=1, help="Stage 2 (task) epochs."),
+        lr: float = typer.Option(1e-3, help="Learning rate of both stages (Adam-W, constant)."),
+        batch_size: int = typer.Option(32, min=1, help="Clips per training batch."),
+        patience: Optional[int] = typer.Option(5, help="Early stopping patience in epochs (per stage)."),
+        seed: int = typer.Option(0, help="Seed of the mimicker's initialisation and the data order."),
+        group: Optional[str] = typer.Option(None, help="Group column (e.g. speaker) for --test-groups."),
+        split_column: Optional[str] = typer.Option(None, help="Column with train/validation/test values."),
+        test_groups: List[str] = typer.Option([], "--test-groups", help="Hold these groups out as the test split."),
+        val_groups: List[str] = typer.Option([], "--val-groups", help="Hold these groups out for validation."),
+        test_fraction: float = typer.Option(0.2, help="Stratified test fraction when no split is given."),
+        window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (the "
+                                                          "teacher's own window is used by default)."),
+        latency: bool = typer.Option(True, help="Time teacher and student back-to-back (1 thread) after training."),
+        out: Path = typer.Option(Path("student"), "--out", "-o", help="Output folder of the student."),
+        resume: bool = typer.Option(False, help="Continue an interrupted run (stage and epoch it reached)."),
+        overwrite: bool = typer.Option(False, help="Replace an existing output / interrupted run."),
+        cache_dir: Optional[Path] = typer.Option(None, help="Root of the teacher-target cache."),
+        device: str = typer.Option("auto", help="auto, cpu or cuda (training)."),
+        progress: bool = typer.Option(True, help="Show progress bars."),
+        config: Optional[str] = config_option(),
+    ) -> None:
+        """Distil a fine-tuned classifier into front end + a small mimicker + the teacher's head.
+
+        Stage 1 trains the mimicker to reproduce what the teacher's head sees (its last state, final LayerNorm
+        included for Whisper / stable-layer-norm models; plus state --intermediate from the first block) with MSE,
+        from a cached teacher pass (the teacher runs once per data set). Stage 2 puts the teacher's head on the
+        mimicker and trains it with cross-entropy, the mimicker frozen unless --no-freeze-mimicker. Both stages
+        checkpoint every epoch; --resume continues. The splits default to the ones recorded in the teacher's
+        training.json, so student and teacher are scored on the same test clips.
+
+        OUT receives the student (Whisper transformer/none students as a stock WhisperForAudioClassification;
+        others as model.safetensors + speechprune_student.json, loaded with
+        speechprune.compress.distill.load_student), distill.json (config, both stages' histories, test
+        metrics, params and MACs vs the teacher), metrics.json and latency.json. Example:
+
+            speechprune distill runs/fsdd-word ../shared/data/fsdd --label word --mimicker mlp --hidden 64 --blocks 2
+        """
+        from speechprune.compress.distill import distill
+        from speechprune.compress.distill.train import DistillConfig
+        from speechprune.models import load_encoder
+        from speechprune.train.loop import TrainConfig
+        from speechprune.train.splits import SplitSpec
+
+        def stage(epochs: int) -> TrainConfig:
+            return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant", warmup_ratio=0.0,
+                               max_grad_norm=None, patience=patience, seed=seed, device=device).validate()
+
+        cfg = DistillConfig(mimicker=mimicker, hidden=hidden, blocks=blocks, nhead=nhead, intermediate=intermediate,
+                            positions=positions, freeze_mimicker=freeze_mimicker, stage1=stage(stage1_epochs),
+                            stage2=stage(stage2_epochs), seed=seed)
+        split = None
+        given = split_column or test_groups or val_groups
+        if given:
+            split = SplitSpec(split_column=split_column, test_groups=_split_list(test_groups),
+                              val_groups=_split_list(val_groups), test_fraction=test_fraction, seed=seed)
+        elif (Path(teacher) / "training.json").is_file():
+            spec = json.loads((Path(teacher) / "training.json").read_text()).get("split_spec")
+            if spec:
+                split = SplitSpec(**spec)
+                console.print(f"splits as in the teacher's training.json: {spec}")
+        if split is None:
+            split = SplitSpec(test_fraction=test_fraction, seed=seed)
+        enc = load_encoder(teacher, window_seconds=window)
+        ds = load_dataset_spec(data, [label], group)
+        res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,
+                      cache_dir=cache_dir)
+        cost = res["cost"]
+        test = res.get("test", {})
+        if latency:
+            from speechprune.compress.distill import load_student
+            from speechprune.compress.distill.evaluate import compare_latency, dummy_student_inputs, teacher_latency_inputs
+            from speechprune.utils.io import write_json_atomic
+
+            student = load_student(out)
+            lat = compare_latency({"teacher": (enc.model, teacher_latency_inputs(enc)),
+                                   "student": (student, dummy_student_inputs(student))}, rounds=3, repeats=5)
+            lat["latency_gain"] = lat["teacher"]["median_ms"] / lat["student"]["median_ms"]
+            lat["mac_gain"] = cost["mac_gain"]
+            write_json_atomic(out / "latency.json", lat)
+            console.print(f"latency: teacher {lat['teacher']['median_ms']:.2f} ms, student "
+                          f"{lat['student']['median_ms']:.2f} ms ({lat['latency_gain']:.1f}x; MACs predict "
+                          f"{cost['mac_gain']:.1f}x)")
+        if test:
+            console.print(f"test accuracy: student {test['accuracy']:.3f}, teacher {test.get('teacher_accuracy', float('nan')):.3f}")
+        console.print(f"params: {cost['params_total']:,} ({100 * cost['params_fraction']:.1f}% of the teacher; stack "
+                      f"{cost['params_stack']:,} = {100 * cost['stack_params_fraction']:.2f}% of the teacher's), "
+                      f"MACs/clip {cost['macs_per_clip']:,} ({cost['mac_gain']:.1f}x fewer)")
+        console.print(f"[green]student[/green] ({res['saved_as']} format) → {out}")

@@ -1,0 +1,383 @@
+"""The distilled student: the teacher's front end, a small mimicker instead of the transformer stack, and the
+teacher's classification head — one ``nn.Module`` that runs from the same inputs as the teacher.
+
+Where the student starts (methods.md §2c):
+
+* wav2vec 2.0 / HuBERT / WavLM / data2vec-audio — the output of ``feature_projection`` (CNN → LayerNorm → Linear
+  512 → D), *before* the positional convolution (which, at ~4.7 M parameters and a 128-tap kernel, costs as much
+  as a transformer layer and is part of what the mimicker replaces).
+* Whisper — ``GELU(conv2(GELU(conv1(log-mel))))``, before the sinusoidal position table is added. The student
+  **adds the table back by default** (``positions=True``): it is a fixed, untrained sinusoid that costs no
+  multiply-add (an element-wise add), the teacher's first layer sees exactly front end + table (state 0), and
+  without it a per-frame mimicker has no way to tell frames apart — in particular the silent padding frames of the
+  fixed window, whose teacher outputs differ by position and all enter the head's mean. ``positions=False``
+  reproduces the reference set-up literally.
+
+What the mimicker is trained to reproduce is what the head sees: the teacher's last state **with** the final
+LayerNorm for Whisper and stable-layer-norm models (their stock heads read the final-normed output), the raw last
+state for post-norm models (whose layers end in a LayerNorm anyway). The intermediate target is the raw state i.
+
+Pooling follows the teacher's stock head: Whisper averages over the whole window, the wav2vec2 family over valid
+frames (from the attention mask).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+
+from speechprune.compress.distill.mimickers import Mimicker, MimickerSpec, default_nhead, mimicker_macs
+from speechprune.errors import AudioError, LayerIndexError, SpeechpruneError
+from speechprune.models.adapter import SpeechEncoder
+from speechprune.models.classifier import class_names, is_classifier
+from speechprune.profile.macs import conv1d_macs, conv_out_len, linear_macs
+
+_BASE_CLASSES = {
+    "wav2vec2": "Wav2Vec2Model",
+    "hubert": "HubertModel",
+    "wavlm": "WavLMModel",
+    "data2vec-audio": "Data2VecAudioModel",
+}
+
+
+@dataclass
+class StudentOutput:
+    logits: torch.Tensor
+    final: torch.Tensor
+    block_outputs: list[torch.Tensor] = field(default_factory=list)
+    frame_mask: torch.Tensor | None = None
+
+
+class WhisperFrontEnd(nn.Module):
+    """``conv1 → GELU → conv2 → GELU`` (B × mel × 2T → B × T × D) and the window's position table."""
+
+    def __init__(self, num_mel_bins: int, d_model: int, positions: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(num_mel_bins, d_model, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1)
+        self.embed_positions = nn.Parameter(torch.zeros(positions, d_model), requires_grad=False)
+
+    @property
+    def window_positions(self) -> int:
+        return int(self.embed_positions.shape[0])
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        expected = self.window_positions * 2
+        if input_features.shape[-1] != expected:
+            raise SpeechpruneError(f"this Whisper student expects {expected} log-mel frames (its window), got "
+                                   f"{input_features.shape[-1]}")
+        x = nn.functional.gelu(self.conv1(input_features.to(self.conv1.weight.dtype)))
+        x = nn.functional.gelu(self.conv2(x))
+        return x.permute(0, 2, 1)
+
+    def conv_macs(self) -> int:
+        t_mel = self.window_positions * 2
+        t1 = conv_out_len(t_mel, 3, 1, 1)
+        t2 = conv_out_len(t1, 3, 2, 1)
+        return (conv1d_macs(t1, 3, self.conv1.in_channels, self.conv1.out_channels)
+                + conv1d_macs(t2, 3, self.conv2.in_channels, self.conv2.out_channels))
+
+
+class SSLFrontEnd(nn.Module):
+    """The wav2vec2-family CNN and feature projection (B × samples → B × T × D, plus the valid-frame mask)."""
+
+    def __init__(self, feature_extractor: nn.Module, feature_projection: nn.Module, kernels: list[int],
+                 strides: list[int]) -> None:
+        super().__init__()
+        self.feature_extractor = feature_extractor
+        self.feature_projection = feature_projection
+        self.kernels = [int(k) for k in kernels]
+        self.strides = [int(s) for s in strides]
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        n = sample_lengths.long()
+        for k, s in zip(self.kernels, self.strides):
+            n = torch.div(n - k, s, rounding_mode="floor") + 1
+        return n.clamp(min=0)
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.feature_extractor(input_values).transpose(1, 2)
+        hidden, _ = self.feature_projection(feats)
+        mask = None
+        if attention_mask is not None:
+            lengths = self.frame_lengths(attention_mask.sum(-1))
+            mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
+        return hidden, mask
+
+    def conv_macs(self, num_samples: int) -> tuple[int, int]:
+        """(CNN MACs, frames) for a clip of ``num_samples``."""
+        t, macs = num_samples, 0
+        for layer in self.feature_extractor.conv_layers:
+            c = layer.conv
+            t = conv_out_len(t, c.kernel_size[0], c.stride[0], c.padding[0], c.dilation[0])
+            macs += conv1d_macs(t, c.kernel_size[0], c.in_channels, c.out_channels, c.groups)
+        return macs, t
+
+
+class StudentClassifier(nn.Module):
+    """Front end → (+ positions) → mimicker → projector → mean pooling → classifier.
+
+    ``forward`` takes the teacher's model inputs (``input_features`` for Whisper; ``input_values`` and optionally
+    ``attention_mask`` otherwise), or ``front`` — an already computed front-end output (B × T × D, positions not
+    added) with its ``frame_mask`` — which is how training runs from the cached teacher pass.
+    """
+
+    def __init__(self, config: dict[str, Any], front_end: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.family = config["family"]
+        self.front_end = front_end if front_end is not None else build_front_end(config)
+        self.use_positions = bool(config.get("positions", False)) and self.family == "whisper"
+        self.mimicker = Mimicker(MimickerSpec(**config["mimicker"]))
+        d, p, c = config["mimicker"]["d_model"], config["projector_size"], len(config["classes"])
+        self.projector = nn.Linear(d, p)
+        self.classifier = nn.Linear(p, c)
+        #: The input preparation (a transformers feature extractor, JSON-saved); see :meth:`prepare`.
+        self.feature_extractor: Any = None
+
+    # --- structure -------------------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def spec(self) -> MimickerSpec:
+        return self.mimicker.spec
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.projector.parameters(), *self.classifier.parameters()]
+
+    # --- inputs ----------------------------------------------------------------------------------------------
+    def prepare(self, waveforms: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Model keyword arguments for 16 kHz mono float32 clips, prepared exactly as the teacher's classifier
+        inputs (Whisper: log-mel padded/truncated to the window; wav2vec2 family: optional per-clip normalisation,
+        zero padding and the attention mask, always passed so that pooling covers valid frames only)."""
+        if len(waveforms) == 0:
+            raise AudioError("empty batch: no waveforms to prepare")
+        arrays = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
+        if any(len(a) == 0 for a in arrays):
+            raise AudioError("zero-length clip in batch")
+        tc = self.config["teacher_config"]
+        fe = self.feature_extractor
+        if self.family == "whisper":
+            if fe is None:
+                fe = transformers.WhisperFeatureExtractor(feature_size=int(tc["num_mel_bins"]), sampling_rate=16_000)
+            window = self.front_end.window_positions * 320
+            feats = fe(arrays, sampling_rate=16_000, max_length=window, padding="max_length", truncation=True,
+                       return_tensors="pt")
+            return {"input_features": feats["input_features"]}
+        default = tc.get("feat_extract_norm", "group") == "layer"
+        normalize = bool(getattr(fe, "do_normalize", default)) if fe is not None else default
+        lengths = torch.tensor([len(a) for a in arrays])
+        batch = np.zeros((len(arrays), int(lengths.max())), dtype=np.float32)
+        for i, x in enumerate(arrays):
+            if normalize:
+                x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+            batch[i, : len(x)] = x
+        mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).long()
+        return {"input_values": torch.from_numpy(batch), "attention_mask": mask}
+
+    @torch.no_grad()
+    def predict(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
+        """Logits (B × classes) for a batch of clips."""
+        device = next(self.parameters()).device
+        kwargs = {k: v.to(device) for k, v in self.prepare(waveforms).items()}
+        return self.eval()(**kwargs).logits
+
+    # --- forward ---------------------------------------------------------------------------------------------
+    def front(self, input_features: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
+              attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Front-end output (positions not added) and the valid-frame mask (``None`` = every frame)."""
+        if self.family == "whisper":
+            if input_features is None:
+                raise SpeechpruneError("a Whisper student needs input_features (log-mel)")
+            return self.front_end(input_features), None
+        if input_values is None:
+            raise SpeechpruneError(f"a {self.family} student needs input_values (waveform)")
+        return self.front_end(input_values, attention_mask)
+
+    def mimic(self, front: torch.Tensor, frame_mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = front
+        if self.use_positions:
+            x = x + self.front_end.embed_positions[: x.shape[1]]
+        return self.mimicker(x, frame_mask)
+
+    def head(self, hidden: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.projector(hidden)
+        if frame_mask is None:
+            pooled = h.mean(dim=1)
+        else:
+            m = frame_mask.to(h.dtype)[..., None]
+            pooled = (h * m).sum(dim=1) / m.sum(dim=1)
+        return self.classifier(pooled)
+
+    def forward(self, input_features: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, *, front: torch.Tensor | None = None,
+                frame_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> StudentOutput:
+        if front is None:
+            front, frame_mask = self.front(input_features, input_values, attention_mask)
+        final, outs = self.mimic(front, frame_mask)
+        return StudentOutput(self.head(final, frame_mask), final, outs, frame_mask)
+
+    # --- cost ------------------------------------------------------------------------------------------------
+    def frames_for(self, num_samples: int) -> int:
+        if self.family == "whisper":
+            return self.front_end.window_positions
+        return self.front_end.conv_macs(num_samples)[1]
+
+    def mac_breakdown(self, num_samples: int = 16_000) -> dict[str, Any]:
+        """Analytic MACs of one clip (batch 1) per part, in the convention of :mod:`speechprune.profile.macs`
+        (Whisper: its fixed window, whatever ``num_samples``)."""
+        if self.family == "whisper":
+            t = self.front_end.window_positions
+            front, proj = self.front_end.conv_macs(), 0
+        else:
+            front, t = self.front_end.conv_macs(num_samples)
+            lin = self.front_end.feature_projection.projection
+            proj = linear_macs(t, lin.in_features, lin.out_features)
+        mim = mimicker_macs(self.spec, t)
+        head = linear_macs(t, self.projector.in_features, self.projector.out_features) + linear_macs(
+            1, self.classifier.in_features, self.classifier.out_features)
+        parts = {"front_end": front, "feature_projection": proj, "mimicker": mim, "head": head}
+        return {"frames": t, "parts": parts, "total": sum(parts.values())}
+
+    def param_breakdown(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        fe = self.front_end
+        parts = {
+            "front_end": count(fe) - (fe.embed_positions.numel() if self.family == "whisper" else 0),
+            "positional": fe.embed_positions.numel() if self.family == "whisper" else 0,
+            "mimicker": count(self.mimicker),
+            "head": count(self.projector) + count(self.classifier),
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# construction
+
+
+def build_front_end(config: dict[str, Any]) -> nn.Module:
+    """A freshly initialised front end of the right shape for ``config`` (weights come from the saved file)."""
+    tc = config["teacher_config"]
+    if config["family"] == "whisper":
+        return WhisperFrontEnd(int(tc["num_mel_bins"]), int(tc["d_model"]), int(tc["max_source_positions"]))
+    cfg = transformers.AutoConfig.for_model(**{k: v for k, v in tc.items() if k not in ("transformers_version",)})
+    cfg.num_hidden_layers = 0
+    base = getattr(transformers, _BASE_CLASSES[config["family"]])(cfg)
+    return SSLFrontEnd(base.feature_extractor, base.feature_projection, list(cfg.conv_kernel), list(cfg.conv_stride))
+
+
+def front_end_of(teacher: SpeechEncoder) -> nn.Module:
+    """A copy of the teacher's front end as a student front end (exactly the teacher's weights)."""
+    if teacher.family == "whisper":
+        enc = teacher.encoder_module
+        fe = WhisperFrontEnd(enc.conv1.in_channels, enc.conv1.out_channels, enc.embed_positions.num_embeddings)
+        fe.conv1.load_state_dict(enc.conv1.state_dict())
+        fe.conv2.load_state_dict(enc.conv2.state_dict())
+        fe.embed_positions.data.copy_(enc.embed_positions.weight.data)
+        return fe
+    base = teacher.encoder_module
+    return SSLFrontEnd(copy.deepcopy(base.feature_extractor), copy.deepcopy(base.feature_projection),
+                       list(teacher.config.conv_kernel), list(teacher.config.conv_stride))
+
+
+def student_config(
+    teacher: SpeechEncoder,
+    kind: str,
+    hidden: int,
+    blocks: int,
+    *,
+    nhead: int | None = None,
+    positions: bool = True,
+    intermediate: int | None = None,
+) -> dict[str, Any]:
+    """The JSON config of a student for ``teacher`` (checked: head present, sizes, intermediate index)."""
+    if not is_classifier(teacher):
+        raise SpeechpruneError(
+            f"the teacher ({teacher.source or teacher.family}) has no classification head: stage 2 puts the teacher's "
+            "task head on the mimicker, so distil from a fine-tuned classifier (`speechprune finetune` first)")
+    if getattr(teacher.config, "use_weighted_layer_sum", False):
+        raise SpeechpruneError("teachers whose head reads a weighted sum of all layers are not supported: the "
+                               "mimicker replaces the stack and has no layers to weigh")
+    if kind != "none" and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden <= 0):
+        raise SpeechpruneError(f"hidden size must be a positive integer, got {hidden!r}")
+    check_intermediate(teacher, intermediate, kind, blocks)
+    d = teacher.hidden_size
+    heads = getattr(teacher.config, "encoder_attention_heads", None) or getattr(teacher.config, "num_attention_heads",
+                                                                                None)
+    has_final = teacher.final_norm is not None
+    spec = MimickerSpec(
+        kind=kind, hidden=int(hidden), blocks=int(blocks) if kind != "none" else 0, d_model=d,
+        nhead=int(nhead) if nhead else default_nhead(d, heads),
+        norm_first=has_final,
+        # a final LayerNorm where the teacher's head reads a final-normed output and the mimicker's output is not
+        # already a linear map (the MLP ends in a Linear, like the reference)
+        final_norm=has_final and kind in ("transformer", "none"),
+    )
+    if kind != "none":
+        spec.validate()
+    cfg = teacher.config.to_dict()
+    cfg.pop("transformers_version", None)
+    return {
+        "format": "speechprune-student",
+        "format_version": 1,
+        "family": teacher.family,
+        "teacher_config": cfg,
+        "mimicker": spec.to_dict(),
+        "positions": bool(positions) and teacher.family == "whisper",
+        "classes": class_names(teacher),
+        "projector_size": int(teacher.model.projector.out_features),
+        "intermediate_state": intermediate,
+        "teacher_layers": teacher.num_layers,
+        "teacher_source": teacher.source,
+    }
+
+
+def check_intermediate(teacher: SpeechEncoder, intermediate: int | None, kind: str, blocks: int) -> None:
+    if intermediate is None:
+        return
+    if kind == "none" or blocks < 2:
+        raise SpeechpruneError("an intermediate target needs a mimicker with 2 blocks (its first block regresses it)")
+    if not 1 <= intermediate < teacher.num_layers:
+        raise LayerIndexError(
+            f"intermediate teacher state {intermediate} is out of range for this {teacher.num_layers}-layer "
+            f"{teacher.family} model: choose 1..{teacher.num_layers - 1} (state i = output of layer i; state "
+            f"{teacher.num_layers} is the last-layer target already)")
+
+
+def build_student(teacher: SpeechEncoder, config: dict[str, Any], *, seed: int = 0) -> StudentClassifier:
+    """A student for ``teacher``: its front end and head copied exactly, a freshly initialised mimicker (``seed``)
+    whose final LayerNorm, if any, starts from the teacher's."""
+    torch.manual_seed(seed)
+    student = StudentClassifier(config, front_end_of(teacher))
+    student.projector.load_state_dict(teacher.model.projector.state_dict())
+    student.classifier.load_state_dict(teacher.model.classifier.state_dict())
+    if student.mimicker.final_norm is not None and teacher.final_norm is not None:
+        student.mimicker.final_norm.load_state_dict(teacher.final_norm.state_dict())
+    student.feature_extractor = copy.deepcopy(teacher.feature_extractor)
+    return student.eval()
+
+
+def teacher_stack_params(teacher: SpeechEncoder) -> dict[str, int]:
+    """What the mimicker replaces: the transformer layers, the final norm, and for the wav2vec2 family the
+    positional convolution and the encoder LayerNorm (Whisper's position table is kept by the student)."""
+    count = lambda m: 0 if m is None else sum(p.numel() for p in m.parameters())  # noqa: E731
+    layers = count(teacher.layers)
+    extra = count(teacher.final_norm)
+    if teacher.family != "whisper":
+        enc = teacher.encoder_module.encoder
+        extra += count(enc.pos_conv_embed)
+        if teacher.final_norm is None:
+            extra += count(getattr(enc, "layer_norm", None))
+    return {"layers": layers, "stack": layers + extra}
