@@ -137,5 +137,5 @@ class BudgetLagrangian(nn.Module):
             full = float(gated.full_cost(b.kind, b.part, self.num_samples))  # type: ignore[attr-defined]
             t = sched(step)
             total = total + lagrangian(expected, full, t, self.lambda1[i], self.lambda2[i])
-            self.last[b.name] = {"expected_keep": float(expected) / full, "target_keep": 1.0 - t}
+            self.last[b.name] = {"expected_keep": float(expected.detach()) / full, "target_keep": 1.0 - t}
         return total
