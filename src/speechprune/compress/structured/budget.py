@@ -17,11 +17,15 @@ group with a negative learning rate (``lr = -reg_lr``), as DPHuBERT does, and th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from speechprune.errors import SpeechpruneError
+
+if TYPE_CHECKING:
+    from speechprune.compress.structured.gated import GatedModel
 
 _KIND_ALIASES = {"macs": "macs", "size": "params", "params": "params"}
 _PARTS = ("total", "frontend", "transformer")
@@ -78,15 +82,15 @@ def parse_budget(text: str) -> list[Budget]:
     return budgets
 
 
-def check_reachable(budgets: list[Budget], gated: "object", num_samples: int = 16_000, margin: float = 0.01) -> None:
+def check_reachable(budgets: list[Budget], gated: GatedModel, num_samples: int = 16_000, margin: float = 0.01) -> None:
     """Raise :class:`BudgetError` when a budget lies below what the gated structures can reach (with every gate
     at its floor), e.g. a front-end budget without conv gates. ``gated`` is a :class:`~.gated.GatedModel`."""
     for b in budgets:
-        full = gated.full_cost(b.kind, b.part, num_samples)  # type: ignore[attr-defined]
-        floor = gated.min_cost(b.kind, b.part, num_samples) / full  # type: ignore[attr-defined]
+        full = gated.full_cost(b.kind, b.part, num_samples)
+        floor = gated.min_cost(b.kind, b.part, num_samples) / full
         if b.keep < floor + margin:
             raise BudgetError(
-                f"budget {b.name}={b.keep:g} cannot be reached with structures {list(gated.structures)}: "  # type: ignore[attr-defined]
+                f"budget {b.name}={b.keep:g} cannot be reached with structures {list(gated.structures)}: "
                 f"removing everything they can still keeps {floor:.3f} of the {b.part} {b.kind}"
             )
 
@@ -130,11 +134,11 @@ class BudgetLagrangian(nn.Module):
         self.lambda2 = nn.Parameter(torch.zeros(len(self.budgets), dtype=torch.float64))
         self.last: dict[str, dict[str, float]] = {}
 
-    def forward(self, gated: "object", step: int) -> torch.Tensor:
+    def forward(self, gated: GatedModel, step: int) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64)
         for i, (b, sched) in enumerate(zip(self.budgets, self.schedules)):
-            expected = gated.expected_cost(b.kind, b.part, self.num_samples)  # type: ignore[attr-defined]
-            full = float(gated.full_cost(b.kind, b.part, self.num_samples))  # type: ignore[attr-defined]
+            expected = gated.expected_cost(b.kind, b.part, self.num_samples)
+            full = float(gated.full_cost(b.kind, b.part, self.num_samples))
             t = sched(step)
             total = total + lagrangian(expected, full, t, self.lambda1[i], self.lambda2[i])
             self.last[b.name] = {"expected_keep": float(expected.detach()) / full, "target_keep": 1.0 - t}

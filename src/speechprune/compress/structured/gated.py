@@ -54,7 +54,6 @@ class GatedModel(nn.Module):
         p0_ffn: float = P0_FFN,
     ) -> None:
         super().__init__()
-        model = getattr(model, "model", model) if not isinstance(model, nn.Module) else model
         self.model = model
         self.structures = check_structures(tuple(structures))
         self.sites = find_sites(model)

@@ -175,34 +175,37 @@ def pruned_state_dict(model: nn.Module, sites: ModelSites, masks: dict[str, torc
     return sd
 
 
+def _units(masks: dict[str, torch.Tensor], unit: str, layer: str, n: int, size: int) -> tuple[Any, Any, float] | None:
+    """Kept units, their soft values and the layer-gate value of one sub-layer (``None``: not gated at all);
+    a closed layer gate keeps no unit."""
+    lg, um = masks.get(gate_name(layer, n)), masks.get(gate_name(unit, n))
+    if lg is None and um is None:
+        return None
+    g = 1.0 if lg is None else float(lg[0])
+    idx, s = _kept(um, size)
+    return (idx[:0], s[:0], g) if g == 0.0 else (idx, s, g)
+
+
 def _prune_layer(site: Any, masks: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], key: Any, rows: Any,
                  cols: Any) -> None:
     n, attn, dh = site.number, site.attn, site.head_dim
-    att = masks.get(gate_name("attlayer", n))
-    g_att = 1.0 if att is None else float(att[0])
-    hm = masks.get(gate_name("head", n))
-    if hm is not None or att is not None:
-        heads, s = _kept(hm, site.num_heads)
-        if g_att == 0.0:
-            heads, s = heads[:0], s[:0]
+    att = _units(masks, "head", "attlayer", n, site.num_heads)
+    if att is not None:
+        heads, s, g = att
         unit = (heads[:, None] * dh + torch.arange(dh)[None, :]).flatten()
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
             rows(proj, unit)
-        cols(attn.out_proj, unit, s.repeat_interleave(dh) * g_att)
-        _scale_or_drop_bias(sd, key(attn.out_proj, "bias"), g_att)
+        cols(attn.out_proj, unit, s.repeat_interleave(dh) * g)
+        _scale_or_drop_bias(sd, key(attn.out_proj, "bias"), g)
         if site.wavlm:
             k = key(attn, "gru_rel_pos_const")
             sd[k] = sd[k].index_select(1, heads.to(sd[k].device))
-    ffn = masks.get(gate_name("ffnlayer", n))
-    g_ffn = 1.0 if ffn is None else float(ffn[0])
-    im = masks.get(gate_name("interm", n))
-    if im is not None or ffn is not None:
-        units, s = _kept(im, site.ffn_dim)
-        if g_ffn == 0.0:
-            units, s = units[:0], s[:0]
+    ffn = _units(masks, "interm", "ffnlayer", n, site.ffn_dim)
+    if ffn is not None:
+        units, s, g = ffn
         rows(site.fc1, units)
-        cols(site.fc2, units, s * g_ffn)
-        _scale_or_drop_bias(sd, key(site.fc2, "bias"), g_ffn)
+        cols(site.fc2, units, s * g)
+        _scale_or_drop_bias(sd, key(site.fc2, "bias"), g)
 
 
 def _scale_or_drop_bias(sd: dict[str, torch.Tensor], k: str, g: float) -> None:
