@@ -11,8 +11,10 @@ Frames kept per clip are the frames the teacher's head pools over: the whole enc
 stock head averages over padding too), the valid frames for the wav2vec2 family (the attention mask is always
 passed, as :func:`speechprune.models.classifier.classifier_inputs` does for the teacher).
 
-Layout: one file ``targets.safetensors`` with ``front``, ``last`` and optionally ``intermediate`` (F × D float32,
-all clips' frames concatenated in dataset order) and ``offsets`` (N + 1), plus ``meta.json`` written last.
+Layout: one file ``targets.safetensors`` with ``front``, ``last`` and ``intermediate_<i>`` for every intermediate
+state asked for so far (F × D float32, all clips' frames concatenated in dataset order) and ``offsets`` (N + 1), plus
+``meta.json`` written last. Asking for a new intermediate state recomputes the entry with all of them (the key does
+not depend on it), so one entry serves every student of a teacher and data set.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def teacher_targets(
     ``last`` is the teacher's state L as its head sees it (final LayerNorm applied where the model has one);
     ``intermediate`` the raw state ``intermediate`` (1..L−1) if asked.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if intermediate is not None:
         teacher.check_layer_index(intermediate)
@@ -85,20 +87,34 @@ def teacher_targets(
         "model": teacher.fingerprint(),
         "data": dataset.fingerprint(labels=False, segments=False),
         "n_items": len(dataset),
-        "intermediate": intermediate,
         "batch_size": batch_size,
         "max_seconds": max_seconds,
     }
     key = hash_json(request)
     entry = Path(cache_dir or default_targets_root()) / f"{dataset.name}-{key[:16]}"
+    have: list[int] = []
     if (entry / "meta.json").exists():
         import json
 
         meta = json.loads((entry / "meta.json").read_text())
-        t = load_file(str(entry / "targets.safetensors"))
-        return TeacherTargets(t["front"], t["last"], t.get("intermediate"), t["offsets"].numpy(), intermediate,
-                              meta["pool_all_frames"], meta)
+        have = list(meta.get("intermediate_states", []))
+        if intermediate is None or intermediate in have:
+            t = load_file(str(entry / "targets.safetensors"))
+            inter = t[f"intermediate_{intermediate}"] if intermediate is not None else None
+            return TeacherTargets(t["front"], t["last"], inter, t["offsets"].numpy(), intermediate,
+                                  meta["pool_all_frames"], meta)
+    # (re)compute, keeping every intermediate state computed before: one cache entry serves all students
+    wanted = sorted(set(have) | ({intermediate} if intermediate is not None else set()))
+    tensors, meta = _teacher_pass(teacher, dataset, wanted, batch_size, max_seconds, progress)
+    meta.update(request=request, key=key, intermediate_states=wanted)
+    _write_entry(entry, tensors, meta)
+    inter = tensors[f"intermediate_{intermediate}"] if intermediate is not None else None
+    return TeacherTargets(tensors["front"], tensors["last"], inter, tensors["offsets"].numpy(), intermediate,
+                          meta["pool_all_frames"], meta)
 
+
+def _teacher_pass(teacher: SpeechEncoder, dataset: AudioDataset, intermediates: list[int], batch_size: int,
+                  max_seconds: float | None, progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from speechprune.data.batching import iter_batches
 
     started = time.perf_counter()
@@ -106,8 +122,10 @@ def teacher_targets(
     teacher.model.eval()
     whisper = teacher.family == "whisper"
     cut = None if max_seconds is None else int(round(max_seconds * 16_000))
-    fronts, lasts, ints, lengths = [], [], [], []
-    states = [teacher.num_layers] + ([intermediate] if intermediate is not None else [])
+    states = [teacher.num_layers, *intermediates]
+    fronts: list[torch.Tensor] = []
+    outs: list[list[torch.Tensor]] = [[] for _ in states]
+    lengths: list[int] = []
     batches = iter_batches(dataset, batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -117,9 +135,9 @@ def teacher_targets(
         if cut is not None:
             waves = [w[:cut] for w in waves]
         kwargs = classifier_inputs(teacher, waves)
-        frames = teacher.frame_lengths(torch.tensor([len(w) for w in waves]))
-        inputs = EncoderInputs({k: v for k, v in kwargs.items()}, frames, torch.tensor([len(w) for w in waves]))
-        hs = teacher.hidden_states(inputs, final_norm=True, layers=states)
+        samples = torch.tensor([len(w) for w in waves])
+        frames = teacher.frame_lengths(samples)
+        hs = teacher.hidden_states(EncoderInputs(dict(kwargs), frames, samples), final_norm=True, layers=states)
         with torch.inference_mode():
             if whisper:
                 fr = front_end(kwargs["input_features"])
@@ -127,18 +145,15 @@ def teacher_targets(
                 fr, _ = front_end(kwargs["input_values"], kwargs.get("attention_mask"))
         for b in range(len(waves)):
             n = fr.shape[1] if whisper else int(frames[b])
-            fronts.append(fr[b, :n].float().clone())
-            lasts.append(hs[0][b, :n].clone())
-            if intermediate is not None:
-                ints.append(hs[1][b, :n].clone())
+            fronts.append(fr[b, :n].float().clone())  # clone outside inference mode: an ordinary tensor
+            for j in range(len(states)):
+                outs[j].append(hs[j][b, :n].clone())
             lengths.append(n)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    tensors = {"front": torch.cat(fronts), "last": torch.cat(lasts), "offsets": torch.from_numpy(offsets)}
-    if intermediate is not None:
-        tensors["intermediate"] = torch.cat(ints)
+    tensors = {"front": torch.cat(fronts), "last": torch.cat(outs[0]), "offsets": torch.from_numpy(offsets)}
+    for j, i in enumerate(intermediates):
+        tensors[f"intermediate_{i}"] = torch.cat(outs[j + 1])
     meta = {
-        "request": request,
-        "key": key,
         "pool_all_frames": whisper,
         "frames": int(offsets[-1]),
         "d_model": int(tensors["front"].shape[1]),
@@ -146,15 +161,23 @@ def teacher_targets(
         "seconds": round(time.perf_counter() - started, 3),
         "threads": torch.get_num_threads(),
     }
+    return tensors, meta
+
+
+def _write_entry(entry: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
     tmp = entry.with_name(entry.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "targets.safetensors"))
-    write_json_atomic(tmp / "meta.json", meta)
-    shutil.rmtree(entry, ignore_errors=True)
+    write_json_atomic(tmp / "meta.json", meta)  # written last: marks the entry complete
+    old = entry.with_name(entry.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if entry.exists():
+        entry.rename(old)
     tmp.rename(entry)
-    return TeacherTargets(tensors["front"], tensors["last"], tensors.get("intermediate"), offsets, intermediate,
-                          whisper, meta)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class FrameDataset(torch.utils.data.Dataset):
