@@ -80,6 +80,10 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "mlp-h256-2b-nopos": ("mlp", 256, 2, INTERMEDIATE, True, False),
     "mlp-h256-2b-unfrozen": ("mlp", 256, 2, INTERMEDIATE, False),
     "mlp-h256-2b-seed1": ("mlp", 256, 2, INTERMEDIATE, True, True, 1),
+    # third round: the best student's ablations and a second seed
+    "mlp-h256-1b-nopos": ("mlp", 256, 1, None, True, False),
+    "mlp-h256-1b-unfrozen": ("mlp", 256, 1, None, False),
+    "mlp-h256-1b-seed1": ("mlp", 256, 1, None, True, True, 1),
 }
 
 

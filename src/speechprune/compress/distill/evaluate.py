@@ -3,8 +3,9 @@ measured back-to-back against the teacher in one process.
 
 Latency protocol (:func:`compare_latency`): the same random model inputs for every model (Whisper: one window of
 log-mel; wav2vec2 family: a waveform of ``seconds``), ``torch.inference_mode``, ``time.perf_counter``, a fixed
-thread count; models are timed in interleaved rounds (teacher, student A, student B, teacher, …) so slow phases of
-a shared machine hit all of them alike, and the median over all repeats is reported with ``os.getloadavg()``.
+thread count; models are timed in interleaved rounds, each round in a fresh seeded random order, so slow phases of
+a shared machine and position effects hit all of them alike, and the median over all repeats is reported with
+``os.getloadavg()``.
 It is the protocol of :func:`speechprune.profile.latency.measure_latency` (which needs a stock model), applied to
 any module.
 """
@@ -12,6 +13,7 @@ any module.
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -116,8 +118,12 @@ def compare_latency(
             with torch.inference_mode():
                 for _ in range(warmup):
                     module(**inputs)
+        order = list(models)
+        rng = random.Random(0)
         for _ in range(rounds):
-            for name, (module, inputs) in models.items():
+            rng.shuffle(order)
+            for name in order:
+                module, inputs = models[name]
                 with torch.inference_mode():
                     for _ in range(repeats):
                         t0 = time.perf_counter()

@@ -174,8 +174,10 @@ def distill(
     summary: dict[str, Any] = {
         "label": label, "classes": classes, "splits": {k: int(len(v)) for k, v in parts.items()},
         "split_spec": split.to_dict(), "distill_config": cfg.to_dict(), "student_config": config,
-        "teacher_pass_seconds": teacher_pass_s, "teacher_pass_cached": "seconds" in targets.meta
-        and teacher_pass_s < 0.5 * targets.meta["seconds"], **(metadata or {}),
+        "teacher_pass_seconds": teacher_pass_s, "teacher_targets": {
+            "cache_key": targets.meta.get("key"), "computed_in_seconds": targets.meta.get("seconds"),
+            "frames": targets.meta.get("frames"), "last_includes_final_norm": targets.meta.get("last_includes_final_norm")},
+        **(metadata or {}),
     }
 
     # --- stage 1 ---------------------------------------------------------------------------------------------
