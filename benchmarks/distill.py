@@ -197,7 +197,8 @@ def _latency(teacher: Any, work: Path, rows: list[dict], out: Path, seconds: flo
         st = load_student(work / r["variant"])
         models[r["variant"]] = (st, dummy_student_inputs(st, seconds))
     lat = compare_latency(models, rounds=3 if quick else 15, repeats=3 if quick else 10, warmup=3, threads=1)
-    lat["_settings"]["note"] = ("median of rounds x repeats forwards per model, models interleaved round by round; "
+    lat["_settings"]["note"] = ("median of rounds x repeats forwards per model, models interleaved, each round in a seeded "
+                                "random order; "
                                 "model inputs only (log-mel extraction excluded, identical for all)")
     write_json_atomic(out / "latency.json", lat)
     return lat
