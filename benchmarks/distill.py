@@ -109,7 +109,8 @@ def run_task(name: str, quick: bool, epochs: tuple[int, int], only: list[str] | 
         teacher = load_encoder(str(teacher_dir))
         recorded = json.loads((teacher_dir / "training.json").read_text())["split_spec"]
         now = task["split"].to_dict()
-        if any(now.get(k) != v for k, v in recorded.items()) or any(now[k] is not None for k in set(now) - set(recorded)):
+        extra = [k for k in set(now) - set(recorded) if now[k] is not None]
+        if any(now.get(k) != v for k, v in recorded.items()) or extra:
             raise SystemExit(f"{name}: teacher was trained with split {recorded}, the task says {task['split']}")
     label = task["label"]
     parts = make_splits(ds, label, task["split"])
@@ -184,7 +185,8 @@ def _teacher_row(teacher: Any, teacher_dir: Path | None, ds: Any, label: str, pa
         "recorded_test_accuracy": json.loads((teacher_dir / "metrics.json").read_text())["accuracy"]
         if teacher_dir else None,
         "params_total": count_params(teacher.model)["total"], "params_stack": stack["stack"],
-        "params_layers": stack["layers"], "macs_per_clip": count_macs(teacher.model, round(teacher.window_seconds * 16000)),
+        "params_layers": stack["layers"],
+        "macs_per_clip": count_macs(teacher.model, round(teacher.window_seconds * 16000)),
     }
     write_json_atomic(path, row)
     return row
@@ -197,9 +199,9 @@ def _latency(teacher: Any, work: Path, rows: list[dict], out: Path, seconds: flo
         st = load_student(work / r["variant"])
         models[r["variant"]] = (st, dummy_student_inputs(st, seconds))
     lat = compare_latency(models, rounds=3 if quick else 15, repeats=3 if quick else 10, warmup=3, threads=1)
-    lat["_settings"]["note"] = ("median of rounds x repeats forwards per model, models interleaved, each round in a seeded "
-                                "random order; "
-                                "model inputs only (log-mel extraction excluded, identical for all)")
+    lat["_settings"]["note"] = ("median of rounds x repeats forwards per model, models interleaved, each round in a "
+                                "seeded random order; model inputs only (log-mel extraction excluded, identical for "
+                                "all)")
     write_json_atomic(out / "latency.json", lat)
     return lat
 

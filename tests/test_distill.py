@@ -95,9 +95,8 @@ def test_identity_stack_is_mimicked_almost_exactly(data, tmp_path: Path, kind: s
             for m in (layer.self_attn.out_proj, layer.fc2):
                 m.weight.zero_()
                 m.bias.zero_()
-    res = distill(enc, data, "word", tmp_path / "s", _cfg(kind, e1=30, e2=1, lr=3e-3, hidden=64 if kind == "mlp" else 32,
-                                                           blocks=1),
-                  progress=False, cache_dir=tmp_path / "c", evaluate_test=False)
+    cfg = _cfg(kind, e1=30, e2=1, lr=3e-3, hidden=64 if kind == "mlp" else 32, blocks=1)
+    res = distill(enc, data, "word", tmp_path / "s", cfg, progress=False, cache_dir=tmp_path / "c", evaluate_test=False)
     var = float(teacher_targets(enc, data, cache_dir=tmp_path / "c", progress=False).last.var())
     first = res["stage1"]["history"][0]["val_loss"] / var
     assert res["stage1"]["test_mse"] / var < 0.005, (first, res["stage1"]["test_mse"] / var)

@@ -106,7 +106,8 @@ def register(app: typer.Typer) -> None:
         test = res.get("test", {})
         if latency:
             from speechprune.compress.distill import load_student
-            from speechprune.compress.distill.evaluate import compare_latency, dummy_student_inputs, teacher_latency_inputs
+            from speechprune.compress.distill.evaluate import (compare_latency, dummy_student_inputs,
+                                                               teacher_latency_inputs)
             from speechprune.utils.io import write_json_atomic
 
             student = load_student(out)
@@ -119,7 +120,8 @@ def register(app: typer.Typer) -> None:
                           f"{lat['student']['median_ms']:.2f} ms ({lat['latency_gain']:.1f}x; MACs predict "
                           f"{cost['mac_gain']:.1f}x)")
         if test:
-            console.print(f"test accuracy: student {test['accuracy']:.3f}, teacher {test.get('teacher_accuracy', float('nan')):.3f}")
+            teacher_acc = test.get("teacher_accuracy", float("nan"))
+            console.print(f"test accuracy: student {test['accuracy']:.3f}, teacher {teacher_acc:.3f}")
         console.print(f"params: {cost['params_total']:,} ({100 * cost['params_fraction']:.1f}% of the teacher; stack "
                       f"{cost['params_stack']:,} = {100 * cost['stack_params_fraction']:.2f}% of the teacher's), "
                       f"MACs/clip {cost['macs_per_clip']:,} ({cost['mac_gain']:.1f}x fewer)")

@@ -55,7 +55,8 @@ def stock_expressible(student: StudentClassifier) -> bool:
 def to_stock(student: StudentClassifier) -> torch.nn.Module:
     """The student as a ``WhisperForAudioClassification`` with ``encoder_layers`` = mimicker blocks."""
     if not stock_expressible(student):
-        raise SpeechpruneError("this student has no stock transformers equivalent (see speechprune.compress.distill.export)")
+        raise SpeechpruneError("this student has no stock transformers equivalent "
+                               "(see speechprune.compress.distill.export)")
     spec = student.spec
     tc = copy.deepcopy(student.config["teacher_config"])
     tc.update(encoder_layers=spec.num_blocks, architectures=["WhisperForAudioClassification"],

@@ -176,7 +176,8 @@ def distill(
         "split_spec": split.to_dict(), "distill_config": cfg.to_dict(), "student_config": config,
         "teacher_pass_seconds": teacher_pass_s, "teacher_targets": {
             "cache_key": targets.meta.get("key"), "computed_in_seconds": targets.meta.get("seconds"),
-            "frames": targets.meta.get("frames"), "last_includes_final_norm": targets.meta.get("last_includes_final_norm")},
+            "frames": targets.meta.get("frames"),
+            "last_includes_final_norm": targets.meta.get("last_includes_final_norm")},
         **(metadata or {}),
     }
 
