@@ -147,6 +147,11 @@ def _depths(base: Any, ds: Any, label: str, task: dict[str, Any], work: Path, ou
 def _correlation(conv: dict[str, Any], rows: list[dict], depth: dict[str, Any], drift: dict, out: Path) -> None:
     from scipy.stats import pearsonr, spearmanr
 
+    lat_path = out / "latency.json"  # interleaved, single-thread re-measurement (layer_pruning_latency.py)
+    if lat_path.exists():
+        lat = json.loads(lat_path.read_text())["median_ms"]
+        rows = [{**r, "latency_ms_during_training_run": r["latency_ms"], "latency_ms": lat[str(r["depth"])]}
+                for r in rows]
     ks = [r["depth"] for r in rows]
     c = np.array([conv["scores"][k] if k in conv["scores"] else conv["scores"][str(k)] for k in ks])
     a = np.array([r["test_accuracy"] for r in rows])
@@ -167,7 +172,7 @@ def _correlation(conv: dict[str, Any], rows: list[dict], depth: dict[str, Any], 
     for name, r in summary["chosen"].items():
         r["goal_met"] = bool(r["accuracy_vs_full"] >= 0.99 and r["macs_vs_full"] <= 0.60)
     write_json_atomic(out / "summary.json", summary)
-    lines = ["| depth | convexity (pretrained) | test acc | macro-F1 | train s | GMACs/clip | latency ms | params M |",
+    lines = ["| depth | convexity (pretrained) | test acc | macro-F1 | train s | GMACs/clip | latency ms (1 thread) | params M |",
              "|---|---|---|---|---|---|---|---|"]
     for r, ci in zip(rows, c):
         lines.append(f"| {r['depth']} | {ci:.1f} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | "
@@ -221,9 +226,12 @@ def _removal(work: Path, ds: Any, label: str, parts: dict[str, np.ndarray], out:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("tasks", nargs="*", default=list(TASKS), choices=[*TASKS, []])
+    parser.add_argument("tasks", nargs="*", help=f"any of {', '.join(TASKS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny random Whisper, ~60 clips: checks the wiring")
     args = parser.parse_args()
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
     if args.quick:
         model = "tiny:whisper"
     else:
