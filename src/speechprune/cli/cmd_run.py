@@ -1,0 +1,44 @@
+"""``speechprune run``: from audio to a smaller model and a report, in one resumable command."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from speechprune.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        args: Optional[List[str]] = typer.Argument(
+            None, help="[CONFIG.yaml] then any key=value overrides, e.g. train.epochs=2 compress.removal.enabled=false"),
+        progress: bool = typer.Option(True, help="Show progress bars."),
+    ) -> None:
+        """Analyse the layers, pick and build compressed candidates, fine-tune and evaluate them and the unpruned
+        baseline, and write OUT/report.html + report.md (table of params, MACs/s, latency, accuracy, retained
+        accuracy with the recommended model marked; similarity heatmaps, convexity/probe curves, Pareto plot).
+
+        Keys (YAML or dotted overrides): model, data, label, labels, group, window, out, seed, batch_size,
+        profile_seconds, latency_repeats, recommend_min_retained; split.{split_column,test_groups,val_groups,
+        test_fraction,val_fraction}; train.{epochs,batch_size,lr,head_lr,schedule,warmup_ratio,freeze_front_end,
+        patience,max_seconds,mixed_precision}; analysis.{enabled,metrics,similarity,permutations,max_pairs};
+        compress.truncate.{enabled,tolerance}; compress.removal.{enabled,orders,min_retained};
+        compress.distill.{enabled,mimickers,stage1_epochs,stage2_epochs}; compress.structured.{enabled,budgets,epochs}.
+
+        Re-running skips every stage whose inputs did not change; a killed run continues where it stopped.
+
+            speechprune run run.yaml train.epochs=2
+            speechprune run model=models/whisper-base data=../shared/data/emodb label=emotion group=speaker split.test_groups=14,15,16 window=2 out=runs/emodb
+        """
+        from speechprune.pipeline import load_run_config, run_pipeline
+
+        items = list(args or [])
+        config = items.pop(0) if items and "=" not in items[0] else None
+        cfg = load_run_config(config, items)
+        res = run_pipeline(cfg, progress=progress, log=lambda m: console.print(m))
+        rec = next(r for r in res["candidates"] if r["recommended"])
+        console.print(f"recommended: [bold]{rec['name']}[/bold] ({rec['kind']}), accuracy {rec['accuracy']:.3f}, "
+                      f"{rec['gmacs_per_s']:.2f} GMACs/s")
+        console.print(f"[green]report[/green] → {cfg.out}/report.html")

@@ -1,0 +1,260 @@
+"""The configuration of ``speechprune run``: one YAML file (or none) plus dotted ``key=value`` overrides.
+
+The schema is a tree of dataclasses; loading is strict so that a typo costs a second, not a run: an unknown key
+names the allowed keys at its level, a value of the wrong type names the expected type, and a missing data path
+or a label that the data do not have is reported before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from speechprune.errors import SpeechpruneError
+
+
+class ConfigError(SpeechpruneError):
+    """A bad ``run`` configuration (unknown key, wrong type, missing path or label)."""
+
+
+@dataclass
+class SplitConfig:
+    split_column: str | None = None
+    test_groups: list[str] = field(default_factory=list)
+    val_groups: list[str] = field(default_factory=list)
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 4
+    batch_size: int = 8
+    lr: float = 5e-5
+    head_lr: float | None = 1e-3
+    schedule: str = "linear"
+    warmup_ratio: float = 0.1
+    freeze_front_end: bool = True
+    patience: int | None = None
+    max_seconds: float | None = None
+    mixed_precision: str = "no"
+
+
+@dataclass
+class AnalysisSection:
+    enabled: bool = True
+    metrics: list[str] = field(default_factory=lambda: ["similarity", "convexity", "probes"])
+    similarity: list[str] = field(default_factory=lambda: ["cosine", "cka", "mutual_knn"])
+    permutations: int = 2
+    max_pairs: int = 5000
+
+
+@dataclass
+class TruncateSection:
+    enabled: bool = True
+    tolerance: float = 0.0
+
+
+@dataclass
+class RemovalSection:
+    enabled: bool = True
+    orders: list[str] = field(default_factory=lambda: ["backward", "forward", "block-influence",
+                                                       "knn-block-influence"])
+    min_retained: float = 0.95
+
+
+@dataclass
+class DistillSection:
+    enabled: bool = False
+    mimickers: list[str] = field(default_factory=lambda: ["mlp:64:1"])
+    stage1_epochs: int = 10
+    stage2_epochs: int = 5
+
+
+@dataclass
+class StructuredSection:
+    enabled: bool = False
+    budgets: list[str] = field(default_factory=lambda: ["macs=0.5"])
+    epochs: int = 4
+
+
+@dataclass
+class CompressSection:
+    truncate: TruncateSection = field(default_factory=TruncateSection)
+    removal: RemovalSection = field(default_factory=RemovalSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    structured: StructuredSection = field(default_factory=StructuredSection)
+
+
+@dataclass
+class RunConfig:
+    model: str = ""
+    data: str = ""
+    label: str = ""
+    labels: list[str] = field(default_factory=list)
+    group: str | None = None
+    window: float | None = None
+    out: str = "speechprune-run"
+    seed: int = 0
+    batch_size: int = 8
+    profile_seconds: float = 1.0
+    latency_repeats: int = 20
+    recommend_min_retained: float = 0.99
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    analysis: AnalysisSection = field(default_factory=AnalysisSection)
+    compress: CompressSection = field(default_factory=CompressSection)
+
+    @property
+    def analysis_labels(self) -> list[str]:
+        return list(dict.fromkeys([self.label, *self.labels]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read ``path`` (YAML; optional), apply ``key.sub=value`` overrides, and validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping")
+    for item in overrides or []:
+        _apply_override(data, item)
+    cfg = _build(RunConfig, data, "")
+    _check_semantics(cfg)
+    return cfg
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value or section.key=value (e.g. train.epochs=2)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    norm = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(norm) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(_join(where, k) for k in unknown)}; allowed at "
+                          f"{where or 'top level'}: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in norm.items():
+        kwargs[name] = _convert(hints[name], value, _join(where, name))
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value or {}, key)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_convert(args[0], v, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_semantics(cfg: RunConfig) -> None:
+    """Checks that need the values together (and the data's column names), still before any model loads."""
+    from speechprune.compress.layers import ORDERS
+
+    for key in ("model", "data", "label"):
+        if not getattr(cfg, key):
+            raise ConfigError(f"{key} is required (in the YAML file or as {key}=...)")
+    if not cfg.data.startswith("hf:"):
+        p = Path(cfg.data)
+        if not p.exists():
+            raise ConfigError(f"data: path {p} does not exist")
+        columns = _data_columns(p)
+        if columns is not None:
+            for lab in [*cfg.analysis_labels, *( [cfg.group] if cfg.group else []),
+                        *([cfg.split.split_column] if cfg.split.split_column else [])]:
+                if lab not in columns:
+                    raise ConfigError(f"label/column {lab!r} is not in the data {p}; available: {', '.join(columns)}")
+    bad = [o for o in cfg.compress.removal.orders if o not in ORDERS]
+    if bad:
+        raise ConfigError(f"compress.removal.orders: unknown {bad}; allowed: {', '.join(ORDERS)}")
+    if cfg.split.test_groups and not cfg.group:
+        raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
+    if not 0 < cfg.recommend_min_retained <= 1:
+        raise ConfigError(f"recommend_min_retained must be in (0, 1], got {cfg.recommend_min_retained}")
+
+
+def _data_columns(path: Path) -> list[str] | None:
+    """Column names of an audiofolder's metadata.csv or a CSV/JSONL manifest, read from the header only."""
+    import csv
+    import json
+
+    meta = path / "metadata.csv" if path.is_dir() else path
+    if meta.suffix == ".csv" and meta.is_file():
+        with open(meta, newline="") as f:
+            return next(csv.reader(f), [])
+    if meta.suffix in (".jsonl", ".json") and meta.is_file():
+        with open(meta) as f:
+            line = f.readline()
+        return list(json.loads(line)) if line.strip() else []
+    if path.is_dir() and (path / "metadata.jsonl").is_file():
+        return _data_columns(path / "metadata.jsonl")
+    return None

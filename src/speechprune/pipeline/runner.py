@@ -1,0 +1,147 @@
+"""``speechprune run``: analyse, pick, compress, fine-tune, evaluate and report, in one resumable run.
+
+Each stage writes into ``OUT/stages/<stage>.json`` a *key* (a hash of the options it depends on, including the
+keys of the stages it reads) and its result. A re-run skips every stage whose key is unchanged, so after a crash
+or a change of one option only the affected stages run again; fine-tuning inside a stage resumes from its last
+finished epoch. Candidates (the unpruned baseline and every compressed model) are saved under ``OUT/models/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speechprune.pipeline.config import RunConfig
+from speechprune.utils.fingerprint import hash_json
+from speechprune.utils.io import write_json_atomic
+
+STAGES = ("analysis", "baseline", "truncate", "removal", "distill", "structured", "profile", "report")
+
+
+class Run:
+    """State shared by the stages of one run."""
+
+    def __init__(self, cfg: RunConfig, progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.progress = progress
+        self.log = log
+        self.keys: dict[str, str] = {}
+        self.results: dict[str, Any] = {}
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self._dataset = None
+        self._encoder = None
+
+    # --- lazily loaded inputs ----------------------------------------------------------------------------------
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            from speechprune.cli.common import load_dataset_spec
+
+            c = self.cfg
+            cols = list(dict.fromkeys([*c.analysis_labels, *([c.split.split_column] if c.split.split_column else [])]))
+            self._dataset = load_dataset_spec(c.data, cols, c.group)
+        return self._dataset
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from speechprune.models import load_encoder
+
+            self._encoder = load_encoder(self.cfg.model, window_seconds=self.cfg.window)
+        return self._encoder
+
+    def split_spec(self) -> Any:
+        from speechprune.train.splits import SplitSpec
+
+        s = self.cfg.split
+        return SplitSpec(split_column=s.split_column, test_groups=list(s.test_groups), val_groups=list(s.val_groups),
+                         test_fraction=s.test_fraction, val_fraction=s.val_fraction, seed=self.cfg.seed)
+
+    def train_config(self, **changes: Any) -> Any:
+        from speechprune.train.loop import TrainConfig
+
+        t = self.cfg.train
+        return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
+                           warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
+                           seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
+                           **changes).validate()
+
+    # --- stage bookkeeping -------------------------------------------------------------------------------------
+    def stage(self, name: str, depends: dict[str, Any], fn: Callable[[], Any]) -> Any:
+        key = hash_json({"stage": name, **depends})
+        self.keys[name] = key
+        path = self.out / "stages" / f"{name}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                self.results[name] = saved["result"]
+                self.skipped.append(name)
+                self.log(f"stage {name}: unchanged, reusing {path}")
+                return saved["result"]
+        self.log(f"stage {name}: running")
+        t0 = time.perf_counter()
+        result = fn()
+        write_json_atomic(path, {"key": key, "seconds": time.perf_counter() - t0, "result": result})
+        self.results[name] = result
+        self.ran.append(name)
+        return result
+
+    def base_deps(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"model": c.model, "window": c.window, "data": c.data, "data_fp": self.dataset.fingerprint(),
+                "label": c.label, "group": c.group, "split": c.split.__dict__, "seed": c.seed}
+
+
+def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every enabled stage (skipping unchanged ones) and write the report; returns the report's data."""
+    from speechprune.pipeline import stages
+
+    run = Run(cfg, progress, log)
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
+    import yaml
+
+    from speechprune.utils.io import write_text_atomic
+
+    write_text_atomic(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    base = run.base_deps()
+    c = cfg.compress
+    if cfg.analysis.enabled:
+        run.stage("analysis", {**base, "labels": cfg.analysis_labels, "analysis": cfg.analysis.__dict__},
+                  lambda: stages.analysis(run))
+    run.stage("baseline", {**base, "train": cfg.train.__dict__}, lambda: stages.baseline(run))
+    if c.truncate.enabled:
+        run.stage("truncate", {**base, "train": cfg.train.__dict__, "truncate": c.truncate.__dict__,
+                               "analysis": run.keys.get("analysis")}, lambda: stages.truncate(run))
+    if c.removal.enabled:
+        run.stage("removal", {"baseline": run.keys["baseline"], "removal": c.removal.__dict__},
+                  lambda: stages.removal(run))
+    if c.distill.enabled:
+        run.stage("distill", {"baseline": run.keys["baseline"], "distill": c.distill.__dict__},
+                  lambda: stages.distill(run))
+    if c.structured.enabled:
+        run.stage("structured", {"baseline": run.keys["baseline"], "structured": c.structured.__dict__,
+                                 "train": cfg.train.__dict__}, lambda: stages.structured(run))
+    candidates = stages.collect_candidates(run)
+    run.stage("profile", {"candidates": [(k["name"], k.get("key")) for k in candidates],
+                          "seconds": cfg.profile_seconds, "repeats": cfg.latency_repeats},
+              lambda: stages.profile(run, candidates))
+    report = stages.report(run, candidates)
+    report["stages_run"], report["stages_reused"] = run.ran, run.skipped
+    write_json_atomic(run.out / "results.json", report)
+    return report
+
+
+def retained(acc: float, base: float) -> float:
+    return float(acc / base) if base else float("nan")
+
+
+def as_float_list(xs: Any) -> list[float]:
+    return [float(x) for x in np.asarray(xs).ravel()]

@@ -1,0 +1,1 @@
+"""Reports of a ``speechprune run``: a self-contained HTML page and the same content as Markdown."""
