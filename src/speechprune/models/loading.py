@@ -71,11 +71,15 @@ def _load_pretrained(spec: str, attn_implementation: str | None) -> SpeechEncode
         where = "local folder" if Path(spec).exists() else "local folder or reachable hub id"
         raise SpeechpruneError(f"cannot load model {spec!r}: not a {where} with a config.json ({exc})") from exc
     check_family(config.model_type)
-    cls = _model_class(config)
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = cls.from_pretrained(spec, **kwargs)
+    if getattr(config, "speechprune_structure", None):  # structured-pruned, not describable by the stock config
+        from speechprune.compress.structured import load_pruned
+
+        model = load_pruned(spec, **kwargs)
+    else:
+        model = _model_class(config).from_pretrained(spec, **kwargs)
     try:
         fe = transformers.AutoFeatureExtractor.from_pretrained(spec)
     except (OSError, ValueError):
