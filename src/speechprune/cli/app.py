@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "speechprune.cli.cmd_finetune",
     "speechprune.cli.cmd_evaluate",
     "speechprune.cli.cmd_prune",
+    "speechprune.cli.cmd_prune_structured",
     "speechprune.cli.cmd_run",
     "speechprune.cli.cmd_profile",
     "speechprune.cli.cmd_import_ct2",
