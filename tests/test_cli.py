@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_help_lists_the_subcommands() -> None:
     res = runner.invoke(app, ["--help"], terminal_width=200)
     assert res.exit_code == 0
-    for cmd in ("info", "extract", "analyze", "profile", "import-ct2", "demo"):
+    for cmd in ("info", "extract", "analyze", "profile", "import-ct2", "demo", "finetune", "evaluate", "run", "distill"):
         assert cmd in res.output
 
 
@@ -64,7 +64,7 @@ def test_extract_writes_cache_and_copy(tmp_path: Path) -> None:
 def test_demo_runs_offline_end_to_end(tmp_path: Path, whisper_tiny_dir: Path) -> None:
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--out", str(out), "--model", str(whisper_tiny_dir), "--speakers", "2",
-                              "--takes", "1", "--repeats", "1"])
+                              "--takes", "1", "--repeats", "1", "--no-pipeline"])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["clips"] == 20 and summary["features"]["states"] == [0, 1, 2, 3, 4]

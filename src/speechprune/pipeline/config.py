@@ -101,6 +101,7 @@ class RunConfig:
     group: str | None = None
     window: float | None = None
     out: str = "speechprune-run"
+    cache_dir: str | None = None
     seed: int = 0
     batch_size: int = 8
     profile_seconds: float = 1.0

@@ -19,13 +19,18 @@ def analysis(run: Any) -> dict[str, Any]:
     from speechprune.analysis.runner import AnalysisConfig, run_analysis
 
     c = run.cfg
-    acfg = AnalysisConfig(labels=c.analysis_labels, metrics=list(c.analysis.metrics),
+    groups = {g for g in run.dataset.groups() if g is not None}
+    folds = min(5, len(groups)) if groups else 5  # group-aware folds cannot outnumber the groups
+    if groups and folds < 2:
+        folds = 2
+    acfg = AnalysisConfig(probe_folds=folds, labels=c.analysis_labels, metrics=list(c.analysis.metrics),
                           similarity=list(c.analysis.similarity), permutations=c.analysis.permutations,
                           max_pairs=c.analysis.max_pairs, batch_size=c.batch_size,
                           split_column=c.split.split_column, test_groups=list(c.split.test_groups) or None,
                           seed=42)
     acfg.validate()
-    res = run_analysis(run.encoder, run.dataset, acfg, run.out / "analysis", progress=run.progress)
+    res = run_analysis(run.encoder, run.dataset, acfg, run.out / "analysis", progress=run.progress,
+                       cache_dir=Path(c.cache_dir) if c.cache_dir else None)
     return {"folder": str(run.out / "analysis"), "summary": res.get("summary", {}),
             "convexity": _convexity_scores(run.out / "analysis", c.label)}
 

@@ -39,7 +39,7 @@ def run_distill_stage(run: Any) -> dict[str, Any]:
     candidates = []
     for spec in c.compress.distill.mimickers:
         opts = parse_mimicker(spec)
-        stage = lambda n: TrainConfig(epochs=n, batch_size=32, lr=1e-3, schedule="constant",  # noqa: E731
+        stage = lambda n: TrainConfig(epochs=n, batch_size=c.batch_size, lr=1e-3, schedule="constant",  # noqa: E731
                                       warmup_ratio=0.0, max_grad_norm=None, patience=5, seed=c.seed)
         cfg = DistillConfig(**opts, stage1=stage(c.compress.distill.stage1_epochs),
                             stage2=stage(c.compress.distill.stage2_epochs), seed=c.seed)
