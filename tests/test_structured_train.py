@@ -171,3 +171,30 @@ def test_cli_bad_budget_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
     r = CliRunner().invoke(app, ["prune", "structured", "--help"])
     assert r.exit_code == 0 and "--budget" in r.output and "--resume" in r.output
+
+
+def test_cli_end_to_end_with_resume(tones, tmp_path: Path) -> None:
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from speechprune.cli.app import app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["file_name,word,speaker"]
+    for i, it in enumerate(tones.items[:30]):
+        sf.write(data / f"c{i}.wav", it.array, 16000)
+        rows.append(f"c{i}.wav,{it.labels['word']},{it.labels['speaker']}")
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    model = tmp_path / "clf"
+    _classifier().save_pretrained(model)
+    out = tmp_path / "m"
+    args = ["prune", "structured", str(model), str(data), "-l", "word", "-o", str(out), "--budget", "size=0.6",
+            "--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--no-progress"]
+    r = CliRunner().invoke(app, args + ["--resume"])
+    assert r.exit_code != 0 and not out.exists()  # nothing to resume
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["budget_met"] and res["max_abs_budget_error"] <= 0.02
+    assert load_encoder(out).family == "wav2vec2"
