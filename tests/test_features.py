@@ -149,6 +149,8 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # same GEMM blocking as the in-process reference
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_features import make_dataset
         from speechprune.models import load_encoder
