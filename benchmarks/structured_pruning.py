@@ -8,7 +8,8 @@ an interrupted one is resumed from its last epoch):
 1. FSDD words at 50 % MACs in the three budget modes: total MACs, total size, separate front-end/transformer MACs;
 2. FSDD words at 70 % and 30 % total MACs;
 3. transformer-only pruning (no conv gates) at 50 % MACs;
-4. EmoDB emotion at 50 % MACs.
+4. EmoDB emotion at 50 % MACs;
+5. then the Size and SepMAC modes at 70 % / 30 % on FSDD, and Size, SepMAC, transformer-only on EmoDB.
 
 For each: test accuracy/macro-F1, params and MACs (analytic cost of the eval masks and the profiler's count of the
 pruned model), budget error before and after calibration, and latency measured back to back with the unpruned
@@ -63,6 +64,18 @@ RUNS: list[dict[str, Any]] = [
     {"name": "fsdd-word-transformer-only-macs0.5", "task": "fsdd-word", "budget": "macs=0.5",
      "mode": "MAC, transformer only", "structures": ("head", "interm")},
     {"name": "emodb-emotion-macs0.5", "task": "emodb-emotion", "budget": "macs=0.5", "mode": "MAC"},
+    # then, as time allows: the other modes at 0.7 / 0.3 and on EmoDB
+    {"name": "fsdd-word-size0.7", "task": "fsdd-word", "budget": "size=0.7", "mode": "Size"},
+    {"name": "fsdd-word-size0.3", "task": "fsdd-word", "budget": "size=0.3", "mode": "Size"},
+    {"name": "fsdd-word-sepmacs0.7", "task": "fsdd-word", "budget": "frontend-macs=0.7,transformer-macs=0.7",
+     "mode": "SepMAC"},
+    {"name": "fsdd-word-sepmacs0.3", "task": "fsdd-word", "budget": "frontend-macs=0.3,transformer-macs=0.3",
+     "mode": "SepMAC"},
+    {"name": "emodb-emotion-size0.5", "task": "emodb-emotion", "budget": "size=0.5", "mode": "Size"},
+    {"name": "emodb-emotion-sepmacs0.5", "task": "emodb-emotion", "budget": "frontend-macs=0.5,transformer-macs=0.5",
+     "mode": "SepMAC"},
+    {"name": "emodb-emotion-transformer-only-macs0.5", "task": "emodb-emotion", "budget": "macs=0.5",
+     "mode": "MAC, transformer only", "structures": ("head", "interm")},
 ]
 LATENCY_ROUNDS = 15
 
@@ -182,11 +195,43 @@ def write_summary(rows: list[dict[str, Any]], dest: Path) -> None:
     write_json_atomic(dest, table)
 
 
+def markdown_table(dest: Path) -> str:
+    """``results.md``: one row per finished run (from ``runs/*.json``), in ``RUNS`` order."""
+    lines = ["| run | mode | budget (keep) | test acc | teacher acc | rel. acc | MACs kept (profiler) | "
+             "params kept | Lagrangian final keep (before calibration) | budget error | latency ms pruned / teacher "
+             "(1 thread) | speedup | MAC gain | speedup / MAC gain | truncation at ≤ same MACs (depth: acc, MACs kept) "
+             "| train s |", "|" + "---|" * 16]
+    for run in RUNS:
+        path = RESULTS / "runs" / f"{run['name']}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        gain = r["teacher_macs"] / r["macs_per_clip"]
+        lat = r["latency"]
+        before = ", ".join(f"{k} {v['final_keep']:.3f}" for k, v in (r["budgets_before_calibration"] or {}).items())
+        err = ", ".join(f"{v['budget_error']:+.4f}" for v in r["budgets"].values())
+        tr = r["truncation_at_same_macs"] or {}
+        lines.append(
+            f"| {r['name']} | {r['mode']} | {r['budget']} | {r['test_accuracy']:.4f} | {r['teacher_accuracy']:.4f} | "
+            f"{r['relative_accuracy']:.4f} | {r['macs_per_clip'] / r['teacher_macs']:.3f} | "
+            f"{r['params'] / r['teacher_params']:.3f} | {before} | {err} | "
+            f"{lat['ms_median']['pruned']:.1f} / {lat['ms_median']['teacher']:.1f} | {lat['speedup']:.2f} | "
+            f"{gain:.2f} | {lat['speedup'] / gain:.2f} | k={tr.get('depth')}: {tr.get('test_accuracy', 0):.4f}, "
+            f"{tr.get('macs_per_clip', 0) / r['teacher_macs']:.3f} | {r['train_seconds']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    dest.write_text(text)
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--table", action="store_true", help="Only write results.md from the finished runs.")
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table(RESULTS / "results.md"))
+        return
     torch.manual_seed(0)
     runs = [r for r in RUNS if not args.only or r["name"] in args.only]
     if args.quick:
@@ -201,6 +246,8 @@ def main() -> None:
         print(f"{run['name']}: acc {row['test_accuracy']:.3f} (teacher {row['teacher_accuracy']}), "
               f"MACs keep {row['macs_per_clip'] / row['macs_full_analytic']:.3f}, "
               f"speedup {row['latency']['speedup']:.2f}, {time.perf_counter() - t0:.0f} s", flush=True)
+    if not args.quick:
+        markdown_table(RESULTS / "results.md")
 
 
 if __name__ == "__main__":

@@ -431,8 +431,11 @@ def calibrate_gates(gated: GatedModel, budgets: list[Any], num_samples: int = 16
     """Per budget, add one common offset δ to the ``log α`` of the gates that set its cost (front end: conv gates;
     transformer: head/FFN/layer gates; total: all gates not already set by a part budget) — the largest δ whose
     final (eval-mask) cost is at most the budget, found by bisection (the final cost only grows with δ). Part
-    budgets go first. Returns ``{budget: {"offset", "final_keep_before", "final_keep_after"}}``."""
+    budgets go first. The offsets only choose the kept units: ``log α`` is restored afterwards and the eval masks
+    are pinned (:func:`pin_eval_masks`) to the calibrated kept sets with the *trained* soft values.
+    Returns ``{budget: {"offset", "fine_offset", "final_keep_before", "final_keep_after"}}``."""
     order = sorted(budgets, key=lambda b: b.part == "total")
+    original = {n: g.log_alpha.detach().clone() for n, g in gated.gates.items()}
     done: set[str] = set()
     info: dict[str, Any] = {}
     for b in order:
@@ -476,7 +479,22 @@ def calibrate_gates(gated: GatedModel, budgets: list[Any], num_samples: int = 16
         done.update(names)
         info[b.name] = {"offset": delta, "fine_offset": delta_fine, "final_keep_before": before,
                         "final_keep_after": keep(), "gates": len(names)}
+    # The offsets decide which units stay; the kept units keep the soft mask values they were trained with (an
+    # offset would rescale them all: σ(0.8 (log α + δ)/β) — with δ ≈ −2 that shrinks every kept unit's output by
+    # ~20 % per layer and wrecks the model). So: restore log α and pin the eval masks to the calibrated kept sets.
+    shifted = {n: g.eval_mask() for n, g in gated.gates.items()}
+    for n, g in gated.gates.items():
+        with torch.no_grad():
+            g.log_alpha.copy_(original[n])
+    soft = {n: torch.sigmoid(0.8 * g.log_alpha.detach() / g.beta) for n, g in gated.gates.items()}
+    pin_eval_masks(gated, {n: torch.where(shifted[n] != 0, soft[n], torch.zeros_like(soft[n])) for n in shifted})
     return info
+
+
+def pin_eval_masks(gated: GatedModel, masks: dict[str, torch.Tensor]) -> None:
+    """Make ``gated.eval_masks()`` (and so ``final_counts``, ``final_cost``, ``prune``) return ``masks``."""
+    fixed = {k: v.detach().clone() for k, v in masks.items()}
+    gated.eval_masks = lambda: {k: v.clone() for k, v in fixed.items()}  # type: ignore[method-assign]
 
 
 def _param_groups(gated: GatedModel, reg: BudgetLagrangian, cfg: Any, opts: PruneOptions) -> list[dict[str, Any]]:
