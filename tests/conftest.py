@@ -32,3 +32,15 @@ def whisper_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from speechprune.models.ct2 import convert_ct2_whisper
 
     return convert_ct2_whisper("base", tmp_path_factory.mktemp("whisper-base"))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (tiny models thrash with two threads on a shared 2-core machine), restoring
+    the previous setting afterwards so that other tests are unaffected."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

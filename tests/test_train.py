@@ -38,12 +38,7 @@ def tone_dataset(n: int = 60, classes: int = 3, seed: int = 0) -> AudioDataset:
     return AudioDataset(items, ["word", "speaker"], group_column="speaker", name="tones")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

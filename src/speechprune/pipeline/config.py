@@ -122,17 +122,14 @@ class RunConfig:
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read ``path`` (YAML; optional), apply ``key.sub=value`` overrides, and validate everything."""
+    from speechprune.cli.config import load_yaml
+
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping")
+            data = load_yaml(path)
+        except SpeechpruneError as exc:
+            raise ConfigError(str(exc)) from exc
     for item in overrides or []:
         _apply_override(data, item)
     cfg = _build(RunConfig, data, "")
