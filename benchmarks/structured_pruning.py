@@ -9,7 +9,8 @@ an interrupted one is resumed from its last epoch):
 2. FSDD words at 70 % and 30 % total MACs;
 3. transformer-only pruning (no conv gates) at 50 % MACs;
 4. EmoDB emotion at 50 % MACs;
-5. then the Size and SepMAC modes at 70 % / 30 % on FSDD, and Size, SepMAC, transformer-only on EmoDB.
+5. then the Size and SepMAC modes at 70 % / 30 % on FSDD, and Size, SepMAC, transformer-only on EmoDB;
+6. EmoDB at 70 % / 30 % in every mode, transformer-only at 70 % / 30 % on both tasks.
 
 For each: test accuracy/macro-F1, params and MACs (analytic cost of the eval masks and the profiler's count of the
 pruned model), budget error before and after calibration, and latency measured back to back with the unpruned
@@ -76,6 +77,14 @@ RUNS: list[dict[str, Any]] = [
      "mode": "SepMAC"},
     {"name": "emodb-emotion-transformer-only-macs0.5", "task": "emodb-emotion", "budget": "macs=0.5",
      "mode": "MAC, transformer only", "structures": ("head", "interm")},
+    # EmoDB at 70 % / 30 % in every mode, and transformer-only pruning at the same budgets on both tasks
+    *[{"name": f"emodb-emotion-{tag}{b}", "task": "emodb-emotion", "budget": spec.format(b=b), "mode": mode}
+      for b in ("0.7", "0.3")
+      for tag, spec, mode in (("macs", "macs={b}", "MAC"), ("size", "size={b}", "Size"),
+                              ("sepmacs", "frontend-macs={b},transformer-macs={b}", "SepMAC"))],
+    *[{"name": f"{task}-transformer-only-macs{b}", "task": task, "budget": f"macs={b}",
+       "mode": "MAC, transformer only", "structures": ("head", "interm")}
+      for task in ("fsdd-word", "emodb-emotion") for b in ("0.7", "0.3")],
 ]
 LATENCY_ROUNDS = 15
 
