@@ -125,27 +125,45 @@ def test_report_renders_in_headless_chromium(data: Path, tmp_path: Path) -> None
     assert img.shape[0] >= 2000 and img[..., :3].std() > 0.05  # a page with content, not a blank canvas
 
 
-def test_two_process_training_matches_one_process(data: Path, tmp_path: Path) -> None:
-    """torchrun with 2 CPU processes (gloo): each takes every other batch of 4, so one step sees the same 8 clips
-    as a single process with batch 8; metrics agree within dropout noise."""
-    common = ["finetune", "tiny:wav2vec2", str(data), "-l", "word", "--epochs", "3", "--lr", "2e-3",
-              "--no-freeze-front-end", "--group", "speaker", "--test-groups", "4", "--no-progress", "--device", "cpu"]
+def test_two_process_accelerate_run_matches_one_process(data: Path, tmp_path: Path) -> None:
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo) runs the whole pipeline: the training stages
+    data-parallel (each process takes every other batch of 4, so a step sees the same 8 clips as one process with
+    batch 8), the other stages on the main process. Same candidates, same number of updates, metrics within noise
+    (each process draws its own dropout/SpecAugment masks)."""
+    common = [*overrides(data, tmp_path / "x", "train.epochs=3", "compress.structured.enabled=true",
+                         "compress.structured.epochs=2")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "speechprune.cli.app", *common, "--batch-size", "8", "-o",
-                          str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    cli = ["-m", "speechprune.cli.app", "run"]
+    one = subprocess.run([sys.executable, *cli, *common, f"out={tmp_path / 'one'}", "train.batch_size=8",
+                          "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29533", "-m", "speechprune.cli.app", *common, "--batch-size", "4", "-o",
-                          str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    a = json.loads((tmp_path / "one" / "training.json").read_text())
-    b = json.loads((tmp_path / "two" / "training.json").read_text())
-    assert a["training"]["num_processes"] == 1 and b["training"]["num_processes"] == 2
-    assert a["training"]["global_step"] == b["training"]["global_step"]
-    la = np.array([h["val_loss"] for h in a["training"]["history"]])
-    lb = np.array([h["val_loss"] for h in b["training"]["history"]])
-    # both learn; the curves differ by dropout/SpecAugment noise (each process draws its own masks)
-    assert la[-1] < la[0] and lb[-1] < lb[0]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    two = subprocess.run([*launch, *cli, *common, f"out={tmp_path / 'two'}", "train.batch_size=4", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (two.stdout + two.stderr).count("recommended:") == 1  # one summary, from the main process
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    kinds = lambda r: [c["name"].split("-r")[0] if c["name"].startswith("removal") else c["name"]  # noqa: E731
+                       for c in r["candidates"]]  # how many layers removal may drop depends on the baseline
+    names = kinds(a)
+    assert names == kinds(b)
+    assert {"baseline", "distill-mlp-16-1", "structured-macs0.5"} <= set(names)
+    ta = json.loads((tmp_path / "one" / "models" / "baseline" / "training.json").read_text())["training"]
+    tb = json.loads((tmp_path / "two" / "models" / "baseline" / "training.json").read_text())["training"]
+    assert ta["num_processes"] == 1 and tb["num_processes"] == 2
+    assert ta["global_step"] == tb["global_step"]
+    la, lb = (np.array([h["val_loss"] for h in t["history"]]) for t in (ta, tb))
+    assert la[-1] < la[0] and lb[-1] < lb[0]  # both learn
     np.testing.assert_allclose(lb, la, rtol=0.4)
-    assert abs(a["test"]["accuracy"] - b["test"]["accuracy"]) <= 0.15
-    assert abs(a["training"]["best_validation_accuracy"] - b["training"]["best_validation_accuracy"]) <= 0.2
+    for ca, cb in zip(a["candidates"], b["candidates"]):
+        if ca["name"].startswith("structured"):
+            continue  # 2 epochs to half the MACs of a random tiny model leave it near chance either way; see below
+        assert abs(ca["accuracy"] - cb["accuracy"]) <= 0.25, (ca["name"], ca["accuracy"], cb["accuracy"])
+        if not ca["name"].startswith(("structured", "removal")):  # same architecture, same cost
+            assert ca["gmacs_per_s"] == cb["gmacs_per_s"]
+    # the structured candidate was trained by both processes and meets the same budget either way
+    for run in ("one", "two"):
+        (cand,) = json.loads((tmp_path / run / "stages" / "structured.json").read_text())["result"]["candidates"]
+        assert cand["budget_met"] and cand["max_abs_budget_error"] <= 0.02

@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
         compress.distill.{enabled,mimickers,stage1_epochs,stage2_epochs}; compress.structured.{enabled,budgets,epochs}.
 
         Re-running skips every stage whose inputs did not change; a killed run continues where it stopped.
+        Several processes or GPUs: `accelerate launch --multi_gpu --num_processes N -m speechprune.cli.app run ...`
+        (training stages are data-parallel, the rest runs on the main process; train.batch_size is per process).
 
             speechprune run run.yaml train.epochs=2
             speechprune run model=models/whisper-base data=../shared/data/emodb label=emotion group=speaker split.test_groups=14,15,16 window=2 out=runs/emodb
@@ -38,6 +40,10 @@ def register(app: typer.Typer) -> None:
         config = items.pop(0) if items and "=" not in items[0] else None
         cfg = load_run_config(config, items)
         res = run_pipeline(cfg, progress=progress, log=lambda m: console.print(m))
+        from speechprune.utils.distributed import is_main_process
+
+        if not is_main_process():
+            return  # one summary per multi-process run
         rec = next(r for r in res["candidates"] if r["recommended"])
         console.print(f"recommended: [bold]{rec['name']}[/bold] ({rec['kind']}), accuracy {rec['accuracy']:.3f}, "
                       f"{rec['gmacs_per_s']:.2f} GMACs/s")

@@ -68,13 +68,22 @@ class Run:
         from speechprune.train.loop import TrainConfig
 
         t = self.cfg.train
-        return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
-                           warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
-                           seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
-                           **changes).validate()
+        options = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
+                       warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
+                       seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds)
+        return TrainConfig(**{**options, **changes}).validate()
 
     # --- stage bookkeeping -------------------------------------------------------------------------------------
-    def stage(self, name: str, depends: dict[str, Any], fn: Callable[[], Any]) -> Any:
+    def stage(self, name: str, depends: dict[str, Any], fn: Callable[[], Any], *, all_processes: bool = False
+              ) -> Any:
+        """Run ``fn`` unless ``OUT/stages/<name>.json`` holds a result for the same ``depends``.
+
+        In a multi-process launch a training stage (``all_processes``) runs on every process; any other stage runs on
+        the main process while the others wait. Either way only the main process writes the stage file, and every
+        process continues with the main process's result read back from it, so all processes agree.
+        """
+        from speechprune.utils import distributed
+
         key = hash_json({"stage": name, **depends})
         self.keys[name] = key
         path = self.out / "stages" / f"{name}.json"
@@ -85,10 +94,15 @@ class Run:
                 self.skipped.append(name)
                 self.log(f"stage {name}: unchanged, reusing {path}")
                 return saved["result"]
+        main = distributed.is_main_process()
         self.log(f"stage {name}: running")
         t0 = time.perf_counter()
-        result = fn()
-        write_json_atomic(path, {"key": key, "seconds": time.perf_counter() - t0, "result": result})
+        result = fn() if main or all_processes else None
+        if main:
+            write_json_atomic(path, {"key": key, "seconds": time.perf_counter() - t0, "result": result})
+        distributed.barrier()
+        if not main:
+            result = json.loads(path.read_text())["result"]
         self.results[name] = result
         self.ran.append(name)
         return result
@@ -103,39 +117,49 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
     """Run every enabled stage (skipping unchanged ones) and write the report; returns the report's data."""
     from speechprune.pipeline import stages
 
-    run = Run(cfg, progress, log)
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
-    import yaml
+    from speechprune.utils import distributed
 
-    from speechprune.utils.io import write_text_atomic
+    main = distributed.is_main_process()
+    run = Run(cfg, progress and main, log if main else (lambda _msg: None))
+    if main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
+        import yaml
 
-    write_text_atomic(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        from speechprune.utils.io import write_text_atomic
+
+        write_text_atomic(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    distributed.barrier()
     base = run.base_deps()
     c = cfg.compress
     if cfg.analysis.enabled:
         run.stage("analysis", {**base, "labels": cfg.analysis_labels, "analysis": cfg.analysis.__dict__},
                   lambda: stages.analysis(run))
-    run.stage("baseline", {**base, "train": cfg.train.__dict__}, lambda: stages.baseline(run))
+    run.stage("baseline", {**base, "train": cfg.train.__dict__}, lambda: stages.baseline(run), all_processes=True)
     if c.truncate.enabled:
         run.stage("truncate", {**base, "train": cfg.train.__dict__, "truncate": c.truncate.__dict__,
-                               "analysis": run.keys.get("analysis")}, lambda: stages.truncate(run))
+                               "analysis": run.keys.get("analysis")}, lambda: stages.truncate(run),
+                  all_processes=True)
     if c.removal.enabled:
         run.stage("removal", {"baseline": run.keys["baseline"], "removal": c.removal.__dict__},
                   lambda: stages.removal(run))
     if c.distill.enabled:
         run.stage("distill", {"baseline": run.keys["baseline"], "distill": c.distill.__dict__},
-                  lambda: stages.distill(run))
+                  lambda: stages.distill(run), all_processes=True)
     if c.structured.enabled:
         run.stage("structured", {"baseline": run.keys["baseline"], "structured": c.structured.__dict__,
-                                 "train": cfg.train.__dict__}, lambda: stages.structured(run))
+                                 "train": cfg.train.__dict__}, lambda: stages.structured(run), all_processes=True)
     candidates = stages.collect_candidates(run)
     run.stage("profile", {"candidates": [(k["name"], k.get("key")) for k in candidates],
                           "seconds": cfg.profile_seconds, "repeats": cfg.latency_repeats},
               lambda: stages.profile(run, candidates))
-    report = stages.report(run, candidates)
-    report["stages_run"], report["stages_reused"] = run.ran, run.skipped
-    write_json_atomic(run.out / "results.json", report)
+    if main:
+        report = stages.report(run, candidates)
+        report["stages_run"], report["stages_reused"] = run.ran, run.skipped
+        write_json_atomic(run.out / "results.json", report)
+    distributed.barrier()
+    if not main:
+        report = json.loads((run.out / "results.json").read_text())
     return report
 
 

@@ -53,6 +53,8 @@ def _finetune(run: Any, encoder: Any, name: str, **meta: Any) -> dict[str, Any]:
     resume = work_dir_for(out).exists()
     res = finetune(encoder, run.dataset, run.cfg.label, out, run.train_config(), run.split_spec(), resume=resume,
                    overwrite=not resume, progress=run.progress, latency_repeats=0, metadata=meta)
+    if "test" not in res:  # another process of a multi-process run: the main process evaluates and saves
+        return {"name": name}
     test = res["test"]
     return {"name": name, "model_dir": str(out), "accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
             "train_seconds": res["training"]["train_seconds"], "num_layers": res["num_layers"],

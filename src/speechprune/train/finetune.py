@@ -47,9 +47,9 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
+    from speechprune.utils.distributed import is_main_process
 
-    return PartialState().is_main_process
+    return is_main_process()
 
 
 def classes_for(dataset: AudioDataset, label: str, train_indices: np.ndarray) -> list[str]:

@@ -280,6 +280,7 @@ class Trainer:
         if accel.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         accel.wait_for_everyone()
+        tmp.mkdir(parents=True, exist_ok=True)  # every process writes its own RNG state into it
         accel.save_state(str(tmp), safe_serialization=True)
         if accel.is_main_process:
             best = ckpt / BEST_FILE

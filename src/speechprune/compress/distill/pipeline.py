@@ -48,6 +48,8 @@ def run_distill_stage(run: Any) -> dict[str, Any]:
         resume = work_dir_for(out).exists()
         res = distill(teacher, run.dataset, c.label, out, cfg, run.split_spec(), resume=resume, overwrite=not resume,
                       progress=run.progress)
+        if "test" not in res:
+            continue  # another process of a multi-process run: the main process evaluates and saves
         candidates.append({
             "name": name, "kind": f"distilled {opts['mimicker']} mimicker (h = {opts['hidden']}, "
                                   f"{opts['blocks']} block{'s' if opts['blocks'] > 1 else ''})"

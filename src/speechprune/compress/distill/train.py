@@ -39,6 +39,7 @@ from speechprune.models.classifier import class_names
 from speechprune.train.finetune import prepare_output
 from speechprune.train.loop import TrainConfig, Trainer
 from speechprune.train.splits import SplitSpec, make_splits
+from speechprune.utils import distributed
 from speechprune.utils.io import write_json_atomic
 
 STAGE1_DONE = "stage1.safetensors"
@@ -151,6 +152,7 @@ def distill(
     cfg.stage2.validate()
     out = Path(out)
     work = prepare_output(out, resume=resume, overwrite=overwrite)
+    main = distributed.is_main_process()
     classes = class_names(teacher)
     parts = make_splits(dataset, label, split)
     values = dataset.labels(label)
@@ -160,12 +162,15 @@ def distill(
         raise DataError(f"{dataset.name}: label value(s) {unknown} of {label!r} are not classes of the teacher "
                         f"({', '.join(classes)})")
     t0 = time.perf_counter()
-    targets = teacher_targets(teacher, dataset, intermediate=cfg.intermediate, batch_size=cfg.teacher_batch_size,
-                              max_seconds=cfg.stage2.max_seconds, cache_dir=cache_dir, progress=progress)
+    with distributed.main_process_first():  # in a multi-process run the others then read the cache
+        targets = teacher_targets(teacher, dataset, intermediate=cfg.intermediate, batch_size=cfg.teacher_batch_size,
+                                  max_seconds=cfg.stage2.max_seconds, cache_dir=cache_dir,
+                                  progress=progress and main)
     teacher_pass_s = time.perf_counter() - t0
     student = build_student(teacher, config, seed=cfg.seed)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(work / "student_config.json", config)
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(work / "student_config.json", config)
 
     def frames(key: str, with_labels: bool) -> FrameDataset:
         idx = parts[key]
@@ -209,9 +214,11 @@ def distill(
             summary["stage1"] = rec
             from safetensors.torch import save_model
 
-            write_json_atomic(work / "stage1.json", rec)
-            save_model(student, str(done1))
-            shutil.rmtree(w1, ignore_errors=True)
+            if main:
+                write_json_atomic(work / "stage1.json", rec)
+                save_model(student, str(done1))
+                shutil.rmtree(w1, ignore_errors=True)
+            distributed.barrier()
         summary["stage1"]["test_mse"] = _stage1_mse(student, frames("test", False), targets.pool_all_frames) \
             if len(parts["test"]) else None
 
@@ -235,6 +242,8 @@ def distill(
         summary["finished"] = False
         return summary
     summary["finished"] = True
+    if not main:
+        return summary  # in a multi-process run only the main process evaluates and writes the student
     if evaluate_test and len(parts["test"]):
         from speechprune.compress.distill.evaluate import evaluate_student
 

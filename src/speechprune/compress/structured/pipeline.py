@@ -33,6 +33,8 @@ def run_structured_stage(run: Any) -> dict[str, Any]:
         res = prune_structured(teacher, run.dataset, c.label, out, budget, run.train_config(epochs=section.epochs),
                                run.split_spec(), resume=resume, overwrite=not resume, progress=run.progress,
                                latency_repeats=0)
+        if "test" not in res:
+            continue  # another process of a multi-process run: the main process evaluates and saves
         test = res["test"]
         candidates.append({
             "name": name, "kind": f"structured pruning (HJ-Pruning, {budget})", "model_dir": str(out),
