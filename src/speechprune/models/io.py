@@ -7,13 +7,10 @@ numbering, window), because the stock config has no place for provenance.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from speechprune.utils.io import _umask, write_json_atomic
+from speechprune.utils.io import atomic_dir, write_json_atomic
 
 if TYPE_CHECKING:
     from speechprune.models.adapter import SpeechEncoder
@@ -30,10 +27,7 @@ def save_encoder(
     """Save into ``path`` atomically; ``extra_json`` maps file names to objects written beside the model (a run's
     ``training.json``, ``metrics.json``) so that they appear together with it or not at all."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a saved model is an ordinary, shareable folder
-    try:
+    with atomic_dir(dest) as tmp:
         encoder.model.save_pretrained(tmp, safe_serialization=True)
         if encoder.feature_extractor is not None:
             encoder.feature_extractor.save_pretrained(tmp)
@@ -48,15 +42,4 @@ def save_encoder(
         write_json_atomic(tmp / SIDE_FILE, side)
         for name, obj in (extra_json or {}).items():
             write_json_atomic(tmp / name, obj)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -263,6 +263,10 @@ class Trainer:
         row = {"epoch": epoch, "step": state.global_step, "train_loss": train_loss,
                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": seconds}
         state.history.append(row)
+        self._update_best(state, epoch, val)
+
+    def _update_best(self, state: TrainerState, epoch: int, val: dict[str, float]) -> None:
+        """Best epoch = highest validation accuracy (ties: lower loss); count epochs without gain for patience."""
         better = val["accuracy"] > state.best_accuracy or (
             val["accuracy"] == state.best_accuracy and val["loss"] < state.best_loss)
         if better:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import transformers
 
 from speechprune.compress.distill.student import StudentClassifier
 from speechprune.errors import SpeechpruneError
-from speechprune.utils.io import write_json_atomic
+from speechprune.utils.io import atomic_dir, write_json_atomic
 
 CONFIG_FILE = "speechprune_student.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -108,11 +107,8 @@ def save_student(
     """Save ``student`` to ``path`` atomically; returns ``"stock"`` or ``"speechprune"`` (the format used)."""
     from safetensors.torch import save_model
 
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     fmt = "speechprune"
-    try:
+    with atomic_dir(path) as tmp:
         config = {**student.config, "saved_as": fmt}
         if prefer_stock and stock_expressible(student):
             model = to_stock(student)
@@ -131,17 +127,6 @@ def save_student(
         write_json_atomic(tmp / CONFIG_FILE, config)
         for name, obj in (extra_json or {}).items():
             write_json_atomic(tmp / name, obj)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return fmt
 
 

@@ -228,15 +228,7 @@ def _trainer_class() -> type:
                 if last and state.best_epoch is None:  # nothing met the budget: keep the last epoch
                     state.best_epoch, state.best_accuracy, state.best_loss = epoch, val["accuracy"], val["loss"]
                 return
-            better = val["accuracy"] > state.best_accuracy or (
-                val["accuracy"] == state.best_accuracy and val["loss"] < state.best_loss)
-            if better:
-                state.best_epoch, state.best_accuracy, state.best_loss, state.bad_epochs = (
-                    epoch, val["accuracy"], val["loss"], 0)
-            else:
-                state.bad_epochs += 1
-                if self.cfg.patience is not None and state.bad_epochs >= self.cfg.patience:
-                    state.stopped_early = True
+            self._update_best(state, epoch, val)
 
     return PruningTrainer
 
