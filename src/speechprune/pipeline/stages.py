@@ -82,8 +82,11 @@ def _pretrained_convexity(run: Any) -> dict[str, float]:
     from speechprune.analysis.convexity import convexity_by_layer
     from speechprune.features.extract import extract_features
 
-    feats = extract_features(run.encoder, run.dataset, pooling="mean", batch_size=run.cfg.batch_size,
-                             progress=run.progress)
+    from speechprune.utils.distributed import main_process_first
+
+    with main_process_first():  # in a multi-process run the main process fills the feature cache, the others read it
+        feats = extract_features(run.encoder, run.dataset, pooling="mean", batch_size=run.cfg.batch_size,
+                                 progress=run.progress)
     return {str(r["state"]): r["score"] for r in convexity_by_layer(feats, run.cfg.label)}
 
 
