@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         test_fraction,val_fraction}; train.{epochs,batch_size,lr,head_lr,schedule,warmup_ratio,freeze_front_end,
         patience,max_seconds,mixed_precision}; analysis.{enabled,metrics,similarity,permutations,max_pairs};
         compress.truncate.{enabled,tolerance}; compress.removal.{enabled,orders,min_retained};
-        compress.distill.{enabled,mimickers,stage1_epochs,stage2_epochs}; compress.structured.{enabled,budgets,epochs}.
+        compress.distill.{enabled,mimickers,stage1_epochs,stage2_epochs}; compress.structured.{enabled,budgets,epochs,p0_keep,gate_lr,reg_lr,target_warmup,finetune_epochs}.
 
         Re-running skips every stage whose inputs did not change; a killed run continues where it stopped.
         Several processes or GPUs: `accelerate launch --multi_gpu --num_processes N -m speechprune.cli.app run ...`

@@ -32,7 +32,9 @@ def run_structured_stage(run: Any) -> dict[str, Any]:
         resume = work_dir_for(out).exists()
         res = prune_structured(teacher, run.dataset, c.label, out, budget, run.train_config(epochs=section.epochs),
                                run.split_spec(), resume=resume, overwrite=not resume, progress=run.progress,
-                               latency_repeats=0)
+                               latency_repeats=0, p0_keep=section.p0_keep, gate_lr=section.gate_lr,
+                               reg_lr=section.reg_lr, target_warmup=section.target_warmup,
+                               finetune_epochs=section.finetune_epochs)
         if "test" not in res:
             continue  # another process of a multi-process run: the main process evaluates and saves
         test = res["test"]
