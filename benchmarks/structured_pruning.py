@@ -253,9 +253,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--table", action="store_true", help="Only write results.md from the finished runs.")
+    ap.add_argument("--table", action="store_true", help="Only rewrite results.md and summary.json from the finished runs.")
     args = ap.parse_args()
     if args.table:
+        done = [RESULTS / "runs" / f"{r['name']}.json" for r in RUNS]
+        write_summary([json.loads(p.read_text()) for p in done if p.exists()], RESULTS / "summary.json")
         print(markdown_table(RESULTS / "results.md"))
         return
     torch.manual_seed(0)
