@@ -114,11 +114,13 @@ def test_non_stock_folder_loads_with_load_encoder_and_evaluates(tones, tmp_path:
 
 
 def test_pipeline_stage(tones, tmp_path: Path) -> None:
+    from speechprune.pipeline.config import StructuredSection
+
     base = tmp_path / "base"
     _classifier().save_pretrained(base)
     run = SimpleNamespace(
-        cfg=SimpleNamespace(label="word", compress=SimpleNamespace(structured=SimpleNamespace(
-            budgets=["macs=0.5"], epochs=3))),
+        cfg=SimpleNamespace(label="word", compress=SimpleNamespace(structured=StructuredSection(
+            enabled=True, budgets=["macs=0.5"], epochs=3))),
         results={"baseline": {"candidates": [{"model_dir": str(base)}]}}, dataset=tones, out=tmp_path / "run",
         progress=False, split_spec=lambda: SplitSpec(seed=0),
         train_config=lambda **kw: TrainConfig(**{**CFG.to_dict(), **kw}))
