@@ -12,7 +12,8 @@ an interrupted one is resumed from its last epoch):
 5. then the Size and SepMAC modes at 70 % / 30 % on FSDD, and Size, SepMAC, transformer-only on EmoDB;
 6. EmoDB at 70 % / 30 % in every mode, transformer-only at 70 % / 30 % on both tasks;
 7. 2 epochs of fine-tuning after pruning at FSDD MAC 50 %, EmoDB MAC 30 % and FSDD SepMAC 30 %;
-8. a faster Lagrangian (less saturated initial gates, higher gate/λ lr, shorter ramp) at FSDD 50 % / EmoDB 30 % MACs.
+8. a faster Lagrangian (less saturated initial gates, higher gate/λ lr, shorter ramp) at FSDD 50 % / EmoDB 30 % MACs;
+9. both follow-ups on EmoDB at 50 % MACs.
 
 For each: test accuracy/macro-F1, params and MACs (analytic cost of the eval masks and the profiler's count of the
 pruned model), budget error before and after calibration, and latency measured back to back with the unpruned
@@ -100,6 +101,11 @@ RUNS: list[dict[str, Any]] = [
     *[{"name": f"{task}-macs{b}-fast", "task": task, "budget": f"macs={b}", "mode": "MAC, fast Lagrangian",
        "options": {"p0_keep": 0.1, "gate_lr": 0.5, "reg_lr": 0.5, "target_warmup": 0.3}}
       for task, b in (("fsdd-word", "0.5"), ("emodb-emotion", "0.3"))],
+    # the same two follow-ups at the goal point on EmoDB
+    {"name": "emodb-emotion-macs0.5-ft2", "task": "emodb-emotion", "budget": "macs=0.5", "mode": "MAC + 2 ft epochs",
+     "options": {"finetune_epochs": 2}},
+    {"name": "emodb-emotion-macs0.5-fast", "task": "emodb-emotion", "budget": "macs=0.5",
+     "mode": "MAC, fast Lagrangian", "options": {"p0_keep": 0.1, "gate_lr": 0.5, "reg_lr": 0.5, "target_warmup": 0.3}},
 ]
 LATENCY_ROUNDS = 15
 
