@@ -45,7 +45,7 @@ def structured_cmd(
     weight_decay: float = typer.Option(0.0, help="AdamW weight decay of the model weights."),
     freeze_front_end: bool = typer.Option(True, help="Keep the conv weights fixed (their channel gates still learn)."),
     distill_weight: float = typer.Option(0.0, help="Weight of L1 + cosine distillation to the unpruned model's layers (0: off)."),
-    finetune_epochs: int = typer.Option(0, min=0, help="Plain fine-tuning epochs of the pruned model (no gates)."),
+    finetune_epochs: int = typer.Option(2, min=0, help="Plain fine-tuning epochs of the pruned model (no gates); 0 = pure HJ-Pruning. On Whisper base 2 epochs took 50 %-MAC accuracy from 95 % to 99.4 % of the unpruned model (EmoDB)."),
     calibrate: bool = typer.Option(True, help="After training, shift gate log alphas so that the final cost just meets the budget."),
     tolerance: float = typer.Option(0.02, help="Allowed excess of the kept fraction over the budget."),
     patience: Optional[int] = typer.Option(None, min=1, help="Stop after this many eligible epochs without improvement."),
