@@ -24,8 +24,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +32,7 @@ import numpy as np
 
 from speechprune.data.types import TARGET_SAMPLING_RATE, AudioDataset, AudioItem
 from speechprune.errors import DataError
+from speechprune.utils.io import atomic_dir
 
 __all__ = [
     "load_audiofolder",
@@ -439,8 +438,7 @@ def write_audiofolder(ds: AudioDataset, folder: str | os.PathLike[str], overwrit
     extra = [k for k in (ds.items[0].labels if ds.items else {}) if k not in ds.label_columns]
     extra = [k for k in extra if k != _FILE_COLUMN and all(k in it.labels for it in ds.items)]
     columns = [_FILE_COLUMN, *ds.label_columns, *extra]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         (tmp / "wav").mkdir()
         used: set[str] = set()
         rows = []
@@ -456,14 +454,4 @@ def write_audiofolder(ds: AudioDataset, folder: str | os.PathLike[str], overwrit
             w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             w.writerows(rows)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechprune.errors import SpeechpruneError
 from speechprune.train.data import EpochShuffleSampler, split_model_inputs
-from speechprune.utils.io import write_json_atomic
+from speechprune.utils.io import replace_dir, write_json_atomic
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 STATE_FILE = "trainer_state.json"
@@ -293,12 +293,7 @@ class Trainer:
             elif best.exists():
                 shutil.copy2(best, tmp / BEST_FILE)
             write_json_atomic(tmp / STATE_FILE, {"state": asdict(state), "config": self.cfg.to_dict()})
-            old = ckpt.with_name(ckpt.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if ckpt.exists():
-                ckpt.rename(old)
-            tmp.rename(ckpt)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, ckpt)
         accel.wait_for_everyone()
 
     def _load(self, accel: Any) -> TrainerState:

@@ -20,7 +20,6 @@ not depend on it), so one entry serves every student of a teacher and data set.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import EncoderInputs, SpeechEncoder
 from speechprune.models.classifier import classifier_inputs
 from speechprune.utils.fingerprint import hash_json
-from speechprune.utils.io import write_json_atomic
+from speechprune.utils.io import atomic_dir, write_json_atomic
 
 
 def default_targets_root() -> Path:
@@ -167,17 +166,9 @@ def _teacher_pass(teacher: SpeechEncoder, dataset: AudioDataset, intermediates: 
 def _write_entry(entry: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    tmp = entry.with_name(entry.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "targets.safetensors"))
-    write_json_atomic(tmp / "meta.json", meta)  # written last: marks the entry complete
-    old = entry.with_name(entry.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if entry.exists():
-        entry.rename(old)
-    tmp.rename(entry)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(entry) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "targets.safetensors"))
+        write_json_atomic(tmp / "meta.json", meta)
 
 
 class FrameDataset(torch.utils.data.Dataset):
