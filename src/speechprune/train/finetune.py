@@ -23,6 +23,7 @@ from speechprune.train.data import ClassifierCollate, ClipDataset
 from speechprune.train.evaluate import evaluate_classifier
 from speechprune.train.loop import TrainConfig, Trainer
 from speechprune.train.splits import SplitSpec, make_splits
+from speechprune.utils.distributed import is_main_process
 
 
 def work_dir_for(out: str | Path) -> Path:
@@ -44,12 +45,6 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path:
     elif resume and not work.exists():
         raise SpeechpruneError(f"nothing to resume for {out}: no checkpoint folder {work}")
     return work
-
-
-def _is_main_process() -> bool:
-    from speechprune.utils.distributed import is_main_process
-
-    return is_main_process()
 
 
 def classes_for(dataset: AudioDataset, label: str, train_indices: np.ndarray) -> list[str]:
@@ -109,7 +104,7 @@ def finetune(
         "kept_layers_of_source": model_enc.kept_layers,
         **(metadata or {}),
     }
-    if not summary["finished"] or not _is_main_process():
+    if not summary["finished"] or not is_main_process():
         return summary  # in a multi-process run only the main process evaluates and writes the model
     if evaluate_test and len(parts["test"]):
         summary["test"] = evaluate_classifier(model_enc, dataset, label, parts["test"], batch_size=cfg.batch_size,

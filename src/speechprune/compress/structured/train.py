@@ -302,9 +302,10 @@ def prune_structured(
     from speechprune.models.io import save_encoder
     from speechprune.train.data import ClassifierCollate, ClipDataset
     from speechprune.train.evaluate import evaluate_classifier
-    from speechprune.train.finetune import _is_main_process, prepare_output, work_dir_for
+    from speechprune.train.finetune import prepare_output, work_dir_for
     from speechprune.train.loop import TrainConfig, Trainer
     from speechprune.train.splits import SplitSpec
+    from speechprune.utils.distributed import is_main_process
 
     opts = copy.deepcopy(options) if options is not None else PruneOptions()
     if budgets is not None:
@@ -355,33 +356,31 @@ def prune_structured(
     if not finished:
         return summary
     module.eval()
-    report = module.budget_report()
     full = {b.name: gated.full_cost(b.kind, b.part, opts.num_samples) for b in prep.budgets}
-    counts = gated.final_counts()
+
+    def final_masks_summary() -> dict[str, Any]:
+        """Budgets, costs and kept counts of the current eval masks (recorded before and after calibration)."""
+        report = module.budget_report()
+        return {
+            "budgets": {name: {**r, "full_cost": full[name], "final_cost": round(r["final_keep"] * full[name]),
+                               "expected_cost": r["expected_keep"] * full[name]} for name, r in report.items()},
+            "budget_met": all(r["final_keep"] <= r["budget_keep"] + opts.tolerance for r in report.values()),
+            "max_abs_budget_error": max(abs(r["budget_error"]) for r in report.values()),
+            "kept_counts": gated.final_counts(),
+            "costs": {f"{p}-{k}": {"full": gated.full_cost(k, p, opts.num_samples),
+                                   "final": gated.final_cost(k, p, opts.num_samples)}
+                      for k in ("macs", "params") for p in ("total", "frontend", "transformer")},
+        }
+
     selected = next((h for h in result.state.history if h["epoch"] == result.state.best_epoch), {})
     summary["selected_epoch"] = result.state.best_epoch
     summary["selected_epoch_eligible"] = bool(selected.get("eligible", False))
-    summary["budgets"] = {name: {**r, "full_cost": full[name],
-                                 "final_cost": round(r["final_keep"] * full[name]),
-                                 "expected_cost": r["expected_keep"] * full[name]} for name, r in report.items()}
-    summary["budget_met"] = all(r["final_keep"] <= r["budget_keep"] + opts.tolerance for r in report.values())
-    summary["max_abs_budget_error"] = max(abs(r["budget_error"]) for r in report.values())
-    summary["kept_counts"] = counts
-    summary["costs"] = {f"{p}-{k}": {"full": gated.full_cost(k, p, opts.num_samples),
-                                     "final": gated.final_cost(k, p, opts.num_samples)}
-                        for k in ("macs", "params") for p in ("total", "frontend", "transformer")}
+    summary.update(final_masks_summary())
     if opts.calibrate:
         summary["calibration"] = calibrate_gates(gated, prep.budgets, opts.num_samples)
         summary["budgets_before_calibration"] = summary["budgets"]
-        report = module.budget_report()
-        summary["budgets"] = {name: {**r, "full_cost": full[name], "final_cost": round(r["final_keep"] * full[name]),
-                                     "expected_cost": r["expected_keep"] * full[name]} for name, r in report.items()}
-        summary["budget_met"] = all(r["final_keep"] <= r["budget_keep"] + opts.tolerance for r in report.values())
-        summary["max_abs_budget_error"] = max(abs(r["budget_error"]) for r in report.values())
-        summary["kept_counts"] = counts = gated.final_counts()
-        summary["costs"] = {f"{p}-{k}": {"full": gated.full_cost(k, p, opts.num_samples),
-                                         "final": gated.final_cost(k, p, opts.num_samples)}
-                            for k in ("macs", "params") for p in ("total", "frontend", "transformer")}
+        summary.update(final_masks_summary())
+    counts = summary["kept_counts"]
     pruned = gated.prune()
     gated.detach()
     pruned_enc = wrap_model(pruned, copy.deepcopy(encoder.feature_extractor), source=encoder.source)
@@ -394,7 +393,7 @@ def prune_structured(
         ft_res = ft.fit(resume=resume and (ft_work / "checkpoint").exists(), stop_after_epochs=None)
         pruned_enc.model = ft.model.eval()
         summary["finetune_after_pruning"] = ft_res.to_dict()
-    if not _is_main_process():
+    if not is_main_process():
         return summary
     from speechprune.compress.structured.prune import STRUCTURE_KEY
 
