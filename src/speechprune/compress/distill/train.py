@@ -33,7 +33,7 @@ from speechprune.compress.distill.student import (
 )
 from speechprune.compress.distill.targets import FrameCollate, FrameDataset, teacher_targets
 from speechprune.data.types import AudioDataset
-from speechprune.errors import DataError, SpeechpruneError
+from speechprune.errors import DataError
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.classifier import class_names
 from speechprune.train.finetune import prepare_output
@@ -186,6 +186,22 @@ def distill(
         **(metadata or {}),
     }
 
+    def fit_stage(stage: int, model: StudentClassifier, description: str) -> tuple[StudentClassifier, Any, bool]:
+        """Train stage 1 (regression to the teacher's states) or 2 (the head, on labels); returns the trained model,
+        the fit result and whether ``stop_after`` interrupted it."""
+        stage_cfg = cfg.stage1 if stage == 1 else cfg.stage2
+        labelled = stage == 2
+        groups = _with_lr(_set_trainable(model, stage, cfg.freeze_mimicker), stage_cfg)
+        collate = FrameCollate(targets.pool_all_frames, regression=not labelled)
+        stage_work = work / f"stage{stage}"
+        trainer = Trainer(model, frames("train", labelled), frames("validation", labelled), collate, stage_cfg,
+                          stage_work, loss_fn=stage2_loss if labelled else stage1_loss, param_groups=groups,
+                          progress=progress, description=description)
+        stop = stop_after[1] if stop_after and stop_after[0] == stage else None
+        res = trainer.fit(resume=resume and (stage_work / "checkpoint").exists(), stop_after_epochs=stop)
+        interrupted = stop is not None and res.state.epoch < stage_cfg.epochs and not res.state.stopped_early
+        return trainer.model, res, interrupted
+
     # --- stage 1 ---------------------------------------------------------------------------------------------
     done1 = work / STAGE1_DONE
     if cfg.mimicker != "none":
@@ -197,16 +213,9 @@ def distill(
 
             summary["stage1"] = json.loads((work / "stage1.json").read_text())
         else:
-            groups = _with_lr(_set_trainable(student, 1, cfg.freeze_mimicker), cfg.stage1)
-            collate = FrameCollate(targets.pool_all_frames, regression=True)
-            w1 = work / "stage1"
-            trainer = Trainer(student, frames("train", False), frames("validation", False), collate, cfg.stage1, w1,
-                              loss_fn=stage1_loss, param_groups=groups, progress=progress,
-                              description=f"stage 1: {cfg.mimicker} mimicker (h={cfg.hidden}, {cfg.blocks} blocks)")
-            stop = stop_after[1] if stop_after and stop_after[0] == 1 else None
-            res = trainer.fit(resume=resume and (w1 / "checkpoint").exists(), stop_after_epochs=stop)
-            student = trainer.model
-            if stop is not None and res.state.epoch < cfg.stage1.epochs and not res.state.stopped_early:
+            student, res, interrupted = fit_stage(
+                1, student, f"stage 1: {cfg.mimicker} mimicker (h={cfg.hidden}, {cfg.blocks} blocks)")
+            if interrupted:
                 summary["finished"] = False
                 return summary
             rec = res.to_dict()
@@ -217,28 +226,22 @@ def distill(
             if main:
                 write_json_atomic(work / "stage1.json", rec)
                 save_model(student, str(done1))
-                shutil.rmtree(w1, ignore_errors=True)
+                shutil.rmtree(work / "stage1", ignore_errors=True)
             distributed.barrier()
         summary["stage1"]["test_mse"] = _stage1_mse(student, frames("test", False), targets.pool_all_frames) \
             if len(parts["test"]) else None
 
     # --- stage 2 ---------------------------------------------------------------------------------------------
     before = {k: v.detach().clone() for k, v in student.mimicker.state_dict().items()}
-    groups = _with_lr(_set_trainable(student, 2, cfg.freeze_mimicker), cfg.stage2)
-    collate = FrameCollate(targets.pool_all_frames, regression=False)
-    w2 = work / "stage2"
-    trainer = Trainer(student, frames("train", True), frames("validation", True), collate, cfg.stage2, w2,
-                      loss_fn=stage2_loss, param_groups=groups, progress=progress,
-                      description=f"stage 2: head on {cfg.mimicker} ({'frozen' if cfg.freeze_mimicker else 'trained'})")
-    stop = stop_after[1] if stop_after and stop_after[0] == 2 else None
-    res = trainer.fit(resume=resume and (w2 / "checkpoint").exists(), stop_after_epochs=stop)
-    student = trainer.model.eval()
+    student, res, interrupted = fit_stage(
+        2, student, f"stage 2: head on {cfg.mimicker} ({'frozen' if cfg.freeze_mimicker else 'trained'})")
+    student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
     summary["stage2"] = res.to_dict()
     summary["mimicker_unchanged_in_stage2"] = all(
         torch.equal(before[k], v) for k, v in student.mimicker.state_dict().items())
-    if stop is not None and res.state.epoch < cfg.stage2.epochs and not res.state.stopped_early:
+    if interrupted:
         summary["finished"] = False
         return summary
     summary["finished"] = True
