@@ -95,7 +95,7 @@ def removal(run: Any) -> dict[str, Any]:
 
     from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
     from speechprune.models import load_encoder
-    from speechprune.train.splits import make_splits
+    from speechprune.data.splits import make_splits
 
     c = run.cfg
     base = run.results["baseline"]["candidates"][0]
