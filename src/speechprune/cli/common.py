@@ -1,15 +1,13 @@
-"""Helpers shared by subcommands: parsing layer lists, loading data from a CLI spec, printing."""
+"""Helpers shared by subcommands: parsing layer lists; the console and the data loader the commands use
+(defined in :mod:`speechprune.utils.console` and :mod:`speechprune.data.sources`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-
+from speechprune.data.sources import load_dataset_spec
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.console import console
 
-console = Console(stderr=True)
+__all__ = ["console", "load_dataset_spec", "parse_states"]
 
 
 def parse_states(spec: str | None, num_states: int | None = None) -> list[int] | None:
@@ -28,15 +26,3 @@ def parse_states(spec: str | None, num_states: int | None = None) -> list[int] |
         except ValueError as exc:
             raise SpeechpruneError(f"cannot parse layer list {spec!r}: use e.g. 'all', '0,3,6' or '2-5'") from exc
     return sorted(set(out))
-
-
-def load_dataset_spec(
-    data: str, labels: list[str] | None, group: str | None, segments_dir: str | None = None
-) -> Any:
-    """Load a dataset from a CLI argument (audiofolder, CSV/JSONL manifest, or ``hf:NAME[:CONFIG][:SPLIT]``)."""
-    from speechprune.data.sources import load_data
-
-    kwargs: dict[str, Any] = {}
-    if segments_dir:
-        kwargs["segments_dir"] = Path(segments_dir)
-    return load_data(data, label_columns=labels or None, group_column=group, **kwargs)

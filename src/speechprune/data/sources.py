@@ -387,6 +387,17 @@ def load_data(
     raise DataError(f"cannot load data from a {type(spec).__name__}")
 
 
+def load_dataset_spec(
+    data: Any, labels: Sequence[str] | None, group: str | None, segments_dir: str | os.PathLike[str] | None = None
+) -> AudioDataset:
+    """:func:`load_data` as the commands and ``run`` call it: label columns (none = all), a group column, and the
+    segments folder of time-stamped data, if any."""
+    kwargs: dict[str, Any] = {}
+    if segments_dir:
+        kwargs["segments_dir"] = Path(segments_dir)
+    return load_data(data, label_columns=list(labels) if labels else None, group_column=group, **kwargs)
+
+
 def _load_hf_spec(spec: str, label_columns: Sequence[str] | None, group_column: str | None, **kw: Any) -> AudioDataset:
     import datasets
 

@@ -123,7 +123,7 @@ class RunConfig:
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read ``path`` (YAML; optional), apply ``key.sub=value`` overrides, and validate everything."""
-    from speechprune.cli.config import load_yaml
+    from speechprune.utils.io import load_yaml
 
     data: dict[str, Any] = {}
     if path is not None:

@@ -94,8 +94,8 @@ def removal(run: Any) -> dict[str, Any]:
     import csv
 
     from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-    from speechprune.models import load_encoder
     from speechprune.data.splits import make_splits
+    from speechprune.models import load_encoder
 
     c = run.cfg
     base = run.results["baseline"]["candidates"][0]

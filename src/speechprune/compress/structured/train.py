@@ -244,8 +244,8 @@ class _Prepared:
 
 
 def _prepare(encoder: Any, dataset: Any, label: str, opts: PruneOptions, split: Any) -> _Prepared:
-    from speechprune.models.classifier import class_names, is_classifier
     from speechprune.data.splits import make_splits
+    from speechprune.models.classifier import class_names, is_classifier
 
     budgets = parse_budget(opts.budgets)
     if not is_classifier(encoder):
