@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from family_checks import FAMILY_CASES, check_family
+
 from speechprune.models.registry import SUPPORTED_FAMILIES
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ from speechprune.data.sources import load_dataset_spec
 from speechprune.errors import SpeechpruneError
 from speechprune.utils.console import console
 
-__all__ = ["console", "load_dataset_spec", "parse_states"]
+__all__ = ["AUDIO_COLUMN_HELP", "DATA_HELP", "console", "load_dataset_spec", "parse_states"]
 
 
 def parse_states(spec: str | None, num_states: int | None = None) -> list[int] | None:
@@ -26,3 +26,9 @@ def parse_states(spec: str | None, num_states: int | None = None) -> list[int] |
         except ValueError as exc:
             raise SpeechpruneError(f"cannot parse layer list {spec!r}: use e.g. 'all', '0,3,6' or '2-5'") from exc
     return sorted(set(out))
+
+
+DATA_HELP = ("An audiofolder (folder with metadata.csv), a CSV/JSONL manifest, a datasets save_to_disk folder "
+             "(FOLDER:SPLIT for a DatasetDict), or 'hf:NAME[:CONFIG][:SPLIT]'.")
+AUDIO_COLUMN_HELP = ("Column holding the audio (datasets: default 'audio'; manifests: default the first of path, "
+                     "audio, file_name). Like the 'audio_column_name' of transformers' example scripts.")
