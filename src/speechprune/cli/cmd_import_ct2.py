@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         It reloads offline with plain
         transformers.WhisperForConditionalGeneration.from_pretrained(OUT).
         """
-        from speechprune.models.ct2 import convert_ct2_whisper
+        from speechprune.importers.ct2 import convert_ct2_whisper
 
         started = time.perf_counter()
         with _Reporter(enabled=progress) as report:
