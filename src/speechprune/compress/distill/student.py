@@ -1,7 +1,7 @@
 """The distilled student: the teacher's front end, a small mimicker instead of the transformer stack, and the
 teacher's classification head — one ``nn.Module`` that runs from the same inputs as the teacher.
 
-Where the student starts (methods.md §2c):
+Where the student starts (docs/methods.md §2c):
 
 * wav2vec 2.0 / HuBERT / WavLM / data2vec-audio — the output of ``feature_projection`` (CNN → LayerNorm → Linear
   512 → D), *before* the positional convolution (which, at ~4.7 M parameters and a 128-tap kernel, costs as much

@@ -1,4 +1,4 @@
-"""Structured pruning core (HJ-Pruning, methods.md §3): HardConcrete gates on conv channels, attention heads, FFN
+"""Structured pruning core (HJ-Pruning, docs/methods.md §3): HardConcrete gates on conv channels, attention heads, FFN
 units and whole sub-layers of stock transformers speech models; a differentiable params/MACs cost that equals the
 profiler's count; physical pruning with soft mask values folded in; export; budgets and the Lagrangian.
 

@@ -5,7 +5,7 @@ with plain ``from_pretrained``). Forward (pre-)hooks multiply masks into existin
 transformers' model code except WavLM's attention, whose fused ``F.multi_head_attention_forward`` has no place
 for a per-head mask (see :mod:`.modules`).
 
-Mask placement (methods.md §3, DPHuBERT):
+Mask placement (docs/methods.md §3, DPHuBERT):
 
 * conv ``i`` (not the last): its output channels, after norm and GELU (forward hook on the conv layer block);
   Whisper's ``conv1``: after its GELU, i.e. on ``conv2``'s input (the GELU is a function call, not a module);

@@ -19,7 +19,7 @@ from speechprune.errors import SpeechpruneError, UnsupportedModelError
 from speechprune.models.family import ConvPart, LayerPart, ModelParts, ModuleMap
 from speechprune.models.registry import family_of
 
-#: The structures a gate can be put on (methods.md §3; DPHuBERT's default set is conv, head, interm).
+#: The structures a gate can be put on (docs/methods.md §3; DPHuBERT's default set is conv, head, interm).
 STRUCTURES = ("conv", "head", "interm", "attlayer", "ffnlayer")
 DEFAULT_STRUCTURES = ("conv", "head", "interm")
 

