@@ -33,7 +33,8 @@ from typing import Any
 import torch
 import transformers
 
-from speechprune.compress.distill.student import StudentClassifier, WhisperFrontEnd
+from speechprune.compress.distill.front_ends import WhisperFrontEnd
+from speechprune.compress.distill.student import StudentClassifier
 from speechprune.errors import SpeechpruneError
 from speechprune.utils.io import atomic_dir, write_json_atomic
 
