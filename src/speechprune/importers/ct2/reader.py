@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
 from speechprune.errors import ConversionError
 
 if TYPE_CHECKING:  # heavy imports stay inside functions so ``speechprune --help`` stays fast
