@@ -33,6 +33,9 @@ folder ``out`` (written atomically at the very end): model (a stock transformers
 describes the result, else a ``speechprune_structure`` folder that :func:`~.export.load_pruned` and
 :func:`speechprune.models.load_encoder` read), ``training.json`` (options, history with expected/final cost per
 epoch, budgets with expected vs final cost and budget error) and ``metrics.json`` (test metrics and cost).
+
+Why one module of about 500 lines: the training module, its trainer, model selection and calibration share
+the gates' and multipliers' state and the checkpoint format, and change together.
 """
 
 from __future__ import annotations
