@@ -11,9 +11,8 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from speechprune.utils.console import console
 
 
 class DType(str, Enum):
