@@ -134,7 +134,7 @@ def make_workspace(root: Path) -> Path:
     data = root / "shared" / "data"
     _subset(SHARED_DATA / "fsdd", data / "fsdd", lambda r: int(r["take"]) in (0, 1, 5, 6, 7) and
             r["speaker"] in ("george", "jackson", "lucas"))
-    _subset(SHARED_DATA / "emodb", data / "emodb", lambda r: r["text_id"] in ("a01", "a02", "b01"))
+    _subset(SHARED_DATA / "emodb", data / "emodb", lambda r: r["text_id"] in ("a01", "b01"))
     for name in ("librivox",):
         if (SHARED_DATA / name).exists():
             (data / name).symlink_to((SHARED_DATA / name).resolve())
