@@ -122,13 +122,13 @@ def main() -> None:
 
     from speechprune.analysis.convexity import convexity_by_labels
     from speechprune.analysis.probes import probes_by_layer
-    from speechprune.data.splits import cv_folds
     from speechprune.analysis.similarity import (
         cka_matrices,
         cosine_matrix,
         mutual_knn_matrix,
         shuffled_pairing_baseline,
     )
+    from speechprune.data.splits import cv_folds
 
     command = "python benchmarks/analysis_scale.py " + " ".join(sys.argv[1:])
     rss = PeakRSS()
