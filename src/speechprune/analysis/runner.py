@@ -24,6 +24,7 @@ import yaml
 
 from speechprune.cli.common import console
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.checks import check_seed
 from speechprune.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRICS = ("similarity", "convexity", "probes")
@@ -63,6 +64,7 @@ class AnalysisConfig:
             raise SpeechpruneError("convexity and probes need at least one --label")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
+        check_seed(self.seed)
 
 
 def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, cache_dir: Path | None = None,

@@ -8,8 +8,6 @@ import sys
 
 import typer
 
-from speechprune.errors import SpeechpruneError
-
 app = typer.Typer(
     name="speechprune",
     help=(
@@ -48,12 +46,11 @@ for _name in COMMAND_MODULES:
     _mod.register(app)
 
 
-def main() -> None:
-    try:
-        app()
-    except SpeechpruneError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors (exit 2), Ctrl-C → exit 130, never a traceback (see cli.guard)."""
+    from speechprune.cli.guard import run
+
+    sys.exit(run(app, argv))
 
 
 if __name__ == "__main__":

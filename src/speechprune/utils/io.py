@@ -64,6 +64,26 @@ def replace_dir(src: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_swap(dest: Path, src: Path, complete: str) -> bool:
+    """Finish or undo a :func:`replace_dir` that a crash interrupted between its two renames, where ``dest`` is
+    missing while the old copy (``.<dest>.old``) and/or the new one (``src``) are on disk. The new copy is taken
+    when it holds the file ``complete`` (written last), else the old one. Returns whether anything was recovered."""
+    import shutil
+
+    dest, src = Path(dest), Path(src)
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+        return False
+    if (src / complete).is_file():
+        src.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+    if (old / complete).is_file():
+        old.rename(dest)
+        return True
+    return False
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
