@@ -17,13 +17,11 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from speechprune.errors import SpeechpruneWarning
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_BUG = 1
-
-
-class SpeechpruneWarning(UserWarning):
-    """Base class of warnings meant for the user (printed as one ``warning:`` line by the CLI)."""
 
 
 def one_line(text: Any) -> str:

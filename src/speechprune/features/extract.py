@@ -24,9 +24,12 @@ from speechprune.data.types import AudioDataset, Segment
 from speechprune.errors import SpeechpruneError
 from speechprune.features import store
 from speechprune.features.pooling import POOLINGS, pool_states
+from speechprune.features.relabel import attach_labels
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.utils.fingerprint import hash_json
 from speechprune.utils.io import write_json_atomic
+from speechprune.utils.locks import PathLock
+from speechprune.utils.outputs import check_dir_target
 
 
 def default_cache_root() -> Path:
@@ -82,9 +85,22 @@ def extract_features(
         "final_norm": final_norm,
     }
     key, request = request_key(encoder, dataset, options)
-    entry = store.entry_dir(Path(cache_dir) if cache_dir else default_cache_root(), dataset.name, key)
+    root = check_dir_target(Path(cache_dir) if cache_dir else default_cache_root(), "feature cache")
+    entry = store.entry_dir(root, dataset.name, key)
     if store.is_complete(entry):
-        return store.load_features(entry)
+        return attach_labels(store.load_features(entry), dataset)
+    with PathLock(entry, "feature cache entry"):  # "in use by pid N" while another process fills it
+        if store.is_complete(entry):
+            return attach_labels(store.load_features(entry), dataset)
+        feats = _fill_entry(encoder, dataset, entry, key, request, options, states, device, progress,
+                            stop_after_batches)
+    return attach_labels(feats, dataset)
+
+
+def _fill_entry(encoder: SpeechEncoder, dataset: AudioDataset, entry: Path, key: str, request: dict[str, Any],
+                options: dict[str, Any], states: list[int], device: str, progress: bool,
+                stop_after_batches: int | None) -> store.LayerFeatures:
+    batch_size = options["batch_size"]
     _preflight(dataset)
     entry.mkdir(parents=True, exist_ok=True)
     write_json_atomic(entry / "request.json", request)
