@@ -44,7 +44,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda."),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds."),
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut files (for --pooling segment)."),
-        out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Results folder."),
+        out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Results folder (replaced whole when done)."),
+        overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder that analyze did not write."),
         cache_dir: Optional[Path] = typer.Option(None, help="Feature cache root."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         config: Optional[str] = config_option(),
@@ -58,6 +59,7 @@ def register(app: typer.Typer) -> None:
         """
         from speechprune.analysis.runner import AnalysisConfig, run_analysis
         from speechprune.models import load_encoder
+        from speechprune.utils.outputs import output_folder
 
         cfg = AnalysisConfig(
             labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
@@ -66,9 +68,10 @@ def register(app: typer.Typer) -> None:
             split_column=split_column, test_groups=_split_list(test_groups) or None, seed=seed, processes=processes,
         )
         cfg.validate()
-        ds = load_dataset_spec(data, list(label), group, segments_dir)
-        enc = load_encoder(model, window_seconds=window, device=device)
-        result = run_analysis(enc, ds, cfg, out, cache_dir=cache_dir, progress=progress)
+        with output_folder(out, overwrite=overwrite, command="analyze") as tmp:  # all results or none
+            ds = load_dataset_spec(data, list(label), group, segments_dir)
+            enc = load_encoder(model, window_seconds=window, device=device)
+            result = run_analysis(enc, ds, cfg, tmp, cache_dir=cache_dir, progress=progress)
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):
                 console.print(f"[bold]{lab}[/bold]: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

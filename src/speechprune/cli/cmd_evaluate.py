@@ -52,6 +52,10 @@ def register(app: typer.Typer) -> None:
         from speechprune.train.splits import SplitSpec, make_splits
         from speechprune.utils.io import write_json_atomic
 
+        if out is not None:
+            from speechprune.utils.outputs import check_file_target
+
+            check_file_target(out, "--out")
         if split not in ("test", "validation", "train", "all"):
             raise typer.BadParameter("choose test, validation, train or all", param_hint="--split")
         given = split_column or test_groups or val_groups

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from speechprune.cli.common import console, load_dataset_spec, parse_states
+
+
+def copy_features(feats, out: Path, *, overwrite: bool) -> None:
+    """features.safetensors, run.json and meta.json (with the labels attached now) into ``out``, replaced whole."""
+    import shutil
+
+    from speechprune.utils.io import write_json_atomic
+    from speechprune.utils.outputs import output_folder
+
+    with output_folder(out, overwrite=overwrite, command="extract") as tmp:
+        for name in ("features.safetensors", "run.json"):
+            shutil.copy2(feats.path / name, tmp / name)
+        write_json_atomic(tmp / "meta.json", feats.meta)
 
 
 def register(app: typer.Typer) -> None:
@@ -33,6 +45,7 @@ def register(app: typer.Typer) -> None:
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
         out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
+        overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder that extract did not write."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Extract every requested state of MODEL for every clip of DATA in one forward pass per batch.
@@ -42,7 +55,10 @@ def register(app: typer.Typer) -> None:
         """
         from speechprune.features import extract_features
         from speechprune.models import load_encoder
+        from speechprune.utils.outputs import claim_output
 
+        if out is not None:  # before any work: a usable, unused (or --overwrite) folder, locked
+            claim_output(out, overwrite=overwrite, command="extract")
         enc = load_encoder(model, window_seconds=window, device=device)
         ds = load_dataset_spec(data, label, group, segments_dir)
         feats = extract_features(
@@ -50,9 +66,7 @@ def register(app: typer.Typer) -> None:
             device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress,
         )
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            for name in ("features.safetensors", "meta.json", "run.json"):
-                shutil.copy2(feats.path / name, out / name)
+            copy_features(feats, out, overwrite=overwrite)
         console.print(
             f"[green]features[/green]: {feats.num_rows} rows × {len(feats.layers)} states × {feats.dim} dims "
             f"({pooling}) → {feats.path}"

@@ -24,6 +24,7 @@ from speechprune.train.evaluate import evaluate_classifier
 from speechprune.train.loop import TrainConfig, Trainer
 from speechprune.train.splits import SplitSpec, make_splits
 from speechprune.utils.distributed import is_main_process
+from speechprune.utils.outputs import claim_output
 
 
 def work_dir_for(out: str | Path) -> Path:
@@ -34,6 +35,7 @@ def work_dir_for(out: str | Path) -> Path:
 def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path:
     """Check the output and checkpoint folders before any work, and return the checkpoint folder."""
     work = work_dir_for(out)
+    claim_output(out, overwrite=True, command="finetune")  # usable path + lock; non-empty is checked below
     if overwrite:
         shutil.rmtree(work, ignore_errors=True)
     elif out.exists() and any(out.iterdir()):

@@ -84,18 +84,39 @@ def claim_output(
     command: str,
     what: str = "output folder",
     owned: Callable[[Path], bool] | None = None,
+    mark: bool = False,
 ) -> PathLock:
-    """Check ``path`` (see the module docstring), lock it, and return the held lock."""
+    """Check ``path`` (see the module docstring), lock it, and return the held lock. ``mark`` creates the folder
+    with the command's marker (for commands that fill it step by step, e.g. ``run``)."""
     p = check_dir_target(path, what)
     lock = PathLock(p, what).acquire()
     try:
         if is_nonempty_dir(p) and not overwrite and not written_by(p, command) and not (owned and owned(p)):
             raise OutputError(f"{what} {p} already exists and is not empty (not written by `speechprune {command}`); "
                               "choose another path or pass --overwrite to replace it")
+        if mark:
+            from speechprune.utils.io import write_json_atomic
+
+            p.mkdir(parents=True, exist_ok=True)
+            if not (p / MARKER).exists():
+                write_json_atomic(p / MARKER, {"command": command})
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def clear_output(path: str | os.PathLike[str]) -> None:
+    """Empty a claimed folder for ``--overwrite`` of a command that fills it step by step: the old content is renamed
+    away in one step (so no mix of old and new files can appear), then deleted."""
+    import shutil
+
+    p = Path(path)
+    if p.is_dir() and any(p.iterdir()):
+        old = p.with_name(f".{p.name}.replaced-{os.getpid()}")
+        p.rename(old)
+        p.mkdir()
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -112,6 +133,24 @@ def output_folder(path: str | os.PathLike[str], *, overwrite: bool, command: str
             write_json_atomic(tmp / MARKER, {"command": command})
     finally:
         lock.release()
+
+
+def is_run_folder(p: Path) -> bool:
+    """An OUT folder that an earlier ``speechprune run`` wrote (also before output markers existed)."""
+    return (p / "stages").is_dir() or (p / "config.resolved.json").is_file()
+
+
+def claim_run_output(out: str | os.PathLike[str], *, overwrite: bool, command: str = "run") -> PathLock:
+    """``run``/``demo`` fill OUT stage by stage and resume in it: an earlier run's folder is theirs; anything else
+    non-empty needs ``--overwrite``, which starts afresh (the old content is replaced, not mixed in)."""
+    from speechprune.utils.distributed import is_main_process
+
+    lock = claim_output(out, overwrite=overwrite, command=command, owned=is_run_folder)
+    if is_main_process():
+        if overwrite:
+            clear_output(out)
+        claim_output(out, overwrite=True, command=command, mark=True)
+    return lock
 
 
 def write_owned_text(path: str | os.PathLike[str], text: str, marker: str) -> bool:
