@@ -1,0 +1,114 @@
+"""Everything ``speechprune run`` will need, checked when the configuration is loaded — before any model loads or
+any stage starts. Each stage's own options object is built once from the configuration and validated exactly as the
+stage will (training, splits, analysis, mimickers, budgets and pruning options), so a bad budget or split fraction
+fails in a second with the key that holds it instead of after minutes of analysis and fine-tuning."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from speechprune.errors import SpeechpruneError
+
+
+@contextlib.contextmanager
+def _key(name: str) -> Iterator[None]:
+    from speechprune.pipeline.config import ConfigError
+
+    try:
+        yield
+    except ConfigError:
+        raise
+    except SpeechpruneError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def check_run_config(cfg: Any) -> None:
+    from speechprune.utils.checks import check_finite, check_seed
+
+    with _key("seed"):
+        check_seed(cfg.seed)
+    with _key("batch_size"):
+        if cfg.batch_size < 1:
+            raise SpeechpruneError(f"must be >= 1, got {cfg.batch_size}")
+    with _key("profile_seconds"):
+        check_finite(cfg.profile_seconds, "profile_seconds", low=0.0, low_open=True)
+    with _key("latency_repeats"):
+        if cfg.latency_repeats < 0:
+            raise SpeechpruneError(f"must be >= 0, got {cfg.latency_repeats}")
+    if cfg.window is not None:
+        with _key("window"):
+            check_finite(cfg.window, "window", low=0.0, low_open=True)
+    with _key("split"):
+        from speechprune.train.splits import SplitSpec
+
+        s = cfg.split
+        SplitSpec(split_column=s.split_column, test_groups=list(s.test_groups), val_groups=list(s.val_groups),
+                  test_fraction=s.test_fraction, val_fraction=s.val_fraction, seed=cfg.seed)
+    with _key("train"):
+        _train_config(cfg, cfg.train.epochs)
+    if cfg.analysis.enabled:
+        with _key("analysis"):
+            from speechprune.analysis.runner import AnalysisConfig
+
+            if cfg.analysis.permutations < 0 or cfg.analysis.max_pairs < 1:
+                raise SpeechpruneError("permutations must be >= 0 and max_pairs >= 1")
+            AnalysisConfig(labels=cfg.analysis_labels, metrics=list(cfg.analysis.metrics),
+                           similarity=list(cfg.analysis.similarity), permutations=cfg.analysis.permutations,
+                           max_pairs=cfg.analysis.max_pairs, batch_size=cfg.batch_size,
+                           split_column=cfg.split.split_column, test_groups=list(cfg.split.test_groups) or None,
+                           seed=42).validate()
+    c = cfg.compress
+    with _key("compress.truncate.tolerance"):
+        check_finite(c.truncate.tolerance, "tolerance", low=0.0)
+    with _key("compress.removal.min_retained"):
+        check_finite(c.removal.min_retained, "min_retained", low=0.0, high=1.0, low_open=True)
+    if c.distill.enabled:
+        _check_distill(cfg)
+    if c.structured.enabled:
+        _check_structured(cfg)
+
+
+def _train_config(cfg: Any, epochs: int, **changes: Any) -> Any:
+    from speechprune.train.loop import TrainConfig
+
+    t = cfg.train
+    options = dict(epochs=epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
+                   warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
+                   seed=cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds)
+    return TrainConfig(**{**options, **changes}).validate()
+
+
+def _check_distill(cfg: Any) -> None:
+    from speechprune.compress.distill.mimickers import KINDS
+    from speechprune.compress.distill.pipeline import parse_mimicker
+
+    d = cfg.compress.distill
+    with _key("compress.distill.mimickers"):
+        if not d.mimickers:
+            raise SpeechpruneError("no mimicker given (e.g. mlp:64:1)")
+        for spec in d.mimickers:
+            opts = parse_mimicker(spec)
+            if opts["mimicker"] not in KINDS:
+                raise SpeechpruneError(f"mimicker {spec!r}: kind must be one of {', '.join(KINDS)}")
+            if opts["hidden"] < 1 or opts["blocks"] not in (1, 2):
+                raise SpeechpruneError(f"mimicker {spec!r}: hidden must be >= 1 and blocks 1 or 2")
+    for key, n in (("stage1_epochs", d.stage1_epochs), ("stage2_epochs", d.stage2_epochs)):
+        with _key(f"compress.distill.{key}"):
+            _train_config(cfg, n)
+
+
+def _check_structured(cfg: Any) -> None:
+    from speechprune.compress.structured.train import PruneOptions
+
+    s = cfg.compress.structured
+    with _key("compress.structured.epochs"):
+        _train_config(cfg, s.epochs)
+    with _key("compress.structured.budgets"):
+        if not s.budgets:
+            raise SpeechpruneError("no budget given (e.g. macs=0.5)")
+    for budget in s.budgets:
+        with _key(f"compress.structured (budget {budget!r})"):
+            PruneOptions(budgets=budget, p0_keep=s.p0_keep, gate_lr=s.gate_lr, reg_lr=s.reg_lr,
+                         target_warmup=s.target_warmup, finetune_epochs=s.finetune_epochs).validate()
