@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from speechprune.data.cliplen import check_min_length
 from speechprune.data.types import AudioDataset, Segment
 from speechprune.errors import SpeechpruneError
 from speechprune.features import store
@@ -102,6 +103,7 @@ def _fill_entry(encoder: SpeechEncoder, dataset: AudioDataset, entry: Path, key:
                 stop_after_batches: int | None) -> store.LayerFeatures:
     batch_size = options["batch_size"]
     _preflight(dataset)
+    check_min_length(dataset, encoder)
     entry.mkdir(parents=True, exist_ok=True)
     write_json_atomic(entry / "request.json", request)
 
