@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.common import console, load_dataset_spec, parse_states
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec, parse_states
 
 
 def copy_features(feats, out: Path, *, overwrite: bool) -> None:
@@ -27,9 +27,8 @@ def register(app: typer.Typer) -> None:
     @app.command("extract")
     def extract(
         model: str = typer.Argument(..., help="Local folder, hub id, or built-in 'tiny:<family>'."),
-        data: str = typer.Argument(
-            ..., help="An audiofolder (folder with metadata.csv), a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."
-        ),
+        data: str = typer.Argument(..., help=DATA_HELP),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         label: List[str] = typer.Option([], "--label", "-l", help="Label column(s) to keep with the features (repeatable)."),
         group: Optional[str] = typer.Option(None, help="Group column (e.g. speaker) for speaker-independent splits later."),
         pooling: str = typer.Option(
@@ -45,7 +44,11 @@ def register(app: typer.Typer) -> None:
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
         out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
-        overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder that extract did not write."),
+        to_dataset: Optional[Path] = typer.Option(
+            None, help="Also write the features as a Hugging Face datasets folder (load_from_disk): one row per "
+            "clip, columns key, labels, group, state_0..state_L."),
+        overwrite: bool = typer.Option(False, help="Replace a non-empty --out / --to-dataset folder that extract "
+                                       "did not write."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Extract every requested state of MODEL for every clip of DATA in one forward pass per batch.
@@ -57,16 +60,22 @@ def register(app: typer.Typer) -> None:
         from speechprune.models import load_encoder
         from speechprune.utils.outputs import claim_output
 
-        if out is not None:  # before any work: a usable, unused (or --overwrite) folder, locked
-            claim_output(out, overwrite=overwrite, command="extract")
+        for target in (out, to_dataset):  # before any work: usable, unused (or --overwrite) folders, locked
+            if target is not None:
+                claim_output(target, overwrite=overwrite, command="extract")
         enc = load_encoder(model, window_seconds=window, device=device)
-        ds = load_dataset_spec(data, label, group, segments_dir)
+        ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
             device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress,
         )
         if out is not None:
             copy_features(feats, out, overwrite=overwrite)
+        if to_dataset is not None:
+            from speechprune.features.to_dataset import save_features_dataset
+
+            save_features_dataset(feats, to_dataset, keys=[it.key for it in ds.items], overwrite=True)  # claimed above
+            console.print(f"[green]datasets folder[/green] → {to_dataset} (datasets.load_from_disk)")
         console.print(
             f"[green]features[/green]: {feats.num_rows} rows × {len(feats.layers)} states × {feats.dim} dims "
             f"({pooling}) → {feats.path}"
