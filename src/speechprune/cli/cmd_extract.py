@@ -41,6 +41,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda."),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (drift is reported)."),
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut segment files (for --pooling segment)."),
+        chunk_seconds: float = typer.Option(30.0, min=0.1, help="Clips longer than this are encoded in chunks of it "
+                                            "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
         out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
@@ -67,7 +69,7 @@ def register(app: typer.Typer) -> None:
         ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
-            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress,
+            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress, chunk_seconds=chunk_seconds,
         )
         if out is not None:
             copy_features(feats, out, overwrite=overwrite)

@@ -47,3 +47,24 @@ def check_min_length(dataset: Any, encoder: Any, indices: Iterable[int] | None =
             raise AudioError(f"{where}: clip is {1000 * n / TARGET_SAMPLING_RATE:.1f} ms long, shorter than the "
                              f"{1000 * need / TARGET_SAMPLING_RATE:.0f} ms ({need} samples) this model needs for one "
                              "frame; remove the clip or pad it")
+
+
+#: Longest clip that training and evaluation encode whole (wav2vec2 family; Whisper sees at most its window).
+MAX_WHOLE_CLIP_SECONDS = 60.0
+
+
+def check_max_length(dataset: Any, encoder: Any, indices: Iterable[int] | None = None,
+                     max_seconds: float | None = None) -> None:
+    """Refuse, before any work, a clip that training or evaluation would encode whole although it is longer than
+    :data:`MAX_WHOLE_CLIP_SECONDS` (memory grows with the square of its length) unless ``--max-seconds`` cuts it."""
+    if max_seconds is not None or getattr(encoder, "family", "") == "whisper":
+        return
+    limit = int(MAX_WHOLE_CLIP_SECONDS * TARGET_SAMPLING_RATE)
+    for i in range(len(dataset)) if indices is None else indices:
+        item = dataset.items[int(i)]
+        n = clip_samples(item)
+        if n is not None and n > limit:
+            where = item.path if item.path is not None else f"{dataset.name}: item {item.key!r}"
+            raise AudioError(f"{where}: clip is {n / TARGET_SAMPLING_RATE:.1f} s long, above the "
+                             f"{MAX_WHOLE_CLIP_SECONDS:g} s that training and evaluation encode whole (memory grows "
+                             "with the square of the length); cut clips with --max-seconds N")

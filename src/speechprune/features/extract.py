@@ -24,7 +24,8 @@ from speechprune.data.cliplen import check_min_length
 from speechprune.data.types import AudioDataset, Segment
 from speechprune.errors import SpeechpruneError
 from speechprune.features import store
-from speechprune.features.pooling import POOLINGS, pool_states
+from speechprune.features.chunking import DEFAULT_CHUNK_SECONDS, check_chunkable, pool_batch
+from speechprune.features.pooling import POOLINGS
 from speechprune.features.relabel import attach_labels
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.utils.fingerprint import hash_json
@@ -65,6 +66,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     stop_after_batches: int | None = None,
+    chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
 ) -> store.LayerFeatures:
     """Features of ``layers`` (state indices, default all 0..L) for every clip of ``dataset``.
 
@@ -85,6 +87,8 @@ def extract_features(
         "device": torch.device(device).type,
         "final_norm": final_norm,
     }
+    if check_chunkable(dataset, encoder, pooling, chunk_seconds):  # in the key only where a clip is chunked
+        options["chunk_seconds"] = chunk_seconds
     key, request = request_key(encoder, dataset, options)
     root = check_dir_target(Path(cache_dir) if cache_dir else default_cache_root(), "feature cache")
     entry = store.entry_dir(root, dataset.name, key)
@@ -159,12 +163,8 @@ def _run_batches(
         if stop_after is not None and count >= stop_after:
             break
         batch_no = idx[0] // bs
-        inputs = encoder.prepare(waves)
-        hs = encoder.hidden_states(
-            inputs, layers=states, dtype=options["dtype"], device=options["device"], final_norm=options["final_norm"]
-        )
         segs = [dataset.items[i].segments for i in idx] if options["pooling"] == "segment" else None
-        pooled = pool_states(hs, inputs.frame_lengths, options["pooling"], encoder.frame_rate, segs)
+        pooled = pool_batch(encoder, waves, {**options, "layers": states}, segs)  # long clips in chunks
         global_index = np.asarray(idx, dtype=np.int64)[pooled.item_index.numpy()]
         tensors = {"states": store.as_numpy(pooled.states), "item_index": global_index}
         extra = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from speechprune.data.cliplen import check_min_length
+from speechprune.data.cliplen import check_max_length, check_min_length
 from speechprune.data.splits import _natural
 from speechprune.data.types import AudioDataset
 from speechprune.errors import SpeechpruneError
@@ -85,7 +85,8 @@ def finetune(
     out = Path(out)
     work = prepare_output(out, resume=resume, overwrite=overwrite)
     parts = make_splits(dataset, label, split)
-    check_min_length(dataset, encoder)  # a too-short clip is named before training starts
+    check_min_length(dataset, encoder)  # a too-short or too-long clip is named before training starts
+    check_max_length(dataset, encoder, max_seconds=cfg.max_seconds)
     classes = classes_for(dataset, label, parts["train"])
     if is_classifier(encoder) and class_names(encoder) == classes:
         model_enc = encoder
