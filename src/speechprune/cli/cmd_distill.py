@@ -98,6 +98,9 @@ def register(app: typer.Typer) -> None:
                 console.print(f"splits as in the teacher's training.json: {spec}")
         if split is None:
             split = SplitSpec(test_fraction=test_fraction, seed=seed)
+        from speechprune.utils.outputs import check_dir_target
+
+        check_dir_target(out, "--out")  # a usable output folder, before loading anything
         enc = load_encoder(teacher, window_seconds=window)
         ds = load_dataset_spec(data, [label], group)
         res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,

@@ -48,17 +48,23 @@ _default_format = warnings.formatwarning
 
 def run(app: Any, argv: Sequence[str] | None = None) -> int:
     """Run the Typer ``app`` on ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
-    from speechprune.errors import SpeechpruneError
-
     warnings.formatwarning = _format_warning
     debug = bool(os.environ.get("SPEECHPRUNE_DEBUG"))
+    code = _run(app, argv, debug)
+    if code == EXIT_INTERRUPTED:  # also where Typer turned Ctrl-C into a silent Exit(130)
+        _say("interrupted: nothing half-written was kept (resumable commands continue with --resume or a re-run)")
+    return code
+
+
+def _run(app: Any, argv: Sequence[str] | None, debug: bool) -> int:
+    from speechprune.errors import SpeechpruneError
+
     try:
         rv = app(args=list(argv) if argv is not None else None, prog_name="speechprune", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except _classes("Exit") as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except (KeyboardInterrupt, *_classes("Abort")):
-        _say("interrupted: nothing half-written was kept (resumable commands continue with --resume or a re-run)")
         return EXIT_INTERRUPTED
     except _classes("ClickException") as exc:
         _say(f"error: {one_line(exc.format_message())}")
