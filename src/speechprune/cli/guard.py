@@ -50,7 +50,12 @@ def run(app: Any, argv: Sequence[str] | None = None) -> int:
     """Run the Typer ``app`` on ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     warnings.formatwarning = _format_warning
     debug = bool(os.environ.get("SPEECHPRUNE_DEBUG"))
-    code = _run(app, argv, debug)
+    try:
+        code = _run(app, argv, debug)
+    finally:
+        from speechprune.utils.locks import release_all
+
+        release_all()  # the command's output and cache locks, and their lock files
     if code == EXIT_INTERRUPTED:  # also where Typer turned Ctrl-C into a silent Exit(130)
         _say("interrupted: nothing half-written was kept (resumable commands continue with --resume or a re-run)")
     return code

@@ -13,6 +13,7 @@ multi-process launch, taken by the main process only (the other ranks write noth
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import os
@@ -119,3 +120,21 @@ class PathLock:
 def hold(target: str | os.PathLike[str], what: str = "output") -> PathLock:
     """Acquire a lock on ``target`` for the rest of this process (a CLI command's output), and return it."""
     return PathLock(target, what).acquire()
+
+
+def release_all() -> None:
+    """Release every lock this process holds (the CLI calls it when a command ends; also run at exit) — the
+    lock files beside outputs disappear with them."""
+    for key, (fd, _count) in list(_HELD.items()):
+        del _HELD[key]
+        try:
+            os.unlink(key)
+        except OSError:
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+atexit.register(release_all)
