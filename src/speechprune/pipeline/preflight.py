@@ -1,7 +1,8 @@
 """Everything ``speechprune run`` will need, checked when the configuration is loaded — before any model loads or
 any stage starts. Each stage's own options object is built once from the configuration and validated exactly as the
 stage will (training, splits, analysis, mimickers, budgets and pruning options), so a bad budget or split fraction
-fails in a second with the key that holds it instead of after minutes of analysis and fine-tuning."""
+fails in a second with the key that holds it instead of after minutes of analysis and fine-tuning. (Each
+compression's own options are checked by its plug-in's ``validate``.)"""
 
 from __future__ import annotations
 
@@ -59,15 +60,7 @@ def check_run_config(cfg: Any) -> None:
                            max_pairs=cfg.analysis.max_pairs, batch_size=cfg.batch_size,
                            split_column=cfg.split.split_column, test_groups=list(cfg.split.test_groups) or None,
                            seed=42).validate()
-    c = cfg.compress
-    with _key("compress.truncate.tolerance"):
-        check_finite(c.truncate.tolerance, "tolerance", low=0.0)
-    with _key("compress.removal.min_retained"):
-        check_finite(c.removal.min_retained, "min_retained", low=0.0, high=1.0, low_open=True)
-    if c.distill.enabled:
-        _check_distill(cfg)
-    if c.structured.enabled:
-        _check_structured(cfg)
+    # the compressions' own options are validated by their plug-ins (pipeline.config._check_semantics)
 
 
 def _train_config(cfg: Any, epochs: int, **changes: Any) -> Any:
@@ -78,37 +71,3 @@ def _train_config(cfg: Any, epochs: int, **changes: Any) -> Any:
                    warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
                    seed=cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds)
     return TrainConfig(**{**options, **changes}).validate()
-
-
-def _check_distill(cfg: Any) -> None:
-    from speechprune.compress.distill.mimickers import KINDS
-    from speechprune.compress.distill.pipeline import parse_mimicker
-
-    d = cfg.compress.distill
-    with _key("compress.distill.mimickers"):
-        if not d.mimickers:
-            raise SpeechpruneError("no mimicker given (e.g. mlp:64:1)")
-        for spec in d.mimickers:
-            opts = parse_mimicker(spec)
-            if opts["mimicker"] not in KINDS:
-                raise SpeechpruneError(f"mimicker {spec!r}: kind must be one of {', '.join(KINDS)}")
-            if opts["hidden"] < 1 or opts["blocks"] not in (1, 2):
-                raise SpeechpruneError(f"mimicker {spec!r}: hidden must be >= 1 and blocks 1 or 2")
-    for key, n in (("stage1_epochs", d.stage1_epochs), ("stage2_epochs", d.stage2_epochs)):
-        with _key(f"compress.distill.{key}"):
-            _train_config(cfg, n)
-
-
-def _check_structured(cfg: Any) -> None:
-    from speechprune.compress.structured.train import PruneOptions
-
-    s = cfg.compress.structured
-    with _key("compress.structured.epochs"):
-        _train_config(cfg, s.epochs)
-    with _key("compress.structured.budgets"):
-        if not s.budgets:
-            raise SpeechpruneError("no budget given (e.g. macs=0.5)")
-    for budget in s.budgets:
-        with _key(f"compress.structured (budget {budget!r})"):
-            PruneOptions(budgets=budget, p0_keep=s.p0_keep, gate_lr=s.gate_lr, reg_lr=s.reg_lr,
-                         target_warmup=s.target_warmup, finetune_epochs=s.finetune_epochs).validate()
