@@ -41,6 +41,11 @@ def check_run_config(cfg: Any) -> None:
     if cfg.window is not None:
         with _key("window"):
             check_finite(cfg.window, "window", low=0.0, low_open=True)
+    if cfg.cache_dir:
+        with _key("cache_dir"):
+            from speechprune.utils.outputs import check_dir_target
+
+            check_dir_target(cfg.cache_dir, "feature cache")
     with _key("split"):
         from speechprune.train.splits import SplitSpec
 
