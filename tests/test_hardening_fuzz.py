@@ -20,7 +20,7 @@ COMMANDS: dict[str, list[str]] = {
     "extract": ["extract", "MODEL", "DATA", "--cache-dir", "CACHE", "--no-progress"],
     "analyze": ["analyze", "MODEL", "DATA", "-l", "word", "-o", "OUT", "--cache-dir", "CACHE", "--no-progress"],
     "finetune": ["finetune", "MODEL", "DATA", "-l", "word", "-o", "OUT", "--epochs", "1", "--no-progress"],
-    "evaluate": ["evaluate", "CLASSIFIER", "DATA", "-l", "word", "--latency-repeats", "0"],
+    "evaluate": ["evaluate", "CLASSIFIER", "DATA", "-l", "word", "--latency-repeats", "0", "--split", "all"],
     "prune layers": ["prune", "layers", "MODEL", "-o", "OUT", "--keep", "1"],
     "prune structured": ["prune", "structured", "CLASSIFIER", "DATA", "-l", "word", "-o", "OUT", "--no-progress"],
     "distill": ["distill", "CLASSIFIER", "DATA", "-l", "word", "-o", "OUT", "--no-progress"],
