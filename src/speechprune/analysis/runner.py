@@ -126,7 +126,7 @@ def _similarity(feats: Any, cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
 
     console.print(f"similarity: {', '.join(cfg.similarity)} over {len(feats.layers)} states")
     mats = similarity_matrices(feats, metrics=tuple(cfg.similarity), k=cfg.knn_k,
-                               baseline_permutations=cfg.permutations, seed=cfg.seed)
+                               baseline_permutations=cfg.permutations, seed=cfg.seed, device=cfg.device)
     res: dict[str, Any] = {}
     blocks_all = {}
     for name in cfg.similarity:
@@ -167,15 +167,15 @@ def _offdiag(m: np.ndarray) -> float:
 
 # --- convexity -------------------------------------------------------------------------------------------------
 def _convexity(feats: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, list[dict[str, Any]]]:
-    from speechprune.analysis.convexity import convexity_by_layer
+    from speechprune.analysis.convexity import convexity_by_labels
 
-    res = {}
-    for label in cfg.labels:
-        console.print(f"convexity: {label} over {len(feats.layers)} states ({cfg.permutations} permutations)")
-        res[label] = convexity_by_layer(
-            feats, label, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
-            max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
-        )
+    console.print(f"convexity: {', '.join(cfg.labels)} over {len(feats.layers)} states "
+                  f"({cfg.permutations} permutations; one kNN graph per state for all labels)")
+    res = convexity_by_labels(
+        feats, cfg.labels, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
+        max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
+        device=cfg.device,
+    )
     _write_rows(out / "convexity.csv", [
         {"label": lab, "state": r["state"], "convexity": r["score"], "std_error": r["std_error"],
          "chance": r.get("chance"), "chance_std": r.get("chance_std"), "n_pairs": r["n_pairs"],

@@ -74,6 +74,9 @@ def register(app: typer.Typer) -> None:
         with output_folder(out, overwrite=overwrite, command="analyze") as tmp:  # all results or none
             ds = load_dataset_spec(data, list(label), group, segments_dir)
             enc = load_encoder(model, window_seconds=window, device=device)
+            from speechprune.features.window_advice import warn_if_window_too_long
+
+            warn_if_window_too_long(enc, ds)
             result = run_analysis(enc, ds, cfg, tmp, cache_dir=cache_dir, progress=progress)
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):
