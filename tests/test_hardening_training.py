@@ -102,7 +102,7 @@ def test_run_refuses_conflicting_split_options_and_bad_values_before_any_work(tm
 def test_val_groups_ignored_by_a_split_column_are_refused(tmp_path: Path) -> None:
     from speechprune.data.sources import load_data
     from speechprune.data.split_rules import SplitConflictError
-    from speechprune.train.splits import SplitSpec, make_splits
+    from speechprune.data.splits import SplitSpec, make_splits
 
     rows = "".join(f"x{i}.wav,w{i % 2},s{i % 4},{s}\n" for i, s in enumerate(["validation"] * 2))
     data = audiofolder(tmp_path / "d", n=8, columns="file_name,word,speaker,split")

@@ -47,11 +47,7 @@ def check_run_config(cfg: Any) -> None:
 
             check_dir_target(cfg.cache_dir, "feature cache")
     with _key("split"):
-        from speechprune.train.splits import SplitSpec
-
-        s = cfg.split
-        SplitSpec(split_column=s.split_column, test_groups=list(s.test_groups), val_groups=list(s.val_groups),
-                  test_fraction=s.test_fraction, val_fraction=s.val_fraction, seed=cfg.seed)
+        cfg.split.spec(seed=cfg.seed)  # SplitSpec refuses conflicts, bad fractions and seeds
     with _key("train"):
         _train_config(cfg, cfg.train.epochs)
     if cfg.analysis.enabled:

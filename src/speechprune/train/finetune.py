@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from speechprune.data.cliplen import check_max_length, check_min_length
-from speechprune.data.splits import _natural
+from speechprune.data.splits import SplitSpec, _natural, make_splits
 from speechprune.data.types import AudioDataset
 from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
@@ -23,7 +23,6 @@ from speechprune.models.classifier import add_classification_head, class_names, 
 from speechprune.train.data import ClassifierCollate, ClipDataset
 from speechprune.train.evaluate import evaluate_classifier
 from speechprune.train.loop import TrainConfig, Trainer, copy_logs
-from speechprune.train.splits import SplitSpec, make_splits
 from speechprune.utils.distributed import is_main_process
 from speechprune.utils.outputs import claim_output
 
