@@ -41,7 +41,7 @@ class AnalysisConfig:
     layers: list[int] | None = None
     batch_size: int = 8
     dtype: str = "fp32"
-    device: str = "cpu"
+    device: str = "auto"  # extraction (and the similarity kernels): auto | cpu | cuda | cuda:N
     knn_k: int = 10
     convexity_k: int = 10
     max_pairs: int = 5000
@@ -80,8 +80,11 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
     write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    from speechprune.utils.device import resolve_device
+
+    device = resolve_device(cfg.device)
     feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
-                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
+                             dtype=cfg.dtype, device=str(device), cache_dir=cache_dir, progress=progress)
     timings["features"] = round(time.perf_counter() - t, 2)
     result: dict[str, Any] = {
         "model": {k: v for k, v in encoder.describe().items()},

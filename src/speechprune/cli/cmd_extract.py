@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from speechprune.cli.common import console, load_dataset_spec, parse_states
+from speechprune.utils.device import DEVICE_HELP, place_model, resolve_device
 
 
 def register(app: typer.Typer) -> None:
@@ -26,8 +27,9 @@ def register(app: typer.Typer) -> None:
         ),
         layers: str = typer.Option("all", help="States to keep: 'all', '0,3,6' or '2-5' (0 = input to layer 1, i = output of layer i)."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
-        dtype: str = typer.Option("fp32", help="fp32 or bf16 (autocast; ~2× faster on AMX CPUs, validate first)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        dtype: str = typer.Option("fp32", help="fp32 or bf16 (CUDA: bf16 weights; CPU: autocast, ~2× faster on AMX "
+                                                "CPUs). fp32 on CUDA uses TF32 matmuls. Validate bf16 first."),
+        device: str = typer.Option("auto", help=DEVICE_HELP),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (drift is reported)."),
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut segment files (for --pooling segment)."),
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
@@ -43,11 +45,13 @@ def register(app: typer.Typer) -> None:
         from speechprune.features import extract_features
         from speechprune.models import load_encoder
 
-        enc = load_encoder(model, window_seconds=window, device=device)
+        dev = resolve_device(device)
+        enc = load_encoder(model, window_seconds=window)
+        place_model(enc.model, dev, dtype)
         ds = load_dataset_spec(data, label, group, segments_dir)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
-            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress,
+            device=str(dev), final_norm=final_norm, cache_dir=cache_dir, progress=progress,
         )
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

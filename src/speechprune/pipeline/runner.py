@@ -57,6 +57,14 @@ class Run:
             self._encoder = load_encoder(self.cfg.model, window_seconds=self.cfg.window)
         return self._encoder
 
+    @property
+    def device(self) -> Any:
+        """The resolved ``device`` of the run (a :class:`torch.device`; TF32 enabled on CUDA). In a multi-process
+        launch the training stages follow the launcher's device per process instead."""
+        from speechprune.utils.device import resolve_device
+
+        return resolve_device(self.cfg.device)
+
     def split_spec(self) -> Any:
         from speechprune.train.splits import SplitSpec
 
@@ -70,7 +78,8 @@ class Run:
         t = self.cfg.train
         options = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
                        warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
-                       seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds)
+                       seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
+                       device=self.cfg.device)
         return TrainConfig(**{**options, **changes}).validate()
 
     # --- stage bookkeeping -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def analysis(run: Any) -> dict[str, Any]:
                           similarity=list(c.analysis.similarity), permutations=c.analysis.permutations,
                           max_pairs=c.analysis.max_pairs, batch_size=c.batch_size,
                           split_column=c.split.split_column, test_groups=list(c.split.test_groups) or None,
-                          seed=42)
+                          seed=42, device=str(run.device))
     acfg.validate()
     res = run_analysis(run.encoder, run.dataset, acfg, run.out / "analysis", progress=run.progress,
                        cache_dir=Path(c.cache_dir) if c.cache_dir else None)
@@ -86,7 +86,7 @@ def _pretrained_convexity(run: Any) -> dict[str, float]:
 
     with main_process_first():  # in a multi-process run the main process fills the feature cache, the others read it
         feats = extract_features(run.encoder, run.dataset, pooling="mean", batch_size=run.cfg.batch_size,
-                                 progress=run.progress)
+                                 device=str(run.device), progress=run.progress)
     return {str(r["state"]): r["score"] for r in convexity_by_layer(feats, run.cfg.label)}
 
 
@@ -99,7 +99,7 @@ def removal(run: Any) -> dict[str, Any]:
 
     c = run.cfg
     base = run.results["baseline"]["candidates"][0]
-    enc = load_encoder(base["model_dir"])
+    enc = load_encoder(base["model_dir"], device=run.device)
     parts = make_splits(run.dataset, c.label, run.split_spec())
     orders = list(c.compress.removal.orders)
     influence = None

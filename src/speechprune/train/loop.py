@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -78,11 +79,13 @@ class TrainConfig:
             (self.mixed_precision in ("no", "bf16", "fp16"),
              f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
             (self.max_seconds is None or self.max_seconds > 0, f"max_seconds must be > 0, got {self.max_seconds}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise SpeechpruneError(msg)
+        from speechprune.utils.device import check_device
+
+        self.device = check_device(self.device)  # auto | cpu | cuda | cuda:N; CUDA without CUDA fails here
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,7 +192,12 @@ class Trainer:
 
             if not cpu_has_fast_bf16():
                 warnings.warn("bf16 on a CPU without native bf16 is far slower than fp32", RuntimeWarning, stacklevel=2)
-        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        from speechprune.utils.device import resolve_device
+
+        dev = resolve_device(cfg.device)  # TF32 on CUDA
+        cpu = dev.type == "cpu"
+        if dev.type == "cuda" and dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            torch.cuda.set_device(dev)  # cuda:N in a single process (a launcher assigns one GPU per process)
         accel = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu)
         set_seed(cfg.seed)
         groups = self.param_groups if self.param_groups is not None else default_param_groups(self.model, cfg)

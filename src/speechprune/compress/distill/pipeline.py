@@ -35,12 +35,13 @@ def run_distill_stage(run: Any) -> dict[str, Any]:
     from speechprune.train.loop import TrainConfig
 
     c = run.cfg
-    teacher = load_encoder(run.results["baseline"]["candidates"][0]["model_dir"])
+    teacher = load_encoder(run.results["baseline"]["candidates"][0]["model_dir"], device=run.device)
     candidates = []
     for spec in c.compress.distill.mimickers:
         opts = parse_mimicker(spec)
         stage = lambda n: TrainConfig(epochs=n, batch_size=c.batch_size, lr=1e-3, schedule="constant",  # noqa: E731
-                                      warmup_ratio=0.0, max_grad_norm=None, patience=5, seed=c.seed)
+                                      warmup_ratio=0.0, max_grad_norm=None, patience=5, seed=c.seed,
+                                      device=c.device, mixed_precision=c.train.mixed_precision)
         cfg = DistillConfig(**opts, stage1=stage(c.compress.distill.stage1_epochs),
                             stage2=stage(c.compress.distill.stage2_epochs), seed=c.seed)
         name = "distill-" + spec.replace(":", "-")
