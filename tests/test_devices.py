@@ -250,3 +250,30 @@ def test_profile_bf16_on_cuda_times_a_bf16_copy(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(device_mod, "bf16_weights", lambda _d: True)
     res = measure_latency(model, seconds=0.25, repeats=1, warmup=1, dtype="bf16")
     assert res["settings"]["bf16"] == "weights" and next(model.parameters()).dtype == torch.float32
+
+
+# --- the GPU benchmark and check script stay runnable ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_extract_benchmark_smoke_run_on_cpu(tmp_path: Path, one_thread: None) -> None:
+    """benchmarks/gpu_extract.py --device cpu --tiny: both sides run and the report has the fields the GPU run
+    records (numbers on a CPU mean nothing)."""
+    import importlib.util
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_extract", root / "benchmarks" / "gpu_extract.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rep = mod.main(["--device", "cpu", "--tiny", "--dtype", "fp32", "--rounds", "1", "--batches", "1", "--out", str(tmp_path / "r.json")])
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["device"] == "cpu" and saved["ratio_speechprune_to_bare"] == rep["ratio_speechprune_to_bare"] > 0
+    assert saved["speechprune"]["tflops"] > 0 and saved["bare"]["clips_per_s"] > 0 and saved["tiny_smoke_run"]
+
+
+def test_gpu_check_script_parses() -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "gpu-check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
