@@ -277,3 +277,15 @@ def test_gpu_check_script_parses() -> None:
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "gpu-check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_whisper_window_table_follows_the_model() -> None:
+    """Found while hunting (not in the issue's table): ``with_window`` built the sliced position table on the CPU
+    in fp32, so a Whisper model already on CUDA (the demo, ``window_drift``) or in bf16 got a table on the wrong
+    device/dtype. main: the table came back on the CPU."""
+    from speechprune.models import load_encoder
+
+    enc = load_encoder("tiny:whisper")
+    enc.model.to(device="meta", dtype=torch.bfloat16)
+    table = enc.with_window(0.5).encoder_module.embed_positions.weight
+    assert table.device.type == "meta" and table.dtype == torch.bfloat16
