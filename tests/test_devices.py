@@ -289,3 +289,15 @@ def test_whisper_window_table_follows_the_model() -> None:
     enc.model.to(device="meta", dtype=torch.bfloat16)
     table = enc.with_window(0.5).encoder_module.embed_positions.weight
     assert table.device.type == "meta" and table.dtype == torch.bfloat16
+
+
+def test_one_process_can_train_with_different_precisions() -> None:
+    """accelerate's global state refused a second Accelerator with another mixed precision (a bf16 fine-tuning then
+    a distillation in one Python process failed with "AcceleratorState has already been initialized")."""
+    from accelerate import Accelerator
+
+    from speechprune.train.loop import fresh_accelerator_state
+
+    for mp in ("bf16", "no"):
+        fresh_accelerator_state(mp, cpu=True)
+        assert Accelerator(mixed_precision=mp, cpu=True).mixed_precision == mp

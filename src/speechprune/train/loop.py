@@ -204,6 +204,7 @@ class Trainer:
         cpu = dev.type == "cpu"
         if dev.type == "cuda" and dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             torch.cuda.set_device(dev)  # cuda:N in a single process (a launcher assigns one GPU per process)
+        fresh_accelerator_state(cfg.mixed_precision, cpu)
         tracking = cfg.report_to != "none"
         if tracking:
             _check_tracker(cfg.report_to)
@@ -353,6 +354,22 @@ class Trainer:
         path = self.checkpoint_dir / BEST_FILE
         if path.exists():
             load_model(accel.unwrap_model(model), str(path))
+
+
+def fresh_accelerator_state(mixed_precision: str, cpu: bool) -> None:
+    """Let one process train several times with different precisions or devices (a ``run`` stage after another, a
+    Python session, tests): accelerate keeps one global state and refuses an ``Accelerator`` whose
+    ``mixed_precision`` or ``cpu`` differs from the first one. In a single process the stale state is dropped; a
+    multi-process launch keeps it (every process there trains with the same options)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if not state or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    device = state.get("device") or PartialState._shared_state.get("device")
+    device_changed = device is not None and (device.type == "cpu") != cpu
+    if state.get("_mixed_precision") != mixed_precision or device_changed:
+        AcceleratorState._reset_state(reset_partial_state=device_changed)
 
 
 def default_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
