@@ -65,7 +65,7 @@ step bench-bf16-10sx32 180 python3 benchmarks/gpu_extract.py --device cuda --dty
 step bench-tf32-10sx8  180 python3 benchmarks/gpu_extract.py --device cuda --dtype fp32 --seconds 10 --batch 8 --out $OUT/gpu_extract_tf32_10sx8.json
 # --- the CUDA test module (tiny models, every CLI flow)
 if python3 -c "import pytest" 2>/dev/null; then
-  step pytest-cuda     300 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+  step pytest-cuda     420 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 else
   echo "### pytest-cuda rc=skipped wall=0s (no pytest on this machine: benchmarks/gpu/make-bundle.sh adds its wheels)"
 fi
