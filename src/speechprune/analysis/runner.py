@@ -41,7 +41,7 @@ class AnalysisConfig:
     layers: list[int] | None = None
     batch_size: int = 8
     dtype: str = "fp32"
-    device: str = "auto"  # extraction (and the similarity kernels): auto | cpu | cuda | cuda:N
+    device: str = "auto"  # extraction and the similarity/convexity kernels: auto | cpu | cuda | cuda:N
     knn_k: int = 10
     convexity_k: int = 10
     max_pairs: int = 5000
@@ -69,8 +69,10 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
                  progress: bool = True) -> dict[str, Any]:
     """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content."""
     from speechprune.features import extract_features
+    from speechprune.utils.device import resolve_device
 
     cfg.validate()
+    cfg.device = str(resolve_device(cfg.device))  # "auto" → cuda/cpu, for extraction and the analysis kernels
     missing = [lab for lab in cfg.labels if lab not in dataset.label_columns]
     if missing:
         raise SpeechpruneError(
@@ -80,11 +82,8 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
     write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    from speechprune.utils.device import resolve_device
-
-    device = resolve_device(cfg.device)
     feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
-                             dtype=cfg.dtype, device=str(device), cache_dir=cache_dir, progress=progress)
+                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
     timings["features"] = round(time.perf_counter() - t, 2)
     result: dict[str, Any] = {
         "model": {k: v for k, v in encoder.describe().items()},
@@ -125,7 +124,7 @@ def _similarity(feats: Any, cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
 
     console.print(f"similarity: {', '.join(cfg.similarity)} over {len(feats.layers)} states")
     mats = similarity_matrices(feats, metrics=tuple(cfg.similarity), k=cfg.knn_k,
-                               baseline_permutations=cfg.permutations, seed=cfg.seed)
+                               baseline_permutations=cfg.permutations, seed=cfg.seed, device=cfg.device)
     res: dict[str, Any] = {}
     blocks_all = {}
     for name in cfg.similarity:
@@ -166,15 +165,15 @@ def _offdiag(m: np.ndarray) -> float:
 
 # --- convexity -------------------------------------------------------------------------------------------------
 def _convexity(feats: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, list[dict[str, Any]]]:
-    from speechprune.analysis.convexity import convexity_by_layer
+    from speechprune.analysis.convexity import convexity_by_labels
 
-    res = {}
-    for label in cfg.labels:
-        console.print(f"convexity: {label} over {len(feats.layers)} states ({cfg.permutations} permutations)")
-        res[label] = convexity_by_layer(
-            feats, label, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
-            max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
-        )
+    console.print(f"convexity: {', '.join(cfg.labels)} over {len(feats.layers)} states "
+                  f"({cfg.permutations} permutations; one kNN graph per state for all labels)")
+    res = convexity_by_labels(
+        feats, cfg.labels, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
+        max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
+        device=cfg.device,
+    )
     _write_rows(out / "convexity.csv", [
         {"label": lab, "state": r["state"], "convexity": r["score"], "std_error": r["std_error"],
          "chance": r.get("chance"), "chance_std": r.get("chance_std"), "n_pairs": r["n_pairs"],

@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
         ds = load_dataset_spec(data, list(label) + ([split_column] if split_column else []), group, segments_dir)
         enc = load_encoder(model, window_seconds=window)
         place_model(enc.model, dev, dtype)
+        from speechprune.features.window_advice import warn_if_window_too_long
+
+        warn_if_window_too_long(enc, ds)
         result = run_analysis(enc, ds, cfg, out, cache_dir=cache_dir, progress=progress)
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):

@@ -45,12 +45,14 @@ def register(app: typer.Typer) -> None:
         resumes from the last finished batch. Bad audio stops the run with an error naming the file.
         """
         from speechprune.features import extract_features
+        from speechprune.features.window_advice import warn_if_window_too_long
         from speechprune.models import load_encoder
 
         dev = resolve_device(device)
         enc = load_encoder(model, window_seconds=window)
         place_model(enc.model, dev, dtype)
         ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
+        warn_if_window_too_long(enc, ds)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
             device=str(dev), final_norm=final_norm, cache_dir=cache_dir, progress=progress,
