@@ -214,7 +214,8 @@ def _probe_split(feats: Any, dataset: Any, cfg: AnalysisConfig) -> tuple[tuple[n
 def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from speechprune.analysis.probes import make_splits, probes_by_layer
+    from speechprune.analysis.probes import probes_by_layer
+    from speechprune.data.splits import cv_folds
 
     split, how = _probe_split(feats, dataset, cfg)
     all_grouped = all(g is not None for g in feats.groups)
@@ -226,13 +227,13 @@ def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: 
         elif all_grouped and _label_is_group(y, feats.groups):
             # The label *is* the group (speaker ID): a speaker-independent split would leave every test class
             # unseen in training, so this label is probed with stratified folds instead (reported in "split").
-            splits = make_splits(y, n_splits=cfg.probe_folds, seed=cfg.seed)
+            splits = cv_folds(y, n_splits=cfg.probe_folds, seed=cfg.seed)
             label_how = f"{cfg.probe_folds}-fold stratified cross-validation (label = group column)"
         elif split is not None:
             splits, label_how = [split], how
         else:
-            splits = make_splits(y, groups=feats.groups if all_grouped else None, n_splits=cfg.probe_folds,
-                                 seed=cfg.seed)
+            splits = cv_folds(y, groups=feats.groups if all_grouped else None, n_splits=cfg.probe_folds,
+                              seed=cfg.seed)
             label_how = how
         bar = tqdm(total=len(feats.layers), desc=f"probes {label}", disable=not progress)
         res[label] = probes_by_layer(feats, label, splits=splits, seed=cfg.seed,
