@@ -92,6 +92,9 @@ def register(app: typer.Typer) -> None:
         if not (split_column or test_groups or val_groups) and saved_split(teacher):
             console.print(f"splits as in the teacher's training.json: {split.to_dict()}")
         dev = resolve_device(device)
+        from speechprune.utils.outputs import check_dir_target
+
+        check_dir_target(out, "--out")  # a usable output folder, before loading anything
         # the split's own columns must be loaded too (a split column given here or recorded by the teacher's
         # fine-tuning; its group column), or the split cannot find them
         columns = list(dict.fromkeys([label, *([split.split_column] if split.split_column else [])]))

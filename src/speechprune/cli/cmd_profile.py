@@ -64,6 +64,10 @@ def profile_cmd(
     from speechprune.utils.device import resolve_device
 
     device = str(resolve_device(device))  # a clear error for CUDA without CUDA, before loading anything
+    if json_out is not None:
+        from speechprune.utils.outputs import check_file_target
+
+        check_file_target(json_out, "--json")
     loaded = load_profile_model(model)
     report = profile_model(
         loaded, seconds=seconds, batch_size=batch_size, latency=latency, flop_check=flop_check, warmup=warmup,
