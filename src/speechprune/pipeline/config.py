@@ -17,11 +17,7 @@ from typing import Any
 import yaml
 
 from speechprune.data.splits import SplitOptions
-from speechprune.errors import SpeechpruneError
-
-
-class ConfigError(SpeechpruneError):
-    """A bad ``run`` configuration (unknown key, wrong type, missing path or label)."""
+from speechprune.errors import ConfigError, SpeechpruneError
 
 
 @dataclass
