@@ -53,6 +53,12 @@ class AnalysisSection:
     similarity: list[str] = field(default_factory=lambda: ["cosine", "cka", "mutual_knn"])
     permutations: int = 2
     max_pairs: int = 5000
+    # probe folds: an upper bound; they adapt to the smallest class / the number of groups (analysis.probes.plan_folds)
+    probe_folds: int = 5
+    knn_k: int = 10
+    convexity_k: int = 10
+    pooling: str = "mean"
+    processes: int = 2
 
 
 @dataclass
@@ -245,6 +251,8 @@ def _check_semantics(cfg: RunConfig) -> None:
         raise ConfigError(f"compress.removal.orders: unknown {bad}; allowed: {', '.join(ORDERS)}")
     if cfg.split.test_groups and not cfg.group:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
+    if cfg.analysis.probe_folds < 2:
+        raise ConfigError(f"analysis.probe_folds must be at least 2, got {cfg.analysis.probe_folds}")
     if not 0 < cfg.recommend_min_retained <= 1:
         raise ConfigError(f"recommend_min_retained must be in (0, 1], got {cfg.recommend_min_retained}")
 

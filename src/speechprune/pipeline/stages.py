@@ -19,13 +19,12 @@ def analysis(run: Any) -> dict[str, Any]:
     from speechprune.analysis.runner import AnalysisConfig, run_analysis
 
     c = run.cfg
-    groups = {g for g in run.dataset.groups() if g is not None}
-    folds = min(5, len(groups)) if groups else 5  # group-aware folds cannot outnumber the groups
-    if groups and folds < 2:
-        folds = 2
-    acfg = AnalysisConfig(probe_folds=folds, labels=c.analysis_labels, metrics=list(c.analysis.metrics),
-                          similarity=list(c.analysis.similarity), permutations=c.analysis.permutations,
-                          max_pairs=c.analysis.max_pairs, batch_size=c.batch_size,
+    a = c.analysis
+    # probe folds adapt to the data (smallest class, number of groups) inside the analysis
+    acfg = AnalysisConfig(probe_folds=a.probe_folds, labels=c.analysis_labels, metrics=list(a.metrics),
+                          similarity=list(a.similarity), permutations=a.permutations, max_pairs=a.max_pairs,
+                          knn_k=a.knn_k, convexity_k=a.convexity_k, pooling=a.pooling, processes=a.processes,
+                          batch_size=c.batch_size,
                           split_column=c.split.split_column, test_groups=list(c.split.test_groups) or None,
                           seed=42)
     acfg.validate()
