@@ -20,7 +20,7 @@ from speechprune.pipeline.config import RunConfig
 from speechprune.utils.fingerprint import hash_json
 from speechprune.utils.io import write_json_atomic
 
-STAGES = ("analysis", "baseline", "truncate", "removal", "distill", "structured", "profile", "report")
+STAGES = ("analysis", "baseline", "truncate", "removal", "distill", "structured", "evaluate", "profile", "report")
 
 
 class Run:
@@ -63,6 +63,14 @@ class Run:
         s = self.cfg.split
         return SplitSpec(split_column=s.split_column, test_groups=list(s.test_groups), val_groups=list(s.val_groups),
                          test_fraction=s.test_fraction, val_fraction=s.val_fraction, seed=self.cfg.seed)
+
+    def selection_pool(self) -> Any:
+        """The training and validation clips (never the test clips), as a dataset: what choices may look at."""
+        from speechprune.train.splits import make_splits
+
+        parts = make_splits(self.dataset, self.cfg.label, self.split_spec())
+        pool = np.sort(np.concatenate([parts["train"], parts["validation"]]))
+        return self.dataset.subset([int(i) for i in pool])
 
     def train_config(self, **changes: Any) -> Any:
         from speechprune.train.loop import TrainConfig
@@ -119,8 +127,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
 
     from speechprune.utils import distributed
 
+    from speechprune.utils.provenance import set_context
+
     main = distributed.is_main_process()
     run = Run(cfg, progress and main, log if main else (lambda _msg: None))
+    set_context(seed=cfg.seed, config=cfg.to_dict(), device="cpu")  # recorded in every JSON the run writes
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
@@ -150,6 +161,9 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
         run.stage("structured", {"baseline": run.keys["baseline"], "structured": c.structured.__dict__,
                                  "train": cfg.train.__dict__}, lambda: stages.structured(run), all_processes=True)
     candidates = stages.collect_candidates(run)
+    run.stage("evaluate", {**base, "candidates": [(k["name"], k.get("key")) for k in candidates],
+                           "min_retained": cfg.recommend_min_retained},
+              lambda: stages.evaluate(run, candidates))
     run.stage("profile", {"candidates": [(k["name"], k.get("key")) for k in candidates],
                           "seconds": cfg.profile_seconds, "repeats": cfg.latency_repeats},
               lambda: stages.profile(run, candidates))
