@@ -41,8 +41,13 @@ def test_paired_bootstrap_and_verdicts() -> None:
     rng = np.random.default_rng(0)
     base = rng.random(200) < 0.8
     same = paired_difference(base, base)
-    assert same["difference_low"] == same["difference_high"] == 0.0 and same["retained"] == 1.0
-    assert loss_verdict(same["difference_low"], same["difference_high"]) == "no loss"
+    # identical predictions on 200 clips: no disagreement, yet a loss rate up to the Wilson bound of 0/200 (1.9 %)
+    # cannot be excluded — "no loss" needs a margin at least that wide
+    assert same["difference_low"] == pytest.approx(-0.0188, abs=1e-3) and same["retained"] == 1.0
+    assert loss_verdict(same["difference_low"], same["difference_high"]) == "inconclusive"
+    assert loss_verdict(same["difference_low"], same["difference_high"], margin=0.02) == "no loss"
+    few = paired_difference(base[:9], base[:9])  # 9 clips prove nothing
+    assert loss_verdict(few["difference_low"], few["difference_high"], margin=0.05) == "inconclusive"
     worse = base.copy()
     worse[np.flatnonzero(base)[:40]] = False  # 40 of 200 clips newly wrong
     d = paired_difference(worse, base)

@@ -48,41 +48,6 @@ def validation_check(labels: list[str], val: np.ndarray, classes: list[str]) -> 
     return {"n": int(len(val)), "per_class": counts, "ok": ok, "note": note}
 
 
-class Predictor:
-    """Class predictions of a saved candidate: a transformers classifier or a distilled student."""
-
-    def __init__(self, model_dir: str | Path) -> None:
-        from speechprune.compress.distill.export import CONFIG_FILE
-
-        self.model_dir = Path(model_dir)
-        if (self.model_dir / CONFIG_FILE).is_file():
-            from speechprune.compress.distill.export import load_student
-
-            self.student = load_student(self.model_dir)
-            self.encoder = None
-            self.classes = list(self.student.classes)
-        else:
-            from speechprune.models import load_encoder
-            from speechprune.models.classifier import class_names
-
-            self.student = None
-            self.encoder = load_encoder(str(self.model_dir))
-            self.classes = list(class_names(self.encoder))
-
-    def predict(self, dataset: Any, indices: np.ndarray, batch_size: int = 8) -> list[str]:
-        if len(indices) == 0:
-            return []
-        if self.student is not None:
-            from speechprune.compress.distill.evaluate import student_logits
-
-            logits = student_logits(self.student, dataset, indices, batch_size=batch_size)
-        else:
-            from speechprune.train.evaluate import predict_logits
-
-            logits = predict_logits(self.encoder, dataset, indices, batch_size=batch_size)
-        return [self.classes[k] for k in logits.argmax(1)]
-
-
 def _metrics(y_true: list[str], y_pred: list[str], classes: list[str]) -> dict[str, Any]:
     from speechprune.train.evaluate import classification_metrics
 
@@ -95,13 +60,15 @@ def _metrics(y_true: list[str], y_pred: list[str], classes: list[str]) -> dict[s
                                   np.array([index[v] for v in y_pred], dtype=np.int64), names)
 
 
-def evaluate_candidates(run: Any, candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """Predict every candidate on the validation and test clips (see the module doc); returns the stage result."""
-    from speechprune.train.splits import make_splits
+def evaluate_candidates(run: Any, candidates: list[Any]) -> dict[str, Any]:
+    """Predict every candidate (:class:`~speechprune.compress.base.Candidate`; loaded and run the way its method
+    says) on the validation and test clips (see the module doc); returns the stage result."""
+    from speechprune.compress.base import BASELINE, compression_for
+    from speechprune.data.splits import _natural
 
     c = run.cfg
     ds = run.dataset
-    parts = make_splits(ds, c.label, run.split_spec())
+    parts = run.task().parts()
     labels = ds.labels(c.label)
     groups = ds.groups()
     grouped = bool(ds.group_column) and all(g is not None for g in groups)
@@ -112,34 +79,35 @@ def evaluate_candidates(run: Any, candidates: list[dict[str, Any]]) -> dict[str,
     correct: dict[str, dict[str, np.ndarray]] = {}
     preds: dict[str, dict[str, list[str]]] = {}
     for cand in candidates:
-        if not cand.get("model_dir"):
-            continue
-        pred = Predictor(cand["model_dir"])
+        method = compression_for(cand.method)
+        model = method.load(cand)
+        classes = sorted(set(train_classes), key=_natural)  # the models' class order
         rows, res = [], {}
-        preds[cand["name"]], correct[cand["name"]] = {}, {}
+        name = cand.name
+        preds[name], correct[name] = {}, {}
         for split in ("validation", "test"):
             idx = parts[split]
-            y_pred = pred.predict(ds, idx, batch_size=c.batch_size)
+            y_pred = method.predict(model, ds, idx, batch_size=c.batch_size)
             y_true = [labels[i] for i in idx]
             ok = np.array([a == b for a, b in zip(y_true, y_pred)], dtype=bool)
-            preds[cand["name"]][split], correct[cand["name"]][split] = y_pred, ok
+            preds[name][split], correct[name][split] = y_pred, ok
             if len(idx):
-                res[split] = _metrics(y_true, y_pred, pred.classes)
+                res[split] = _metrics(y_true, y_pred, classes)
             for i, t, p, k in zip(idx, y_true, y_pred, ok):
                 rows.append({"split": split, "index": int(i), "key": ds.items[int(i)].key,
                              "group": groups[int(i)] if groups[int(i)] is not None else "", "true": t,
                              "predicted": p, "correct": int(k)})
-        with atomic_path(folder / f"{cand['name']}.csv") as tmp, open(tmp, "w", newline="") as f:
+        with atomic_path(folder / f"{name}.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["split", "index", "key", "group", "true", "predicted", "correct"])
             w.writeheader()
             w.writerows(rows)
         test_groups = [groups[i] for i in parts["test"]] if grouped else None
         if len(parts["test"]):
-            res["test"]["interval"] = accuracy_interval(correct[cand["name"]]["test"], test_groups, seed=c.seed)
-        res["predictions"] = str(folder / f"{cand['name']}.csv")
-        per[cand["name"]] = res
-        del pred
-    base = next((k["name"] for k in candidates if k.get("stage") == "baseline"), None)
+            res["test"]["interval"] = accuracy_interval(correct[name]["test"], test_groups, seed=c.seed)
+        res["predictions"] = str(folder / f"{name}.csv")
+        per[name] = res
+        del model
+    base = next((k.name for k in candidates if k.method == BASELINE), None)
     margin = 1.0 - c.recommend_min_retained
     if base in correct and len(parts["test"]):
         test_groups = [groups[i] for i in parts["test"]] if grouped else None

@@ -17,6 +17,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from speechprune.compress.base import BASELINE, Candidate, methods
 from speechprune.utils.io import write_text_atomic
 
 COLUMNS = [("name", "candidate"), ("kind", "what"), ("num_layers", "layers"), ("params_m", "params (M)"),
@@ -27,40 +28,40 @@ COLUMNS = [("name", "candidate"), ("kind", "what"), ("num_layers", "layers"), ("
 NAN = float("nan")
 
 
-def candidate_rows(candidates: list[dict[str, Any]], costs: dict[str, Any], min_retained: float,
+def candidate_rows(candidates: list[Candidate], costs: dict[str, Any], min_retained: float,
                    evidence: dict[str, Any] | None = None, checks: dict[str, Any] | None = None) -> list[dict]:
     """One row per candidate; the ``recommended`` flag is set from validation numbers only (module doc)."""
     evidence = evidence or {}
     ev = evidence.get("candidates", {})
-    base = next((c for c in candidates if c["stage"] == "baseline"), candidates[0])
-    base_val = (ev.get(base["name"], {}).get("validation") or {}).get("accuracy")
+    base = next((c for c in candidates if c.method == BASELINE), candidates[0])
+    base_val = (ev.get(base.name, {}).get("validation") or {}).get("accuracy")
     rows = []
     for c in candidates:
-        cost = costs.get(c["name"], {})
-        e = ev.get(c["name"], {})
+        cost = costs.get(c.name, {})
+        e = ev.get(c.name, {})
         test, val = e.get("test") or {}, e.get("validation") or {}
         interval, paired = test.get("interval") or {}, test.get("paired") or {}
-        acc = test.get("accuracy", c.get("accuracy", NAN))
-        base_acc = (ev.get(base["name"], {}).get("test") or {}).get("accuracy", base.get("accuracy", NAN))
-        is_base = c["name"] == base["name"]
+        acc = test.get("accuracy", c.metrics.get("accuracy", NAN))
+        base_acc = (ev.get(base.name, {}).get("test") or {}).get("accuracy", base.metrics.get("accuracy", NAN))
+        is_base = c.name == base.name
         rows.append({
-            "name": c["name"], "kind": c.get("kind", ""), "stage": c.get("stage"), "num_layers": c.get("num_layers"),
+            "name": c.name, "kind": c.kind, "method": c.method, "num_layers": c.provenance.get("num_layers"),
             "params_m": cost.get("params_total", NAN) / 1e6,
             "gmacs_per_s": cost.get("macs_per_second", NAN) / 1e9,
             "latency_ms": cost.get("latency_ms_median") or NAN, "latency_spread": cost.get("latency_spread"),
             "latency_flagged": bool(cost.get("latency_flagged")),
-            "latency_check": (checks or {}).get(c["name"], {}).get("contradiction"),
+            "latency_check": (checks or {}).get(c.name, {}).get("contradiction"),
             "val_accuracy": val.get("accuracy", NAN), "n_validation": val.get("n"),
             "accuracy": acc, "accuracy_low": interval.get("low", NAN), "accuracy_high": interval.get("high", NAN),
             "interval_method": interval.get("method"), "n_test": test.get("n"),
-            "macro_f1": test.get("macro_f1", c.get("macro_f1", NAN)),
+            "macro_f1": test.get("macro_f1", c.metrics.get("macro_f1", NAN)),
             "retained": acc / base_acc if base_acc else NAN,
             "retained_low": 1.0 if is_base else paired.get("retained_low", NAN),
             "retained_high": 1.0 if is_base else paired.get("retained_high", NAN),
             "difference_low": paired.get("difference_low"), "difference_high": paired.get("difference_high"),
             "verdict": "reference" if is_base else paired.get("verdict", "–"),
             "val_retained": val.get("accuracy", NAN) / base_val if base_val else NAN,
-            "train_seconds": c.get("train_seconds", 0.0), "model_dir": c.get("model_dir"),
+            "train_seconds": c.provenance.get("train_seconds", 0.0), "model_dir": c.model_dir,
             "predictions": e.get("predictions"), "recommended": False,
         })
     guard = evidence.get("chance_guard")
@@ -176,7 +177,7 @@ HOW_TO_READ = {
 }
 
 
-def build_report(run: Any, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+def build_report(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     """Write ``report.html``, ``report.md``, ``candidates.csv``, ``pareto.png`` and ``confusion.png`` into the run
     folder."""
     out = run.out
@@ -261,11 +262,11 @@ def _brief(res: Any) -> Any:
 
 def _figures(run: Any) -> list[tuple[str, Path, str]]:
     out = run.out
+    how = {"removal/removal.png": HOW_TO_READ["removal"]}  # figures of compression plug-ins
     items = [("Layer-to-layer similarity", out / "analysis" / "similarity.png", HOW_TO_READ["similarity"]),
              ("Convexity and probe accuracy per state, with chance levels", out / "analysis" / "layers.png",
               HOW_TO_READ["layers"]),
-             ("Layer removal without retraining: validation and test", out / "removal" / "removal.png",
-              HOW_TO_READ["removal"]),
+             *((title, out / path, how.get(path, "")) for m in methods() for title, path in m.figures),
              ("Confusion matrices per candidate (test)", out / "confusion.png", HOW_TO_READ["confusion"]),
              ("Accuracy against MACs and latency", out / "pareto.png", HOW_TO_READ["pareto"])]
     return [(t, p, h) for t, p, h in items if p.exists()]
@@ -403,7 +404,8 @@ def _markdown(data: dict[str, Any], figures: list[tuple[str, Path, str]], out: P
         lines += ["| " + " | ".join(row) + " |" for row in pc]
         lines.append("")
     for title, path, how in figures:
-        lines += [f"## {title}", "", f"![{title}]({path.relative_to(out)})", "", f"*How to read this:* {how}", ""]
+        lines += [f"## {title}", "", f"![{title}]({path.relative_to(out)})", ""]
+        lines += [f"*How to read this:* {how}", ""] if how else []
     lines += ["## Environment", "", _env(data),
               "", "Per-clip predictions of every candidate: `predictions/<candidate>.csv`."]
     return "\n".join(lines) + "\n"
@@ -441,7 +443,7 @@ def _html(data: dict[str, Any], figures: list[tuple[str, Path, str]]) -> str:
         b64 = base64.b64encode(path.read_bytes()).decode()
         figs.append(f'<figure><figcaption>{esc(title)}</figcaption>'
                     f'<img class="plot" alt="{esc(title)}" src="data:image/png;base64,{b64}">'
-                    f'<p class="how">How to read this: {esc(how)}</p></figure>')
+                    + (f'<p class="how">How to read this: {esc(how)}</p>' if how else "") + '</figure>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>speechprune report</title>
 <style>

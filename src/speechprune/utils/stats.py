@@ -121,7 +121,8 @@ def paired_difference(cand_correct: Sequence[bool] | np.ndarray, base_correct: S
     """Paired bootstrap of candidate − baseline accuracy and of candidate ÷ baseline ("retained") on the same clips.
 
     Clips (or whole groups when there are at least :data:`MIN_GROUPS`) are resampled together for both models, so
-    the interval reflects only where the two disagree.
+    the interval reflects only where the two disagree. The percentile interval is widened, where narrower, to the
+    Wilson bounds of the discordance rates, so that zero disagreements on a handful of clips never reads as proof.
     """
     a = np.asarray(cand_correct, dtype=float)
     b = np.asarray(base_correct, dtype=float)
@@ -138,6 +139,15 @@ def paired_difference(cand_correct: Sequence[bool] | np.ndarray, base_correct: S
     finite = ratio[np.isfinite(ratio)]
     r_lo, r_hi = np.quantile(finite, q) if len(finite) else (float("nan"), float("nan"))
     base_acc = float(b.mean()) if n else float("nan")
+    # With few disagreements the bootstrap degenerates (no discordant clip → [0, 0], i.e. "proof" of no loss on 9
+    # clips). Widen it to cover the Wilson bounds of the two discordance rates: the candidate loses at most
+    # hi(wrong-where-baseline-right) and gains at most hi(right-where-baseline-wrong).
+    gain, loss = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    if n:
+        d_lo = min(d_lo, gain / n - wilson_interval(loss, n, alpha)[1])
+        d_hi = max(d_hi, wilson_interval(gain, n, alpha)[1] - loss / n)
+        if base_acc:
+            r_lo, r_hi = min(r_lo, 1 + d_lo / base_acc), max(r_hi, 1 + d_hi / base_acc)
     return {
         "difference": float(a.mean() - b.mean()) if n else float("nan"),
         "difference_low": float(d_lo), "difference_high": float(d_hi),
