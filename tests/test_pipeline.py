@@ -93,7 +93,7 @@ def test_run_caches_stages_and_recovers_from_a_crash(data: Path, tmp_path: Path,
     # changing the removal orders reruns removal (and profile) only
     changed = run_pipeline(load_run_config(None, overrides(data, tmp_path / "a", "compress.removal.orders=backward")),
                            progress=False, log=quiet)
-    assert set(changed["stages_run"]) == {"removal", "profile"}
+    assert set(changed["stages_run"]) == {"removal", "evaluate", "profile"}  # the candidates changed
 
     # crash in the middle (after baseline and truncation), then re-run: finished stages are not redone
     def boom(*_args):
