@@ -42,7 +42,7 @@ class AnalysisConfig:
     layers: list[int] | None = None
     batch_size: int = 8
     dtype: str = "fp32"
-    device: str = "cpu"
+    device: str = "auto"  # extraction and the similarity/convexity kernels: auto | cpu | cuda | cuda:N
     knn_k: int = 10
     convexity_k: int = 10
     max_pairs: int = 5000
@@ -72,8 +72,10 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
                  progress: bool = True) -> dict[str, Any]:
     """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content."""
     from speechprune.features import extract_features
+    from speechprune.utils.device import resolve_device
 
     cfg.validate()
+    cfg.device = str(resolve_device(cfg.device))  # "auto" → cuda/cpu, for extraction and the analysis kernels
     missing = [lab for lab in cfg.labels if lab not in dataset.label_columns]
     if missing:
         raise SpeechpruneError(

@@ -23,7 +23,8 @@ def analysis(run: Any) -> dict[str, Any]:
     acfg = AnalysisConfig(probe_folds=a.probe_folds, labels=c.analysis_labels, metrics=list(a.metrics),
                           similarity=list(a.similarity), permutations=a.permutations, max_pairs=a.max_pairs,
                           knn_k=a.knn_k, convexity_k=a.convexity_k, pooling=a.pooling, processes=a.processes,
-                          batch_size=c.batch_size, seed=42)  # probes cross-validate on the pool (no test clips)
+                          batch_size=c.batch_size, seed=42,  # probes cross-validate on the pool (no test clips)
+                          device=str(run.device))
     acfg.validate()
     # on the training + validation clips only: the truncation depth is chosen from these convexity scores
     res = run_analysis(run.encoder, run.selection_pool(), acfg, run.out / "analysis", progress=run.progress,

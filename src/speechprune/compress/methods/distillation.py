@@ -74,11 +74,13 @@ class Distillation(Compression):
         from speechprune.train.loop import TrainConfig
 
         enc = teacher.load()
+        enc.model.to(out.torch_device())  # the teacher pass runs where training does
         candidates = []
         for spec in options.mimickers:
             opts = parse_mimicker(spec)
             stage = lambda n: TrainConfig(epochs=n, batch_size=out.batch_size, lr=1e-3, schedule="constant",  # noqa: E731
-                                          warmup_ratio=0.0, max_grad_norm=None, patience=5, seed=train.seed)
+                                          warmup_ratio=0.0, max_grad_norm=None, patience=5, seed=train.seed,
+                                          device=train.device, mixed_precision=train.mixed_precision)
             cfg = DistillConfig(**opts, stage1=stage(options.stage1_epochs), stage2=stage(options.stage2_epochs),
                                 seed=train.seed)
             name = "distill-" + spec.replace(":", "-")

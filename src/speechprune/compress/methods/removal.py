@@ -48,6 +48,7 @@ class Removal(Compression):
         from speechprune.data.splits import make_splits
 
         enc = teacher.load()
+        enc.model.to(out.torch_device())
         parts = make_splits(task.dataset, task.label, task.split)
         orders = list(options.orders)
         influence = None

@@ -52,6 +52,6 @@ def pretrained_convexity(teacher: Teacher, task: Task, out: Workspace) -> dict[s
     from speechprune.utils.distributed import main_process_first
 
     with main_process_first():  # in a multi-process run the main process fills the feature cache, the others read it
-        feats = extract_features(teacher.pretrained(), task.selection_pool(), pooling="mean", batch_size=out.batch_size,
-                                 progress=out.progress)
+        feats = extract_features(teacher.pretrained(), task.selection_pool(), pooling="mean",
+                                 batch_size=out.batch_size, device=str(out.torch_device()), progress=out.progress)
     return {str(r["state"]): r["score"] for r in convexity_by_layer(feats, task.label)}
