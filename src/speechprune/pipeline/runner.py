@@ -145,7 +145,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
 
     main = distributed.is_main_process()
     run = Run(cfg, progress and main, log if main else (lambda _msg: None))
-    set_context(seed=cfg.seed, config=cfg.to_dict(), device=str(cfg.device))  # in every JSON the run writes
+    from speechprune.utils.device import resolve_device
+
+    # seed, resolved device and config go into every JSON the run writes
+    set_context(seed=cfg.seed, config=cfg.to_dict(), device=str(resolve_device(cfg.device)))
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
