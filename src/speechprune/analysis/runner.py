@@ -24,6 +24,7 @@ import yaml
 
 from speechprune.cli.common import console
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.checks import check_seed
 from speechprune.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRICS = ("similarity", "convexity", "probes")
@@ -41,7 +42,7 @@ class AnalysisConfig:
     layers: list[int] | None = None
     batch_size: int = 8
     dtype: str = "fp32"
-    device: str = "cpu"
+    device: str = "auto"  # extraction and the similarity/convexity kernels: auto | cpu | cuda | cuda:N
     knn_k: int = 10
     convexity_k: int = 10
     max_pairs: int = 5000
@@ -51,6 +52,7 @@ class AnalysisConfig:
     test_groups: list[str] | None = None
     seed: int = 42
     processes: int = 2
+    chunk_seconds: float | None = 30.0  # longer clips are encoded in chunks (speechprune.features.chunking)
 
     def validate(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS]
@@ -63,14 +65,17 @@ class AnalysisConfig:
             raise SpeechpruneError("convexity and probes need at least one --label")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
+        check_seed(self.seed)
 
 
 def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, cache_dir: Path | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content."""
     from speechprune.features import extract_features
+    from speechprune.utils.device import resolve_device
 
     cfg.validate()
+    cfg.device = str(resolve_device(cfg.device))  # "auto" → cuda/cpu, for extraction and the analysis kernels
     missing = [lab for lab in cfg.labels if lab not in dataset.label_columns]
     if missing:
         raise SpeechpruneError(
@@ -81,7 +86,8 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
-                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
+                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress,
+                             chunk_seconds=cfg.chunk_seconds)
     timings["features"] = round(time.perf_counter() - t, 2)
     result: dict[str, Any] = {
         "model": {k: v for k, v in encoder.describe().items()},

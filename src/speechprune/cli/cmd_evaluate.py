@@ -11,6 +11,7 @@ import typer
 from speechprune.cli.cmd_finetune import split_options, split_spec_for
 from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
+from speechprune.utils.device import DEVICE_HELP, resolve_device
 
 
 def register(app: typer.Typer) -> None:
@@ -33,6 +34,7 @@ def register(app: typer.Typer) -> None:
         max_seconds: Optional[float] = typer.Option(None, help="Cut clips to their first N seconds."),
         profile_seconds: float = typer.Option(1.0, help="Clip length for MACs and latency."),
         latency_repeats: int = typer.Option(20, min=0, help="Timed forward passes (0 = no latency)."),
+        device: str = typer.Option("auto", help="Where the model runs (and its latency is measured): " + DEVICE_HELP),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: stdout only)."),
         config: Optional[str] = config_option(),
     ) -> None:
@@ -44,12 +46,17 @@ def register(app: typer.Typer) -> None:
         from speechprune.data.splits import make_splits
         from speechprune.utils.io import write_json_atomic
 
+        if out is not None:
+            from speechprune.utils.outputs import check_file_target
+
+            check_file_target(out, "--out")
         if split not in ("test", "validation", "train", "all"):
             raise typer.BadParameter("choose test, validation, train or all", param_hint="--split")
         spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+        dev = resolve_device(device)
         columns = [label] + ([spec.split_column] if spec.split_column else [])
         ds = load_dataset_spec(data, columns, group or spec.group_column)
-        enc = load_encoder(model)
+        enc = load_encoder(model, device=dev)
         indices = None if split == "all" else make_splits(ds, label, spec)[split]
         res = evaluate_classifier(enc, ds, label, indices, batch_size=batch_size, max_seconds=max_seconds,
                                   profile_seconds=profile_seconds, latency_repeats=latency_repeats, progress=True)

@@ -48,8 +48,9 @@ def profile_cmd(
     repeats: int = typer.Option(20, "--repeats", help="Timed forward passes."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed forward passes before timing."),
     threads: int | None = typer.Option(None, "--threads", help="torch.set_num_threads for the run (default: keep)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or bf16 (torch.autocast)."),
+    device: str = typer.Option("cpu", "--device", help="Latency device: cpu (default) | cuda | cuda:N | auto."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (TF32 matmuls on CUDA), or bf16 (CUDA: bf16 weights; "
+                                                      "CPU: torch.autocast)."),
     flop_check: bool = typer.Option(True, "--flop-check/--no-flop-check",
                                     help="Cross-check the analytic MACs with FlopCounterMode (one extra forward)."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency and peak memory."),
@@ -60,6 +61,13 @@ def profile_cmd(
 
     if dtype not in ("fp32", "bf16"):
         raise SpeechpruneError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    from speechprune.utils.device import resolve_device
+
+    device = str(resolve_device(device))  # a clear error for CUDA without CUDA, before loading anything
+    if json_out is not None:
+        from speechprune.utils.outputs import check_file_target
+
+        check_file_target(json_out, "--json")
     loaded = load_profile_model(model)
     report = profile_model(
         loaded, seconds=seconds, batch_size=batch_size, latency=latency, flop_check=flop_check, warmup=warmup,

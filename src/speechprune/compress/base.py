@@ -129,6 +129,7 @@ class Workspace:
     batch_size: int = 8  # clips per forward pass outside training
     profile_seconds: float = 1.0  # clip length for MACs computed inside a method
     progress: bool = True
+    device: str = "auto"  # where work outside training runs (training follows the TrainConfig's device)
     details: dict[str, Any] = field(default_factory=dict)
 
     def model_dir(self, name: str) -> Path:
@@ -136,6 +137,12 @@ class Workspace:
 
     def folder(self, name: str) -> Path:
         return self.root / name
+
+    def torch_device(self) -> Any:
+        """:attr:`device` resolved (:func:`speechprune.utils.device.resolve_device`)."""
+        from speechprune.utils.device import resolve_device
+
+        return resolve_device(self.device)
 
 
 class Compression:

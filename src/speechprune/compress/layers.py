@@ -107,13 +107,13 @@ def block_influence(
     for _, wavs in iter_batches(dataset, batch_size, indices):
         prepared = encoder.prepare(wavs)
         states = encoder.hidden_states(prepared)
-        mask = valid_frame_mask(prepared.frame_lengths, states[0].shape[1]).unsqueeze(-1).float()
+        mask = valid_frame_mask(prepared.frame_lengths.to(states[0].device), states[0].shape[1]).unsqueeze(-1).float()
         flat = [(s * mask).flatten(1) for s in states]
         for i in range(1, L + 1):
             cos_sum[i] += torch.nn.functional.cosine_similarity(flat[i - 1], flat[i], dim=1).sum().item()
         counts = mask.sum(1).clamp(min=1)
         for i, s in enumerate(states):
-            pooled[i].append(((s * mask).sum(1) / counts).numpy())
+            pooled[i].append(((s * mask).sum(1) / counts).cpu().numpy())
         n += len(wavs)
     bi = {i: float(1.0 - cos_sum[i] / n) for i in range(1, L + 1)}
     feats = [np.concatenate(p) for p in pooled]

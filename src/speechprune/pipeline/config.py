@@ -74,6 +74,7 @@ class RunConfig:
     window: float | None = None
     out: str = "speechprune-run"
     cache_dir: str | None = None
+    device: str = "auto"  # every computing stage: auto (CUDA when available) | cpu | cuda | cuda:N
     seed: int = 0
     batch_size: int = 8
     profile_seconds: float = 1.0
@@ -108,6 +109,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         _apply_override(data, item)
     cfg = _build(RunConfig, data, "")
     _check_semantics(cfg)
+    from speechprune.pipeline.preflight import check_run_config
+
+    check_run_config(cfg)  # every stage's options, validated as the stage will, before any work
     return cfg
 
 
@@ -232,6 +236,12 @@ def _check_semantics(cfg: RunConfig) -> None:
             raise ConfigError(f"compress.{name}: {exc}") from exc
     if cfg.split.test_groups and not cfg.group:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
+    from speechprune.utils.device import DeviceError, check_device
+
+    try:
+        cfg.device = check_device(cfg.device)
+    except DeviceError as exc:
+        raise ConfigError(f"device: {exc}") from exc
     if not 0 < cfg.recommend_min_retained <= 1:
         raise ConfigError(f"recommend_min_retained must be in (0, 1], got {cfg.recommend_min_retained}")
 
@@ -243,10 +253,10 @@ def _data_columns(path: Path) -> list[str] | None:
 
     meta = path / "metadata.csv" if path.is_dir() else path
     if meta.suffix == ".csv" and meta.is_file():
-        with open(meta, newline="") as f:
+        with open(meta, newline="", encoding="utf-8-sig") as f:  # as the loaders read it: a BOM is not a column
             return next(csv.reader(f), [])
     if meta.suffix in (".jsonl", ".json") and meta.is_file():
-        with open(meta) as f:
+        with open(meta, encoding="utf-8-sig") as f:
             line = f.readline()
         return list(json.loads(line)) if line.strip() else []
     if path.is_dir() and (path / "metadata.jsonl").is_file():

@@ -56,6 +56,14 @@ class Run:
             self._encoder = load_encoder(self.cfg.model, window_seconds=self.cfg.window)
         return self._encoder
 
+    @property
+    def device(self) -> Any:
+        """The resolved ``device`` of the run (a :class:`torch.device`; TF32 enabled on CUDA). In a multi-process
+        launch the training stages follow the launcher's device per process instead."""
+        from speechprune.utils.device import resolve_device
+
+        return resolve_device(self.cfg.device)
+
     def split_spec(self) -> Any:
         return self.cfg.split.spec(seed=self.cfg.seed)
 
@@ -68,7 +76,7 @@ class Run:
         from speechprune.compress.base import Workspace
 
         return Workspace(self.out, batch_size=self.cfg.batch_size, profile_seconds=self.cfg.profile_seconds,
-                         progress=self.progress)
+                         progress=self.progress, device=self.cfg.device)
 
     def train_config(self, **changes: Any) -> Any:
         from speechprune.train.loop import TrainConfig
@@ -76,7 +84,8 @@ class Run:
         t = self.cfg.train
         options = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
                        warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
-                       seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds)
+                       seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
+                       device=self.cfg.device)
         return TrainConfig(**{**options, **changes}).validate()
 
     # --- stage bookkeeping -------------------------------------------------------------------------------------
@@ -135,9 +144,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
         write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
         import yaml
 
-        from speechprune.utils.io import write_text_atomic
+        from speechprune.utils.outputs import write_owned_text
 
-        write_text_atomic(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        # never replaces a config.yaml that run did not write (e.g. the input config kept in OUT)
+        write_owned_text(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                         "# written by speechprune run (the resolved configuration)")
     distributed.barrier()
     base = run.base_deps()
     if cfg.analysis.enabled:

@@ -26,7 +26,7 @@ def analysis(run: Any) -> dict[str, Any]:
                           similarity=list(c.analysis.similarity), permutations=c.analysis.permutations,
                           max_pairs=c.analysis.max_pairs, batch_size=c.batch_size,
                           split_column=c.split.split_column, test_groups=list(c.split.test_groups) or None,
-                          seed=42)
+                          seed=42, device=str(run.device))
     acfg.validate()
     res = run_analysis(run.encoder, run.dataset, acfg, run.out / "analysis", progress=run.progress,
                        cache_dir=Path(c.cache_dir) if c.cache_dir else None)

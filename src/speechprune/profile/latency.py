@@ -121,8 +121,10 @@ def measure_latency(
     At least one untimed forward always runs (it also probes whether ``inference_mode`` works). Peak memory is
     measured on one extra forward after the timed ones, so the sampling thread cannot perturb the timings.
 
-    ``dtype`` ``bf16`` runs fp32 weights under ``torch.autocast(device, bfloat16)`` (AMX on this CPU; ~2x on
-    batched/long inputs, different numerics). ``threads`` sets ``torch.set_num_threads`` for the run and restores it.
+    ``dtype`` ``bf16`` on the CPU runs fp32 weights under ``torch.autocast(device, bfloat16)`` (AMX on this CPU;
+    ~2x on batched/long inputs, different numerics); on CUDA it runs a bf16-weight copy of the model on bf16 inputs
+    (faster than autocast, which re-casts every weight on every forward, and than TF32). fp32 on CUDA uses TF32
+    matmuls (:func:`speechprune.utils.device.resolve_device`). ``threads`` sets ``torch.set_num_threads`` for the run and restores it.
     The model is moved to ``device`` (in place) and put in eval mode for the run (training mode restored after).
     Whisper processes its fixed window per clip (one window per started window for clips longer than it).
     """
@@ -130,18 +132,24 @@ def measure_latency(
         raise SpeechpruneError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if repeats < 1 or warmup < 0 or batch_size < 1 or seconds <= 0:
         raise SpeechpruneError("need repeats >= 1, warmup >= 0, batch_size >= 1 and seconds > 0")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpeechpruneError("device cuda requested but torch.cuda.is_available() is False")
+    from speechprune.utils.device import bf16_weights, resolve_device
+
+    dev = resolve_device(device)
     mp = resolve_modules(model)
     spec = spec_from_parts(mp)
     root = mp.root.to(dev)
     num_samples = round(seconds * spec.sample_rate)
     windows = whisper_windows(spec, num_samples) if spec.whisper_window is not None else 1
     inputs = dummy_inputs(spec, num_samples, batch_size, dev, windows)
+    weights_bf16 = dtype == "bf16" and bf16_weights(dev)
+    if weights_bf16:  # a bf16 copy: the caller's model keeps its fp32 weights
+        import copy
+
+        root = copy.deepcopy(root).to(torch.bfloat16)
+        inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
 
     def autocast() -> Any:
-        if dtype == "bf16":
+        if dtype == "bf16" and not weights_bf16:
             return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -205,6 +213,9 @@ def measure_latency(
             "threads": torch.get_num_threads() if threads is None else threads,
             "device": str(dev),
             "dtype": dtype,
+            "bf16": None if dtype != "bf16" else ("weights" if weights_bf16 else "autocast"),
+            "tf32": bool(dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "grad_mode": grad_mode.__name__,
             "torch_version": torch.__version__,
         },

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from speechprune.data.batching import iter_batches
+from speechprune.data.cliplen import check_max_length, check_min_length
 from speechprune.data.types import AudioDataset
 from speechprune.errors import DataError
 from speechprune.models.adapter import SpeechEncoder
@@ -33,6 +34,8 @@ def predict_logits(
     if not idx:
         raise DataError(f"{dataset.name}: nothing to evaluate (empty split)")
     cut = None if max_seconds is None else int(round(max_seconds * 16_000))
+    check_min_length(dataset, encoder, idx)
+    check_max_length(dataset, encoder, idx, max_seconds)
     out = []
     batches = iter_batches(dataset, batch_size, idx)
     if progress:
@@ -99,11 +102,13 @@ def evaluate_classifier(
 
 
 def model_cost(encoder: SpeechEncoder, *, seconds: float = 1.0, latency_repeats: int = 10) -> dict[str, Any]:
-    """Parameters, MACs per second of audio and measured latency (0 repeats: no latency)."""
+    """Parameters, MACs per second of audio and measured latency (0 repeats: no latency) on the device the model
+    is on (it is not moved)."""
     from speechprune.profile.report import profile_model
+    from speechprune.utils.device import model_device
 
     rep = profile_model(encoder.model, seconds=seconds, latency=latency_repeats > 0, repeats=max(latency_repeats, 1),
-                        warmup=2)
+                        warmup=2, device=str(model_device(encoder.model)))
     lat = rep["latency"]
     return {
         "params_total": rep["params"]["total"],
@@ -115,5 +120,6 @@ def model_cost(encoder: SpeechEncoder, *, seconds: float = 1.0, latency_repeats:
         "latency_ms_median": None if lat is None else lat["ms_per_batch"]["median"],
         "latency_ms_p90": None if lat is None else lat["ms_per_batch"]["p90"],
         "latency_threads": None if lat is None else lat["settings"]["threads"],
+        "latency_device": None if lat is None else lat["settings"]["device"],
         "num_layers": encoder.num_layers,
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -36,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechprune.errors import SpeechpruneError
 from speechprune.train.data import EpochShuffleSampler, split_model_inputs
-from speechprune.utils.io import replace_dir, write_json_atomic
+from speechprune.train.guards import DivergedError, check_loss, check_numbers, check_weights, discard_run
+from speechprune.utils.io import recover_swap, replace_dir, write_json_atomic
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -83,12 +85,15 @@ class TrainConfig:
             (self.mixed_precision in ("no", "bf16", "fp16"),
              f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
             (self.max_seconds is None or self.max_seconds > 0, f"max_seconds must be > 0, got {self.max_seconds}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise SpeechpruneError(msg)
+        check_numbers(self)
+        from speechprune.utils.device import check_device
+
+        self.device = check_device(self.device)  # auto | cpu | cuda | cuda:N; CUDA without CUDA fails here
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +180,10 @@ class Trainer:
             raise SpeechpruneError("the training split is empty")
         if len(val_set) == 0:
             raise SpeechpruneError("the validation split is empty: model selection and early stopping need one")
+        from speechprune.utils.distributed import is_main_process
+
+        if is_main_process():  # a crash between the two renames of the checkpoint swap: resume from either copy
+            recover_swap(self.checkpoint_dir, self.checkpoint_dir.with_name("checkpoint.tmp"), STATE_FILE)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -195,7 +204,13 @@ class Trainer:
 
             if not cpu_has_fast_bf16():
                 warnings.warn("bf16 on a CPU without native bf16 is far slower than fp32", RuntimeWarning, stacklevel=2)
-        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        from speechprune.utils.device import resolve_device
+
+        dev = resolve_device(cfg.device)  # TF32 on CUDA
+        cpu = dev.type == "cpu"
+        if dev.type == "cuda" and dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            torch.cuda.set_device(dev)  # cuda:N in a single process (a launcher assigns one GPU per process)
+        fresh_accelerator_state(cfg.mixed_precision, cpu)
         tracking = cfg.report_to != "none"
         if tracking:
             _check_tracker(cfg.report_to)
@@ -240,6 +255,7 @@ class Trainer:
                 for batch in train_loader:
                     with accel.accumulate(model):
                         loss, _ = self.loss_fn(model, batch)
+                        check_loss(loss, epoch=state.epoch + 1, step=state.global_step, lr=cfg.lr)
                         accel.backward(loss)
                         if accel.sync_gradients and cfg.max_grad_norm:
                             accel.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
@@ -268,6 +284,10 @@ class Trainer:
                 epochs_this_call += 1
                 if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                     break
+        except DivergedError:
+            if accel.is_main_process:  # keep nothing of a diverged run: no checkpoint to resume into garbage
+                discard_run(self.work_dir)
+            raise
         finally:
             bar.close()
             if tracking:
@@ -275,6 +295,12 @@ class Trainer:
         accel.wait_for_everyone()
         if state.epoch >= cfg.epochs or state.stopped_early:
             self._load_best(accel, model)
+            try:
+                check_weights(accel.unwrap_model(model))
+            except DivergedError:
+                if accel.is_main_process:
+                    discard_run(self.work_dir)
+                raise
         self.model = accel.unwrap_model(model)
         accel.free_memory()
         return TrainResult(state, cfg, len(self.train_set), len(self.val_set), accel.num_processes, trainable)
@@ -345,6 +371,22 @@ class Trainer:
         path = self.checkpoint_dir / BEST_FILE
         if path.exists():
             load_model(accel.unwrap_model(model), str(path))
+
+
+def fresh_accelerator_state(mixed_precision: str, cpu: bool) -> None:
+    """Let one process train several times with different precisions or devices (a ``run`` stage after another, a
+    Python session, tests): accelerate keeps one global state and refuses an ``Accelerator`` whose
+    ``mixed_precision`` or ``cpu`` differs from the first one. In a single process the stale state is dropped; a
+    multi-process launch keeps it (every process there trains with the same options)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if not state or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    device = state.get("device") or PartialState._shared_state.get("device")
+    device_changed = device is not None and (device.type == "cpu") != cpu
+    if state.get("_mixed_precision") != mixed_precision or device_changed:
+        AcceleratorState._reset_state(reset_partial_state=device_changed)
 
 
 def default_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

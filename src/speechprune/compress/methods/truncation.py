@@ -24,6 +24,11 @@ class Truncation(Compression):
     inputs = ("data", "train", "analysis")
     trains = True
 
+    def validate(self, options: TruncateOptions) -> None:
+        from speechprune.utils.checks import check_finite
+
+        check_finite(options.tolerance, "tolerance", low=0.0)
+
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: TruncateOptions
             ) -> list[Candidate]:
         from speechprune.compress.layers import choose_depth
@@ -47,5 +52,5 @@ def pretrained_convexity(teacher: Teacher, task: Task, out: Workspace) -> dict[s
 
     with main_process_first():  # in a multi-process run the main process fills the feature cache, the others read it
         feats = extract_features(teacher.pretrained(), task.dataset, pooling="mean", batch_size=out.batch_size,
-                                 progress=out.progress)
+                                 device=str(out.torch_device()), progress=out.progress)
     return {str(r["state"]): r["score"] for r in convexity_by_layer(feats, task.label)}
