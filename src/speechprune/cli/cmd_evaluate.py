@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from speechprune.cli.cmd_finetune import split_options, split_spec_for
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec
 from speechprune.cli.config import config_option
 from speechprune.utils.device import DEVICE_HELP, resolve_device
 
@@ -20,8 +20,9 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         model: str = typer.Argument(..., help="A classifier folder (e.g. from `speechprune finetune`) or hub id."),
-        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        data: str = typer.Argument(..., help=DATA_HELP),
         label: str = typer.Option(..., "--label", "-l", help="Label column the classifier predicts."),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         split: str = typer.Option("test", help="Which part to evaluate: test | validation | train | all."),
         group: Optional[str] = typer.Option(None, help="Group column (for --test-groups)."),
         split_column: Optional[str] = so["split_column"],
@@ -55,7 +56,7 @@ def register(app: typer.Typer) -> None:
         spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
         dev = resolve_device(device)
         columns = [label] + ([spec.split_column] if spec.split_column else [])
-        ds = load_dataset_spec(data, columns, group or spec.group_column)
+        ds = load_dataset_spec(data, columns, group or spec.group_column, audio_column=audio_column)
         enc = load_encoder(model, device=dev)
         indices = None if split == "all" else make_splits(ds, label, spec)[split]
         res = evaluate_classifier(enc, ds, label, indices, batch_size=batch_size, max_seconds=max_seconds,

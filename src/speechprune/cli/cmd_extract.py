@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         ),
         layers: str = typer.Option("all", help="States to keep: 'all', '0,3,6' or '2-5' (0 = input to layer 1, i = output of layer i)."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
-        dtype: str = typer.Option("fp32", help="fp32 or bf16 (CUDA: bf16 weights; CPU: autocast, ~2× faster on AMX "
+        dtype: str = typer.Option("fp32", help="fp32 | bf16 (CUDA: bf16 weights; CPU: autocast, ~2× faster on AMX "
                                                 "CPUs). fp32 on CUDA uses TF32 matmuls. Validate bf16 first."),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (drift is reported)."),
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
                                             "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
-        out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also copy features.safetensors + meta.json to this folder."),
         to_dataset: Optional[Path] = typer.Option(
             None, help="Also write the features as a Hugging Face datasets folder (load_from_disk): one row per "
             "clip, columns key, labels, group, state_0..state_L."),

@@ -41,6 +41,12 @@ class AnalysisSection:
     similarity: list[str] = field(default_factory=lambda: ["cosine", "cka", "mutual_knn"])
     permutations: int = 2
     max_pairs: int = 5000
+    # probe folds: an upper bound; they adapt to the smallest class / the number of groups (analysis.probes.plan_folds)
+    probe_folds: int = 5
+    knn_k: int = 10
+    convexity_k: int = 10
+    pooling: str = "mean"
+    processes: int = 2
 
 
 class CompressSection(dict):
@@ -232,6 +238,8 @@ def _check_semantics(cfg: RunConfig) -> None:
             raise ConfigError(f"compress.{name}: {exc}") from exc
     if cfg.split.test_groups and not cfg.group:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
+    if cfg.analysis.probe_folds < 2:
+        raise ConfigError(f"analysis.probe_folds must be at least 2, got {cfg.analysis.probe_folds}")
     from speechprune.utils.device import DeviceError, check_device
 
     try:

@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.precision import to_accelerate
 from speechprune.train.data import EpochShuffleSampler, split_model_inputs
 from speechprune.train.guards import DivergedError, check_loss, check_numbers, check_weights, discard_run
 from speechprune.utils.io import recover_swap, replace_dir, write_json_atomic
@@ -76,6 +77,9 @@ class TrainConfig:
     report_to: str = "none"
 
     def validate(self) -> "TrainConfig":
+        from speechprune.utils.precision import normalize_precision
+
+        self.mixed_precision = normalize_precision(self.mixed_precision, "mixed_precision")  # no/fp32, bf16, fp16
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -85,8 +89,6 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.mixed_precision in ("no", "bf16", "fp16"),
-             f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
             (self.max_seconds is None or self.max_seconds > 0, f"max_seconds must be > 0, got {self.max_seconds}"),
             (self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}"),
         ]
@@ -213,11 +215,11 @@ class Trainer:
         cpu = dev.type == "cpu"
         if dev.type == "cuda" and dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             torch.cuda.set_device(dev)  # cuda:N in a single process (a launcher assigns one GPU per process)
-        fresh_accelerator_state(cfg.mixed_precision, cpu)
+        fresh_accelerator_state(to_accelerate(cfg.mixed_precision), cpu)
         tracking = cfg.report_to != "none"
         if tracking:
             _check_tracker(cfg.report_to)
-        accel = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu,
+        accel = Accelerator(mixed_precision=to_accelerate(cfg.mixed_precision), gradient_accumulation_steps=cfg.grad_accum, cpu=cpu,
                             log_with=cfg.report_to if tracking else None,
                             project_config=_project_config(self.work_dir) if tracking else None)
         if tracking:

@@ -122,3 +122,24 @@ class Distillation(Compression):
                 "macs_per_second": cost["macs_per_clip"] / seconds, "clip_seconds": seconds,
                 "latency_ms_median": float(np.median(times)) if times else None,
                 "latency_threads": torch.get_num_threads(), "num_layers": 0}
+
+    def forward(self, candidate: Candidate, seconds: float) -> Any:
+        import torch
+
+        from speechprune.compress.distill.evaluate import dummy_student_inputs
+
+        student = self.load(candidate).eval()
+        x = dummy_student_inputs(student, seconds)
+
+        def run() -> None:
+            with torch.inference_mode():
+                student(**x)
+
+        return run
+
+    def predict(self, model: Any, dataset: Any, indices: Any, batch_size: int = 8) -> list[str]:
+        from speechprune.compress.distill.evaluate import student_logits
+
+        if len(indices) == 0:
+            return []
+        return [model.classes[k] for k in student_logits(model, dataset, indices, batch_size=batch_size).argmax(1)]
