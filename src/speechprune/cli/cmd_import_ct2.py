@@ -13,7 +13,6 @@ import typer
 
 from speechprune.utils.console import console
 
-
 #: The converter's own names for the precisions of the one CLI vocabulary (fp32 | bf16 | fp16).
 _CT2_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
