@@ -6,7 +6,6 @@ Commands run in this process through the real entry point (``cli.guard.run``) wi
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 
