@@ -197,6 +197,7 @@ def test_checkpoint_swap_interrupted_between_the_renames_resumes_from_either_cop
     assert not recover_swap(dest, tmp, STATE_FILE)  # nothing to do when the checkpoint is in place
 
 
+@pytest.mark.slow
 def test_finetune_resume_after_a_crash_between_the_renames(tmp_path: Path) -> None:
     from speechprune.data.sources import load_data
     from speechprune.models import load_encoder

@@ -75,8 +75,6 @@ def teacher_targets(
     ``last`` is the teacher's state L as its head sees it (final LayerNorm applied where the model has one);
     ``intermediate`` the raw state ``intermediate`` (1..L−1) if asked.
     """
-    from safetensors.torch import load_file
-
     if intermediate is not None:
         teacher.check_layer_index(intermediate)
     if len(dataset) == 0:
@@ -103,6 +101,8 @@ def teacher_targets(
 def _cached_or_computed(teacher: SpeechEncoder, dataset: AudioDataset, entry: Path, request: dict[str, Any],
                         key: str, intermediate: int | None, batch_size: int, max_seconds: float | None,
                         progress: bool) -> TeacherTargets:
+    from safetensors.torch import load_file
+
     have: list[int] = []
     if (entry / "meta.json").exists():
         import json
