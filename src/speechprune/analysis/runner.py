@@ -50,7 +50,7 @@ class AnalysisConfig:
     probe_folds: int = 5
     split_column: str | None = None
     test_groups: list[str] | None = None
-    seed: int = 42
+    seed: int = 0
     processes: int = 2
     chunk_seconds: float | None = 30.0  # longer clips are encoded in chunks (speechprune.features.chunking)
 

@@ -45,7 +45,7 @@ class Run:
 
             c = self.cfg
             cols = list(dict.fromkeys([*c.analysis_labels, *([c.split.split_column] if c.split.split_column else [])]))
-            self._dataset = load_dataset_spec(c.data, cols, c.group)
+            self._dataset = load_dataset_spec(c.data, cols, c.group, audio_column=c.audio_column)
         return self._dataset
 
     @property
@@ -89,7 +89,7 @@ class Run:
         options = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
                        warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
                        seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
-                       device=self.cfg.device)
+                       device=self.cfg.device, report_to=t.report_to)
         return TrainConfig(**{**options, **changes}).validate()
 
     # --- stage bookkeeping -------------------------------------------------------------------------------------
