@@ -13,7 +13,9 @@ Two cases:
       model = load_pruned("path/to/folder")        # any supported class, safetensors only
 
   or ``pruned_class(transformers.Wav2Vec2ForSequenceClassification).from_pretrained(path)``. The pruned class
-  is a registered subclass of the stock class with the **same class name**, whose ``__init__`` builds the stock
+  is a subclass of the stock class with the **same class name** (defined in the standalone file
+  :mod:`speechprune.portable.modeling_speechprune_pruned`, which the folder also carries so that plain transformers
+  loads it with ``trust_remote_code=True``), whose ``__init__`` builds the stock
   model and then reshapes its layers (:func:`~.prune.apply_structure`); so the profiler, the adapters and
   ``save_pretrained`` treat it as the stock class. Why keep the stock ``model_type``: every part of speechprune
   (profiling, layer analysis, classification) keys on it; a stock loader given such a folder fails loudly on
@@ -28,17 +30,10 @@ from typing import Any
 import transformers
 from torch import nn
 
-from speechprune.compress.structured.prune import STRUCTURE_KEY, apply_structure
+from speechprune.compress.structured.prune import STRUCTURE_KEY
 from speechprune.errors import SpeechpruneError, UnsupportedModelError
-
-#: Stock classes with a pruned counterpart (the speech encoder may sit inside any of them).
-SUPPORTED_CLASSES: tuple[str, ...] = tuple(
-    f"{fam}{suffix}"
-    for fam in ("Wav2Vec2", "Hubert", "WavLM", "Data2VecAudio")
-    for suffix in ("Model", "ForSequenceClassification", "ForCTC", "ForAudioFrameClassification")
-) + ("WhisperEncoder", "WhisperModel", "WhisperForConditionalGeneration", "WhisperForAudioClassification")
-
-_PRUNED: dict[type, type] = {}
+from speechprune.portable import modeling_speechprune_pruned as portable
+from speechprune.portable.modeling_speechprune_pruned import SUPPORTED_CLASSES
 
 
 def stock_class(cls: type) -> type:
@@ -47,36 +42,17 @@ def stock_class(cls: type) -> type:
 
 
 def pruned_class(stock: type) -> type:
-    """The registered pruned subclass of a stock class (same ``__name__``; builds from ``speechprune_structure``)."""
+    """The pruned subclass of a stock class (same ``__name__``; builds from ``speechprune_structure``). These are the
+    classes of the standalone custom-code file that pruned folders carry (:mod:`speechprune.portable`)."""
     stock = stock_class(stock)
-    if stock.__name__ not in SUPPORTED_CLASSES or _stock_by_name(stock.__name__) is not stock:
+    if _stock_by_name(stock.__name__) is not stock:
         raise UnsupportedModelError(
             f"no pruned counterpart for {stock.__name__}; supported classes: {', '.join(SUPPORTED_CLASSES)}"
         )
-    if stock not in _PRUNED:
-
-        def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
-            stock.__init__(self, config, *args, **kwargs)
-            structure = getattr(config, STRUCTURE_KEY, None)
-            if structure:
-                apply_structure(self, structure)
-
-        cls = type(stock.__name__, (stock,), {"__init__": __init__, "_speechprune_stock": stock,
-                                              "__module__": __name__, "__doc__": f"Pruned {stock.__name__}."})
-        _PRUNED[stock] = cls
-    return _PRUNED[stock]
+    return getattr(portable, stock.__name__)
 
 
-def _stock_by_name(name: str) -> type | None:
-    """A supported stock class by name (``WhisperEncoder`` is not exported at the top level of transformers)."""
-    if name not in SUPPORTED_CLASSES:
-        return None
-    cls = getattr(transformers, name, None)
-    if cls is None and name.startswith("Whisper"):
-        from transformers.models.whisper import modeling_whisper
-
-        cls = getattr(modeling_whisper, name, None)
-    return cls
+_stock_by_name = portable.stock_by_name
 
 
 def save_pruned(model: nn.Module, path: str | Path) -> Path:

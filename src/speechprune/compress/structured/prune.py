@@ -24,11 +24,9 @@ import torch
 from torch import nn
 
 from speechprune.compress.structured.cost import gate_name
-from speechprune.compress.structured.modules import EmptyAttention, WavLMPrunedAttention, linear
-from speechprune.compress.structured.sites import ModelSites, find_sites
-
-#: Config attribute holding the per-layer shapes of a result the stock config cannot describe.
-STRUCTURE_KEY = "speechprune_structure"
+from speechprune.compress.structured.sites import ModelSites
+# Reshaping a stock model to a structure is done by the standalone custom-code file that pruned folders carry.
+from speechprune.portable.modeling_speechprune_pruned import STRUCTURE_KEY, apply_structure  # noqa: F401
 STRUCTURE_FORMAT = 1
 
 
@@ -81,54 +79,6 @@ def fits_stock(structure: dict[str, Any], sites: ModelSites) -> bool:
     if sites.family == "whisper":
         return structure["conv_channels"][0] == sites.convs[1].channels
     return True
-
-
-def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
-    """Reshape a freshly built stock ``model`` in place to ``structure`` (weights are left for loading)."""
-    sites = find_sites(model)
-    if sites.family == "whisper":
-        c1 = int(structure["conv_channels"][0])
-        enc = sites.base
-        if c1 != enc.conv1.out_channels:
-            ref = enc.conv1.weight
-            kw = {"device": ref.device, "dtype": ref.dtype}
-            enc.conv1 = nn.Conv1d(enc.conv1.in_channels, c1, 3, padding=1, **kw)
-            enc.conv2 = nn.Conv1d(c1, enc.conv2.out_channels, 3, stride=2, padding=1, **kw)
-    for lay, site in zip(structure["layers"], sites.layers):
-        _shape_attention(site, lay)
-        _shape_ffn(site, lay)
-    return model
-
-
-def _shape_attention(site: Any, lay: dict[str, Any]) -> None:
-    attn = site.attn
-    heads, bias = list(lay["heads"]), bool(lay["attention_bias"])
-    full = int(lay["full_heads"])
-    if site.wavlm:
-        setattr(site.layer, site.attn_attr, WavLMPrunedAttention(attn, heads, full, bias))
-        return
-    if heads == list(range(site.num_heads)) and bias:
-        return
-    if not heads:
-        setattr(site.layer, site.attn_attr, EmptyAttention(attn, bias))
-        return
-    h, dh, d = len(heads), site.head_dim, site.d_model
-    for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(attn, name, linear(d, h * dh, getattr(attn, name).bias is not None, attn))
-    attn.out_proj = linear(h * dh, d, bias, attn)
-    attn.num_heads = h
-
-
-def _shape_ffn(site: Any, lay: dict[str, Any]) -> None:
-    f, bias = int(lay["intermediate_size"]), bool(lay["ffn_bias"])
-    if f == site.ffn_dim and bias == (site.fc2.bias is not None):
-        return
-    fc1 = linear(site.d_model, f, site.fc1.bias is not None, site.fc1)
-    fc2 = linear(f, site.d_model, bias, site.fc2)
-    owner = site.layer.feed_forward if hasattr(site.layer, "feed_forward") else site.layer
-    names = ("intermediate_dense", "output_dense") if hasattr(site.layer, "feed_forward") else ("fc1", "fc2")
-    setattr(owner, names[0], fc1)
-    setattr(owner, names[1], fc2)
 
 
 def pruned_state_dict(model: nn.Module, sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
