@@ -80,11 +80,9 @@ def _load_pretrained(spec: str, attn_implementation: str | None) -> SpeechEncode
         model = load_pruned(spec, **kwargs)
     else:
         model = _model_class(config).from_pretrained(spec, **kwargs)
-    try:
-        fe = transformers.AutoFeatureExtractor.from_pretrained(spec)
-    except (OSError, ValueError):
-        fe = None
-    return wrap_model(model, fe, source=spec)
+    from speechprune.models.io import load_feature_extractor
+
+    return wrap_model(model, load_feature_extractor(spec), source=spec)
 
 
 def _model_class(config: Any) -> type:

@@ -37,14 +37,8 @@ from speechprune.compress.distill.mimickers import Mimicker, MimickerSpec, defau
 from speechprune.errors import AudioError, LayerIndexError, SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.classifier import class_names, is_classifier
+from speechprune.portable import modeling_speechprune_student as portable
 from speechprune.profile.macs import conv1d_macs, conv_out_len, linear_macs
-
-_BASE_CLASSES = {
-    "wav2vec2": "Wav2Vec2Model",
-    "hubert": "HubertModel",
-    "wavlm": "WavLMModel",
-    "data2vec-audio": "Data2VecAudioModel",
-}
 
 
 @dataclass
@@ -55,27 +49,8 @@ class StudentOutput:
     frame_mask: torch.Tensor | None = None
 
 
-class WhisperFrontEnd(nn.Module):
+class WhisperFrontEnd(portable.WhisperFrontEnd):
     """``conv1 → GELU → conv2 → GELU`` (B × mel × 2T → B × T × D) and the window's position table."""
-
-    def __init__(self, num_mel_bins: int, d_model: int, positions: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(num_mel_bins, d_model, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1)
-        self.embed_positions = nn.Parameter(torch.zeros(positions, d_model), requires_grad=False)
-
-    @property
-    def window_positions(self) -> int:
-        return int(self.embed_positions.shape[0])
-
-    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        expected = self.window_positions * 2
-        if input_features.shape[-1] != expected:
-            raise SpeechpruneError(f"this Whisper student expects {expected} log-mel frames (its window), got "
-                                   f"{input_features.shape[-1]}")
-        x = nn.functional.gelu(self.conv1(input_features.to(self.conv1.weight.dtype)))
-        x = nn.functional.gelu(self.conv2(x))
-        return x.permute(0, 2, 1)
 
     def conv_macs(self) -> int:
         t_mel = self.window_positions * 2
@@ -85,32 +60,8 @@ class WhisperFrontEnd(nn.Module):
                 + conv1d_macs(t2, 3, self.conv2.in_channels, self.conv2.out_channels))
 
 
-class SSLFrontEnd(nn.Module):
+class SSLFrontEnd(portable.SSLFrontEnd):
     """The wav2vec2-family CNN and feature projection (B × samples → B × T × D, plus the valid-frame mask)."""
-
-    def __init__(self, feature_extractor: nn.Module, feature_projection: nn.Module, kernels: list[int],
-                 strides: list[int]) -> None:
-        super().__init__()
-        self.feature_extractor = feature_extractor
-        self.feature_projection = feature_projection
-        self.kernels = [int(k) for k in kernels]
-        self.strides = [int(s) for s in strides]
-
-    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
-        n = sample_lengths.long()
-        for k, s in zip(self.kernels, self.strides):
-            n = torch.div(n - k, s, rounding_mode="floor") + 1
-        return n.clamp(min=0)
-
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.feature_extractor(input_values).transpose(1, 2)
-        hidden, _ = self.feature_projection(feats)
-        mask = None
-        if attention_mask is not None:
-            lengths = self.frame_lengths(attention_mask.sum(-1))
-            mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
-        return hidden, mask
 
     def conv_macs(self, num_samples: int) -> tuple[int, int]:
         """(CNN MACs, frames) for a clip of ``num_samples``."""
@@ -212,13 +163,7 @@ class StudentClassifier(nn.Module):
         return self.mimicker(x, frame_mask)
 
     def head(self, hidden: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-        h = self.projector(hidden)
-        if frame_mask is None:
-            pooled = h.mean(dim=1)
-        else:
-            m = frame_mask.to(h.dtype)[..., None]
-            pooled = (h * m).sum(dim=1) / m.sum(dim=1)
-        return self.classifier(pooled)
+        return portable.pooled_logits(self.projector, self.classifier, hidden, frame_mask)
 
     def forward(self, input_features: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, *, front: torch.Tensor | None = None,
@@ -269,13 +214,10 @@ class StudentClassifier(nn.Module):
 
 def build_front_end(config: dict[str, Any]) -> nn.Module:
     """A freshly initialised front end of the right shape for ``config`` (weights come from the saved file)."""
-    tc = config["teacher_config"]
-    if config["family"] == "whisper":
-        return WhisperFrontEnd(int(tc["num_mel_bins"]), int(tc["d_model"]), int(tc["max_source_positions"]))
-    cfg = transformers.AutoConfig.for_model(**{k: v for k, v in tc.items() if k not in ("transformers_version",)})
-    cfg.num_hidden_layers = 0
-    base = getattr(transformers, _BASE_CLASSES[config["family"]])(cfg)
-    return SSLFrontEnd(base.feature_extractor, base.feature_projection, list(cfg.conv_kernel), list(cfg.conv_stride))
+    fe = portable.build_front_end(config)
+    if isinstance(fe, portable.WhisperFrontEnd):
+        return WhisperFrontEnd(fe.conv1.in_channels, fe.conv1.out_channels, fe.window_positions)
+    return SSLFrontEnd(fe.feature_extractor, fe.feature_projection, fe.kernels, fe.strides)
 
 
 def front_end_of(teacher: SpeechEncoder) -> nn.Module:
