@@ -17,29 +17,56 @@ from typing import Any
 from speechprune.compress.base import BASELINE, Candidate, methods
 from speechprune.utils.io import write_text_atomic
 
-COLUMNS = [("name", "candidate"), ("kind", "what"), ("num_layers", "layers"), ("params_m", "params (M)"),
-           ("gmacs_per_s", "GMACs / s audio"), ("latency_ms", "latency (ms)"), ("accuracy", "accuracy"),
-           ("macro_f1", "macro-F1"), ("retained", "retained"), ("train_seconds", "train (s)")]
+COLUMNS = [("name", "candidate"), ("kind", "what"), ("format", "format"), ("num_layers", "layers"),
+           ("params_m", "params (M)"), ("size_mb", "size (MB)"), ("gmacs_per_s", "GMACs / s audio"),
+           ("latency_ms", "latency (ms)"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+           ("retained", "retained"), ("train_seconds", "train (s)")]
+#: Deployable variants of a candidate (``speechprune run``'s export stage), in table order.
+VARIANTS = (("fp32", "ONNX fp32"), ("int8", "ONNX int8"))
 
 
-def candidate_rows(candidates: list[Candidate], costs: dict[str, Any], min_retained: float) -> list[dict]:
+def candidate_rows(candidates: list[Candidate], costs: dict[str, Any], min_retained: float,
+                   exports: dict[str, Any] | None = None) -> list[dict]:
+    """One row per candidate (torch), followed by its ONNX fp32 / int8 rows when the export stage ran: their
+    accuracy on the same test clips, size on disk and latency (measured interleaved with torch, per candidate)."""
     base = next((c for c in candidates if c.method == BASELINE), candidates[0])
+    nan = float("nan")
     rows = []
     for c in candidates:
         cost = costs.get(c.name, {})
-        rows.append({
-            "name": c.name, "kind": c.kind, "num_layers": c.provenance.get("num_layers"),
-            "params_m": cost.get("params_total", float("nan")) / 1e6,
-            "gmacs_per_s": cost.get("macs_per_second", float("nan")) / 1e9,
-            "latency_ms": cost.get("latency_ms_median") or float("nan"),
-            "accuracy": c.accuracy, "macro_f1": c.metrics.get("macro_f1", float("nan")),
-            "retained": c.accuracy / base.accuracy if base.accuracy else float("nan"),
+        exp = (exports or {}).get(c.name) or {}
+        row = {
+            "name": c.name, "kind": c.kind, "format": "torch", "num_layers": c.provenance.get("num_layers"),
+            "params_m": cost.get("params_total", nan) / 1e6,
+            "size_mb": exp.get("size_bytes", {}).get("torch", _disk_size(c.model_dir)) / 1e6,
+            "gmacs_per_s": cost.get("macs_per_second", nan) / 1e9,
+            "latency_ms": cost.get("latency_ms_median") or nan,
+            "accuracy": c.accuracy, "macro_f1": c.metrics.get("macro_f1", nan),
+            "retained": c.accuracy / base.accuracy if base.accuracy else nan,
             "train_seconds": c.provenance.get("train_seconds", 0.0), "model_dir": c.model_dir, "recommended": False,
-        })
+        }
+        rows.append(row)
+        variants = (exp.get("verification") or {}).get("variants", {})
+        latency = (exp.get("latency") or {}).get("ms_median", {})
+        for v, label in VARIANTS:
+            if v not in variants:
+                continue
+            acc = variants[v]["accuracy"]
+            rows.append({**row, "name": f"{c.name} · {v}", "format": label, "size_mb": exp["size_bytes"][v] / 1e6,
+                         "latency_ms": latency.get(v, nan), "accuracy": acc, "macro_f1": nan,
+                         "retained": acc / base.accuracy if base.accuracy else nan,
+                         "top1_agreement": variants[v].get("top1_agreement"),
+                         "model_dir": str(Path(exp["folder"]) / exp["files"][v])})
     ok = [r for r in rows if r["retained"] >= min_retained]
-    pick = min(ok, key=lambda r: (r["gmacs_per_s"], -r["accuracy"])) if ok else max(rows, key=lambda r: r["accuracy"])
+    fastest = lambda r: r["latency_ms"] if r["latency_ms"] == r["latency_ms"] else float("inf")  # noqa: E731
+    pick = (min(ok, key=lambda r: (r["gmacs_per_s"], fastest(r), -r["accuracy"])) if ok
+            else max(rows, key=lambda r: r["accuracy"]))
     pick["recommended"] = True
     return rows
+
+
+def _disk_size(model_dir: str) -> float:
+    return float(sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))) or float("nan")
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -54,7 +81,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     for ax, key, xlabel in ((axes[0], "gmacs_per_s", "GMACs per second of audio"),
                             (axes[1], "latency_ms", "latency per 1 s clip (ms)")):
         for r in rows:
-            marker = "*" if r["recommended"] else "o"
+            marker = "*" if r["recommended"] else {"ONNX fp32": "s", "ONNX int8": "^"}.get(r.get("format"), "o")
             ax.scatter(r[key], 100 * r["accuracy"], s=160 if r["recommended"] else 50, marker=marker)
             ax.annotate(r["name"], (r[key], 100 * r["accuracy"]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
@@ -63,7 +90,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle("accuracy against cost (★ = recommended; dashed: Pareto front)")
+    fig.suptitle("accuracy against cost (★ = recommended; ○ torch, □ ONNX fp32, △ ONNX int8; dashed: Pareto front)")
     fig.tight_layout()
     return _save(fig, path, 120)
 
@@ -82,10 +109,11 @@ def build_report(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     """Write ``report.html``, ``report.md``, ``candidates.csv`` and ``pareto.png`` into the run folder."""
     out = run.out
     costs = (run.results.get("profile") or {}).get("costs", {})
-    rows = candidate_rows(candidates, costs, run.cfg.recommend_min_retained)
+    exports = (run.results.get("export") or {}).get("exports", {})
+    rows = candidate_rows(candidates, costs, run.cfg.recommend_min_retained, exports)
     pareto_plot(rows, out / "pareto.png")
     with open(out / "candidates.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
     figures = _figures(run)
@@ -136,7 +164,8 @@ def _markdown(data: dict[str, Any], figures: list[tuple[str, Path]], out: Path) 
     lines = [f"# speechprune report: {c['model']} on {c['data']} ({c['label']})", ""]
     rec = next(r for r in data["candidates"] if r["recommended"])
     lines += [f"**Recommended:** `{rec['name']}` — {rec['kind']}: accuracy {rec['accuracy']:.3f} "
-              f"({100 * rec['retained']:.1f} % of the unpruned model), {rec['gmacs_per_s']:.2f} GMACs/s, "
+              f"({100 * rec['retained']:.1f} % of the unpruned model), {rec['format']}, "
+              f"{_fmt(rec['size_mb'], 'size_mb')} MB, {rec['gmacs_per_s']:.2f} GMACs/s, "
               f"{_fmt(rec['latency_ms'], 'latency_ms')} ms per 1 s clip.", ""]
     lines += ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in data["candidates"]:
@@ -190,7 +219,8 @@ figure {{ margin: 1.5em 0; }} img.plot {{ max-width: 100%; border: 1px solid #ee
 <h1>speechprune report</h1>
 <p>{esc(c['model'])} on {esc(c['data'])}, label <b>{esc(c['label'])}</b>.</p>
 <p><b>Recommended:</b> {esc(rec['name'])} — {esc(rec['kind'])}: accuracy {rec['accuracy']:.3f}
-({100 * rec['retained']:.1f}&nbsp;% of the unpruned model), {rec['gmacs_per_s']:.2f} GMACs per second of audio.</p>
+({100 * rec['retained']:.1f}&nbsp;% of the unpruned model), {esc(rec['format'])}, {_fmt(rec['size_mb'], 'size_mb')}&nbsp;MB,
+{rec['gmacs_per_s']:.2f} GMACs per second of audio, {_fmt(rec['latency_ms'], 'latency_ms')}&nbsp;ms per 1 s clip.</p>
 <table id="candidates"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
 {''.join(figs)}
 <p class="note">CPU: {esc(str(hw.get('cpu')))}, {esc(str(hw.get('cores')))} cores, load {esc(str(hw.get('load_avg')))}.
