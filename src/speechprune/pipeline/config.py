@@ -16,20 +16,12 @@ from typing import Any
 
 import yaml
 
+from speechprune.data.splits import SplitOptions
 from speechprune.errors import SpeechpruneError
 
 
 class ConfigError(SpeechpruneError):
     """A bad ``run`` configuration (unknown key, wrong type, missing path or label)."""
-
-
-@dataclass
-class SplitConfig:
-    split_column: str | None = None
-    test_groups: list[str] = field(default_factory=list)
-    val_groups: list[str] = field(default_factory=list)
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
 
 
 @dataclass
@@ -105,7 +97,7 @@ class RunConfig:
     profile_seconds: float = 1.0
     latency_repeats: int = 20
     recommend_min_retained: float = 0.99
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitOptions = field(default_factory=SplitOptions)
     train: TrainSection = field(default_factory=TrainSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     compress: CompressSection = field(default_factory=default_compress)

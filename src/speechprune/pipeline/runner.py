@@ -57,11 +57,7 @@ class Run:
         return self._encoder
 
     def split_spec(self) -> Any:
-        from speechprune.train.splits import SplitSpec
-
-        s = self.cfg.split
-        return SplitSpec(split_column=s.split_column, test_groups=list(s.test_groups), val_groups=list(s.val_groups),
-                         test_fraction=s.test_fraction, val_fraction=s.val_fraction, seed=self.cfg.seed)
+        return self.cfg.split.spec(seed=self.cfg.seed)
 
     def task(self) -> Any:
         from speechprune.compress.base import Task

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from speechprune.data.splits import _natural
+from speechprune.data.splits import SplitSpec, _natural, make_splits
 from speechprune.data.types import AudioDataset
 from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
@@ -22,7 +22,6 @@ from speechprune.models.classifier import add_classification_head, class_names, 
 from speechprune.train.data import ClassifierCollate, ClipDataset
 from speechprune.train.evaluate import evaluate_classifier
 from speechprune.train.loop import TrainConfig, Trainer, copy_logs
-from speechprune.train.splits import SplitSpec, make_splits
 from speechprune.utils.distributed import is_main_process
 
 

@@ -42,7 +42,7 @@ class Removal(Compression):
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: RemovalOptions
             ) -> list[Candidate]:
         from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-        from speechprune.train.splits import make_splits
+        from speechprune.data.splits import make_splits
 
         enc = teacher.load()
         parts = make_splits(task.dataset, task.label, task.split)
