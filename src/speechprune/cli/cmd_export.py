@@ -54,7 +54,7 @@ def onnx_cmd(
         raise SpeechpruneError(f"{out} exists; choose another OUT or pass --overwrite")
     dataset, indices, extra = None, None, {}
     if data:
-        from speechprune.train.splits import SplitSpec, make_splits
+        from speechprune.data.splits import SplitSpec, make_splits
 
         recorded = saved_split(model) if not split_column else None
         spec = SplitSpec(**recorded) if recorded else SplitSpec(split_column=split_column)

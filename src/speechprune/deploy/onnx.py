@@ -219,7 +219,8 @@ def export_onnx(
         export_seconds = time.perf_counter() - t0
         if quantize:
             quantize_int8(tmp / FILES["fp32"], tmp / FILES["int8"])
-        for name in ("preprocessor_config.json", "config.json"):  # labels and input preparation travel along
+        for name in ("preprocessor_config.json", "config.json",  # labels and input preparation travel along
+                     "feature_extraction_speechprune_whisper.py"):
             if (Path(model_dir) / name).is_file():
                 shutil.copyfile(Path(model_dir) / name, tmp / name)
         sessions = {v: _session(tmp / FILES[v], threads) for v in variants}

@@ -78,7 +78,7 @@ def export(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     """Every candidate as ONNX fp32 (+ int8) under ``OUT/onnx/<name>``, verified on the test split and timed
     against torch (interleaved, per candidate): the deployable rows of the report."""
     from speechprune.deploy.onnx import check_opset, export_onnx
-    from speechprune.train.splits import make_splits
+    from speechprune.data.splits import make_splits
 
     c = run.cfg.export
     check_opset(c.opset)
