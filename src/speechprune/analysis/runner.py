@@ -24,6 +24,7 @@ import yaml
 
 from speechprune.cli.common import console
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.checks import check_seed
 from speechprune.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRICS = ("similarity", "convexity", "probes")
@@ -51,6 +52,7 @@ class AnalysisConfig:
     test_groups: list[str] | None = None
     seed: int = 42
     processes: int = 2
+    chunk_seconds: float | None = 30.0  # longer clips are encoded in chunks (speechprune.features.chunking)
 
     def validate(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS]
@@ -63,6 +65,7 @@ class AnalysisConfig:
             raise SpeechpruneError("convexity and probes need at least one --label")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
+        check_seed(self.seed)
 
 
 def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, cache_dir: Path | None = None,
@@ -81,7 +84,8 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
-                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
+                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress,
+                             chunk_seconds=cfg.chunk_seconds)
     timings["features"] = round(time.perf_counter() - t, 2)
     result: dict[str, Any] = {
         "model": {k: v for k, v in encoder.describe().items()},

@@ -88,6 +88,9 @@ def register(app: typer.Typer) -> None:
         split = split_spec_for(teacher, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
         if not (split_column or test_groups or val_groups) and saved_split(teacher):
             console.print(f"splits as in the teacher's training.json: {split.to_dict()}")
+        from speechprune.utils.outputs import check_dir_target
+
+        check_dir_target(out, "--out")  # a usable output folder, before loading anything
         enc = load_encoder(teacher, window_seconds=window)
         ds = load_dataset_spec(data, [label], group)
         res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,

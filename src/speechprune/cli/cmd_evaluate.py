@@ -44,6 +44,10 @@ def register(app: typer.Typer) -> None:
         from speechprune.data.splits import make_splits
         from speechprune.utils.io import write_json_atomic
 
+        if out is not None:
+            from speechprune.utils.outputs import check_file_target
+
+            check_file_target(out, "--out")
         if split not in ("test", "validation", "train", "all"):
             raise typer.BadParameter("choose test, validation, train or all", param_hint="--split")
         spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)

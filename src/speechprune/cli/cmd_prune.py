@@ -76,8 +76,9 @@ def register(app: typer.Typer) -> None:
                                    + (f" (got {', '.join(chosen)})" if chosen else ""))
         if by is not None and by != "convexity":
             raise SpeechpruneError(f"--by supports 'convexity' only, got {by!r}")
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise SpeechpruneError(f"{out} already exists; choose another --out or pass --overwrite")
+        from speechprune.utils.outputs import claim_output
+
+        claim_output(out, overwrite=overwrite, command="prune layers")  # usable, unused (or --overwrite), locked
         if (by or no_retrain) and not (data and label):
             raise SpeechpruneError(f"{chosen[0]} needs --data and --label")
         from speechprune.models import load_encoder

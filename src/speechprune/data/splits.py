@@ -86,6 +86,11 @@ class SplitSpec(SplitOptions):
     #: The data's group column when the split was made (recorded so ``evaluate`` can rebuild the same split).
     group_column: str | None = None
 
+    def __post_init__(self) -> None:
+        from speechprune.data.split_rules import check_spec
+
+        check_spec(self)  # conflicting options fail here, before any work
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -95,6 +100,9 @@ def make_splits(ds: AudioDataset, label: str, spec: SplitSpec) -> dict[str, np.n
     labels = ds.labels(label)  # raises a clear DataError for an unknown column
     if spec.split_column:
         train, val, test = _from_column(ds, spec.split_column)
+        from speechprune.data.split_rules import check_against_column
+
+        check_against_column(spec.split_column, len(val) > 0, spec.val_groups)
     elif spec.test_groups:
         pool, test = group_holdout_indices(ds, spec.test_groups)
         train, val = pool, np.array([], dtype=np.int64)

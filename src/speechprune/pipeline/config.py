@@ -127,6 +127,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         _apply_override(data, item)
     cfg = _build(RunConfig, data, "")
     _check_semantics(cfg)
+    from speechprune.pipeline.preflight import check_run_config
+
+    check_run_config(cfg)  # every stage's options, validated as the stage will, before any work
     return cfg
 
 
@@ -262,10 +265,10 @@ def _data_columns(path: Path) -> list[str] | None:
 
     meta = path / "metadata.csv" if path.is_dir() else path
     if meta.suffix == ".csv" and meta.is_file():
-        with open(meta, newline="") as f:
+        with open(meta, newline="", encoding="utf-8-sig") as f:  # as the loaders read it: a BOM is not a column
             return next(csv.reader(f), [])
     if meta.suffix in (".jsonl", ".json") and meta.is_file():
-        with open(meta) as f:
+        with open(meta, encoding="utf-8-sig") as f:
             line = f.readline()
         return list(json.loads(line)) if line.strip() else []
     if path.is_dir() and (path / "metadata.jsonl").is_file():
