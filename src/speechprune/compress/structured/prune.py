@@ -1,14 +1,16 @@
 """Physical pruning: eval masks → smaller tensors, soft mask values folded into the weights.
 
 Why a state-dict transformation: the pruned model is built the same way a saved one is loaded — stock class from
-a config (plus, when the stock config cannot describe the result, :func:`apply_structure` to shape the layers),
+a config (plus, when the stock config cannot describe the result,
+:func:`~speechprune.models.pruned.apply_structure` to shape the layers),
 then ``load_state_dict`` of sliced tensors. So the in-memory result and the reloaded export are the same object
 by construction, and every key keeps its stock name.
 
 What is removed and folded (``s`` = soft eval-mask value of a kept unit, ``g`` = layer-gate value):
 
 * conv ``i`` channels: rows of its weight/bias and norm; the consumer's input columns × ``s`` (next conv, or the
-  feature projection's Linear; its LayerNorm loses the same channels); Whisper: ``conv1`` rows, ``conv2`` columns;
+  feature projection's Linear; its LayerNorm loses the same channels); e.g. Whisper: ``conv1`` rows, ``conv2``
+  columns;
 * heads: ``q``/``k``/``v`` rows of removed heads, ``out_proj`` columns × ``s`` × ``g``, ``out_proj`` bias × ``g``
   (WavLM: ``gru_rel_pos_const`` sliced to the kept heads; the bucket embedding keeps all original heads);
 * FFN units: first-linear rows, second-linear columns × ``s`` × ``g``, its bias × ``g``;
@@ -25,9 +27,10 @@ from torch import nn
 
 from speechprune.compress.structured.cost import gate_name
 from speechprune.compress.structured.sites import ModelSites
-# Reshaping a stock model to a structure is done by the standalone custom-code file that pruned folders carry.
-from speechprune.portable.modeling_speechprune_pruned import STRUCTURE_KEY, apply_structure  # noqa: F401
-STRUCTURE_FORMAT = 1
+from speechprune.models.pruned import STRUCTURE_FORMAT, STRUCTURE_KEY, pruned_class, stock_class
+from speechprune.models.registry import family_of
+
+__all__ = ["STRUCTURE_FORMAT", "STRUCTURE_KEY", "fits_stock", "plan_structure", "prune_model", "pruned_state_dict"]
 
 
 def _kept(mask: torch.Tensor | None, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +70,8 @@ def plan_structure(sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[st
 
 def fits_stock(structure: dict[str, Any], sites: ModelSites) -> bool:
     """Whether a stock config describes the result: every layer keeps all its heads and both biases, all FFNs
-    have the same non-zero size, and (Whisper) ``conv1`` keeps ``d_model`` channels."""
+    have the same non-zero size, and the family's config can describe the conv channels (Whisper: ``conv1``
+    keeps ``d_model`` channels)."""
     layers = structure["layers"]
     sizes = {lay["intermediate_size"] for lay in layers}
     if len(sizes) != 1 or 0 in sizes:
@@ -77,9 +81,8 @@ def fits_stock(structure: dict[str, Any], sites: ModelSites) -> bool:
             return False
         if not lay["attention_bias"] or not lay["ffn_bias"]:
             return False
-    if sites.family == "whisper":
-        return structure["conv_channels"][0] == sites.convs[1].channels
-    return True
+    config = copy.deepcopy(sites.parts.model.config)
+    return family_of(sites.parts.model).set_conv_channels(config, list(structure["conv_channels"]))
 
 
 def pruned_state_dict(model: nn.Module, sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,9 +116,7 @@ def pruned_state_dict(model: nn.Module, sites: ModelSites, masks: dict[str, torc
         rows(c.conv, idx)
         if c.norm is not None:
             rows(c.norm, idx)
-        if sites.family == "whisper":
-            cols(sites.convs[1].conv, idx, s)
-        elif i < len(sites.convs) - 1:
+        if i < len(sites.convs) - 1:
             cols(sites.convs[i + 1].conv, idx, s)
         else:
             if sites.proj_norm is not None:
@@ -170,20 +171,17 @@ def _scale_or_drop_bias(sd: dict[str, torch.Tensor], k: str, g: float) -> None:
 
 def prune_model(model: nn.Module, sites: ModelSites, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Build the pruned model (eval mode): stock class when a stock config fits, else the registered pruned class
-    (see :mod:`.export`) with :data:`STRUCTURE_KEY` in its config."""
-    from speechprune.compress.structured.export import pruned_class, stock_class
-
+    (see :mod:`speechprune.models.pruned`) with :data:`STRUCTURE_KEY` in its config."""
+    fam = family_of(model)
     structure = plan_structure(sites, masks)
     sd = pruned_state_dict(model, sites, masks)
     config = copy.deepcopy(model.config)
     if hasattr(config, STRUCTURE_KEY):
         delattr(config, STRUCTURE_KEY)
-    if sites.family != "whisper":
-        config.conv_dim = tuple(structure["conv_channels"])
+    fam.set_conv_channels(config, list(structure["conv_channels"]))
     stock = stock_class(type(model))
     if fits_stock(structure, sites):
-        size = structure["layers"][0]["intermediate_size"]
-        setattr(config, "encoder_ffn_dim" if sites.family == "whisper" else "intermediate_size", size)
+        fam.set_ffn_size(config, structure["layers"][0]["intermediate_size"])
         cls = stock
     else:
         setattr(config, STRUCTURE_KEY, structure)
