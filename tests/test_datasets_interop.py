@@ -127,7 +127,8 @@ def test_run_on_a_saved_datasetdict_split(saved: dict[str, Path], tmp_path: Path
 
     cfg = load_run_config(None, [
         "model=tiny:wav2vec2", f"data={saved['dict']}:train", "label=word", "group=speaker",
-        "split.test_groups=s2", "train.epochs=1", "analysis.metrics=similarity", "analysis.permutations=1",
+        "split.test_groups=s2", "train.epochs=1", "analysis.metrics=similarity", "analysis.similarity=cosine,cka",
+        "analysis.permutations=1",
         "compress.removal.enabled=false", "compress.truncate.enabled=false", "latency_repeats=1",
         "export.onnx=false", f"out={tmp_path / 'run'}",
     ])
