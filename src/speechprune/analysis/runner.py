@@ -65,10 +65,23 @@ class AnalysisConfig:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
 
 
+def analysis_features(encoder: Any, dataset: Any, cfg: AnalysisConfig, *, cache_dir: Path | None = None,
+                      progress: bool = True) -> Any:
+    """The features an analysis with ``cfg`` reads (extracted once and cached; under ``accelerate launch`` /
+    ``torchrun`` the processes that call this together share the extraction)."""
+    from speechprune.features import extract_features
+
+    return extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
+                            dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
+
+
 def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, cache_dir: Path | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content."""
-    from speechprune.features import extract_features
+    """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content.
+
+    In a multi-process launch every process helps extract the features, then only the main process analyses and
+    writes; the others return an empty dict."""
+    from speechprune.utils import distributed
 
     cfg.validate()
     missing = [lab for lab in cfg.labels if lab not in dataset.label_columns]
@@ -76,13 +89,16 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
         raise SpeechpruneError(
             f"label column(s) {missing} not in the data; available: {', '.join(dataset.label_columns)}"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    main = distributed.is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
-                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
+    feats = analysis_features(encoder, dataset, cfg, cache_dir=cache_dir, progress=progress and main)
     timings["features"] = round(time.perf_counter() - t, 2)
+    if not main:
+        return {}
     result: dict[str, Any] = {
         "model": {k: v for k, v in encoder.describe().items()},
         "data": {"name": dataset.name, "n_items": len(dataset), "n_rows": feats.num_rows,

@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
         ds = load_dataset_spec(data, list(label), group, segments_dir)
         enc = load_encoder(model, window_seconds=window, device=device)
         result = run_analysis(enc, ds, cfg, out, cache_dir=cache_dir, progress=progress)
+        if not result:  # another process of a multi-process launch: it helped extract, the main process reports
+            return
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):
                 console.print(f"[bold]{lab}[/bold]: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut segment files (for --pooling segment)."),
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
+        bucket: Optional[bool] = typer.Option(
+            None, "--bucket/--no-bucket", help="Batch clips of similar length (less padding). Default: exactly when "
+            "it cannot change the features (attention-masked models, pooling other than mean-all)."),
         out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
@@ -39,16 +42,22 @@ def register(app: typer.Typer) -> None:
 
         Results are cached by model weights + data + options: re-running is instant, and an interrupted run
         resumes from the last finished batch. Bad audio stops the run with an error naming the file.
+        Several processes (`accelerate launch -m speechprune.cli.app extract ...`, one device each) share the
+        batches; the cache entry is the same as one process writes.
         """
         from speechprune.features import extract_features
         from speechprune.models import load_encoder
+        from speechprune.utils.distributed import is_main_process
 
         enc = load_encoder(model, window_seconds=window, device=device)
         ds = load_dataset_spec(data, label, group, segments_dir)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
-            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress,
+            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress and is_main_process(),
+            bucket=bucket,
         )
+        if not is_main_process():
+            return
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             for name in ("features.safetensors", "meta.json", "run.json"):

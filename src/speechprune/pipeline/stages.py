@@ -16,7 +16,26 @@ from speechprune.errors import SpeechpruneError
 
 
 def analysis(run: Any) -> dict[str, Any]:
-    from speechprune.analysis.runner import AnalysisConfig, run_analysis
+    from speechprune.analysis.runner import run_analysis
+
+    c = run.cfg
+    res = run_analysis(run.encoder, run.dataset, _analysis_config(run), run.out / "analysis", progress=run.progress,
+                       cache_dir=Path(c.cache_dir) if c.cache_dir else None)
+    return {"folder": str(run.out / "analysis"), "summary": res.get("summary", {}),
+            "convexity": _convexity_scores(run.out / "analysis", c.label)}
+
+
+def analysis_features(run: Any) -> None:
+    """Fill the feature cache the analysis stage reads; every process of a multi-process run shares the work."""
+    from speechprune.analysis.runner import analysis_features as features
+
+    c = run.cfg
+    features(run.encoder, run.dataset, _analysis_config(run), progress=run.progress,
+             cache_dir=Path(c.cache_dir) if c.cache_dir else None)
+
+
+def _analysis_config(run: Any) -> Any:
+    from speechprune.analysis.runner import AnalysisConfig
 
     c = run.cfg
     groups = {g for g in run.dataset.groups() if g is not None}
@@ -29,10 +48,7 @@ def analysis(run: Any) -> dict[str, Any]:
                           split_column=c.split.split_column, test_groups=list(c.split.test_groups) or None,
                           seed=42)
     acfg.validate()
-    res = run_analysis(run.encoder, run.dataset, acfg, run.out / "analysis", progress=run.progress,
-                       cache_dir=Path(c.cache_dir) if c.cache_dir else None)
-    return {"folder": str(run.out / "analysis"), "summary": res.get("summary", {}),
-            "convexity": _convexity_scores(run.out / "analysis", c.label)}
+    return acfg
 
 
 def _convexity_scores(folder: Path, label: str) -> dict[str, float]:
@@ -82,11 +98,9 @@ def _pretrained_convexity(run: Any) -> dict[str, float]:
     from speechprune.analysis.convexity import convexity_by_layer
     from speechprune.features.extract import extract_features
 
-    from speechprune.utils.distributed import main_process_first
-
-    with main_process_first():  # in a multi-process run the main process fills the feature cache, the others read it
-        feats = extract_features(run.encoder, run.dataset, pooling="mean", batch_size=run.cfg.batch_size,
-                                 progress=run.progress)
+    # every process runs this stage: in a multi-process run they share the extraction
+    feats = extract_features(run.encoder, run.dataset, pooling="mean", batch_size=run.cfg.batch_size,
+                             progress=run.progress)
     return {str(r["state"]): r["score"] for r in convexity_by_layer(feats, run.cfg.label)}
 
 
