@@ -49,6 +49,9 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    from speechprune.utils.malloc import tune_allocator
+
+    tune_allocator()  # before any large tensor: glibc's mmap/munmap of big buffers page-faults every batch
     try:
         app()
     except SpeechpruneError as exc:
