@@ -17,7 +17,7 @@ import torch
 
 from speechprune.data.sources import write_audiofolder
 from speechprune.pipeline import load_run_config, run_pipeline
-from speechprune.pipeline import stages as stages_mod
+from speechprune.compress.methods.removal import Removal
 from speechprune.pipeline.config import ConfigError
 from tests.test_train import tone_dataset
 
@@ -87,10 +87,10 @@ def test_run_caches_stages_and_recovers_from_a_crash(data: Path, tmp_path: Path,
     assert set(changed["stages_run"]) == {"removal", "profile"}
 
     # crash in the middle (after baseline and truncation), then re-run: finished stages are not redone
-    def boom(_run):
+    def boom(*_args):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(stages_mod, "removal", boom)
+    monkeypatch.setattr(Removal, "run", boom)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(load_run_config(None, overrides(data, tmp_path / "b")), progress=False, log=quiet)
     monkeypatch.undo()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import tone_dataset  # noqa: E402
 
 from speechprune.compress.structured import BudgetError  # noqa: E402
-from speechprune.compress.structured.pipeline import candidate_name, run_structured_stage  # noqa: E402
+from speechprune.compress.methods.structured import Structured, StructuredOptions, candidate_name  # noqa: E402
 from speechprune.compress.structured.train import prune_structured  # noqa: E402
 from speechprune.errors import SpeechpruneError, UnsupportedModelError  # noqa: E402
 from speechprune.models import load_encoder  # noqa: E402
@@ -114,17 +113,14 @@ def test_non_stock_folder_loads_with_load_encoder_and_evaluates(tones, tmp_path:
 
 
 def test_pipeline_stage(tones, tmp_path: Path) -> None:
-    from speechprune.pipeline.config import StructuredSection
+    from speechprune.compress.base import Candidate, Task, Teacher, Workspace
 
     base = tmp_path / "base"
     _classifier().save_pretrained(base)
-    run = SimpleNamespace(
-        cfg=SimpleNamespace(label="word", compress=SimpleNamespace(structured=StructuredSection(
-            enabled=True, budgets=["macs=0.5"], epochs=3))),
-        results={"baseline": {"candidates": [{"model_dir": str(base)}]}}, dataset=tones, out=tmp_path / "run",
-        progress=False, split_spec=lambda: SplitSpec(seed=0),
-        train_config=lambda **kw: TrainConfig(**{**CFG.to_dict(), **kw}))
-    res = run_structured_stage(run)
+    teacher = Teacher(Candidate("baseline", "unpruned", str(base)), pretrained=lambda: None)
+    cands = Structured().run(teacher, Task(tones, "word", SplitSpec(seed=0)), Workspace(tmp_path / "run", progress=False),
+                             CFG, StructuredOptions(enabled=True, budgets=["macs=0.5"], epochs=3))
+    res = {"candidates": [c.to_dict() for c in cands]}
     (cand,) = res["candidates"]
     assert cand["name"] == candidate_name("macs=0.5") == "structured-macs0.5"
     assert cand["budget_met"] and 0 <= cand["accuracy"] <= 1

@@ -38,6 +38,28 @@ COMMAND_MODULES = [
     "speechprune.cli.cmd_distill",
 ]
 
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and errors (no progress bars)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print debug messages (also transformers' info)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Progress bars, ours and transformers'/datasets' (also per command)."),
+) -> None:
+    """Options for every command, given before its name: `speechprune -q finetune ...`."""
+    from speechprune.utils.verbosity import configure
+
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other", param_hint="--quiet/--verbose")
+    # A command's own --no-progress must silence the libraries' bars too, so it is honoured here as well.
+    rest = [*getattr(ctx, "protected_args", []), *ctx.args]
+    configure(-1 if quiet else 1 if verbose else 0, progress=progress and "--no-progress" not in rest)
+    if quiet:
+        from speechprune.cli.common import console
+
+        console.quiet = True
+
+
 for _name in COMMAND_MODULES:
     try:
         _mod = importlib.import_module(_name)

@@ -8,16 +8,15 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.common import console, load_dataset_spec, parse_states
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec, parse_states
 
 
 def register(app: typer.Typer) -> None:
     @app.command("extract")
     def extract(
         model: str = typer.Argument(..., help="Local folder, hub id, or built-in 'tiny:<family>'."),
-        data: str = typer.Argument(
-            ..., help="An audiofolder (folder with metadata.csv), a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."
-        ),
+        data: str = typer.Argument(..., help=DATA_HELP),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         label: List[str] = typer.Option([], "--label", "-l", help="Label column(s) to keep with the features (repeatable)."),
         group: Optional[str] = typer.Option(None, help="Group column (e.g. speaker) for speaker-independent splits later."),
         pooling: str = typer.Option(
@@ -36,6 +35,9 @@ def register(app: typer.Typer) -> None:
             None, "--bucket/--no-bucket", help="Batch clips of similar length (less padding). Default: exactly when "
             "it cannot change the features (attention-masked models, pooling other than mean-all)."),
         out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
+        to_dataset: Optional[Path] = typer.Option(
+            None, help="Also write the features as a Hugging Face datasets folder (load_from_disk): one row per "
+            "clip, columns key, labels, group, state_0..state_L."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Extract every requested state of MODEL for every clip of DATA in one forward pass per batch.
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
         from speechprune.utils.distributed import is_main_process
 
         enc = load_encoder(model, window_seconds=window, device=device)
-        ds = load_dataset_spec(data, label, group, segments_dir)
+        ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
             device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress and is_main_process(),
@@ -62,6 +64,11 @@ def register(app: typer.Typer) -> None:
             out.mkdir(parents=True, exist_ok=True)
             for name in ("features.safetensors", "meta.json", "run.json"):
                 shutil.copy2(feats.path / name, out / name)
+        if to_dataset is not None:
+            from speechprune.features.to_dataset import save_features_dataset
+
+            save_features_dataset(feats, to_dataset, keys=[it.key for it in ds.items])
+            console.print(f"[green]datasets folder[/green] → {to_dataset} (datasets.load_from_disk)")
         console.print(
             f"[green]features[/green]: {feats.num_rows} rows × {len(feats.layers)} states × {feats.dim} dims "
             f"({pooling}) → {feats.path}"

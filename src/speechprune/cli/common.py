@@ -31,12 +31,20 @@ def parse_states(spec: str | None, num_states: int | None = None) -> list[int] |
 
 
 def load_dataset_spec(
-    data: str, labels: list[str] | None, group: str | None, segments_dir: str | None = None
+    data: str, labels: list[str] | None, group: str | None, segments_dir: str | None = None,
+    audio_column: str | None = None,
 ) -> Any:
-    """Load a dataset from a CLI argument (audiofolder, CSV/JSONL manifest, or ``hf:NAME[:CONFIG][:SPLIT]``)."""
+    """Load a dataset from a CLI argument (audiofolder, CSV/JSONL manifest, ``save_to_disk`` folder with optional
+    ``:SPLIT``, or ``hf:NAME[:CONFIG][:SPLIT]``)."""
     from speechprune.data.sources import load_data
 
     kwargs: dict[str, Any] = {}
     if segments_dir:
         kwargs["segments_dir"] = Path(segments_dir)
-    return load_data(data, label_columns=labels or None, group_column=group, **kwargs)
+    return load_data(data, label_columns=labels or None, group_column=group, audio_column=audio_column, **kwargs)
+
+
+DATA_HELP = ("An audiofolder (folder with metadata.csv), a CSV/JSONL manifest, a datasets save_to_disk folder "
+             "(FOLDER:SPLIT for a DatasetDict), or 'hf:NAME[:CONFIG][:SPLIT]'.")
+AUDIO_COLUMN_HELP = ("Column holding the audio (datasets: default 'audio'; manifests: default the first of path, "
+                     "audio, file_name). Like the 'audio_column_name' of transformers' example scripts.")

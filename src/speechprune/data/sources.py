@@ -14,7 +14,9 @@ the same analysis code runs on any source. Conventions shared by all loaders, an
   extraction.
 
 Hugging Face ``datasets`` >= 4 decodes audio through torchcodec, which is not always installable; the
-``Audio`` column is therefore cast to ``Audio(decode=False)`` and decoded here with soundfile.
+``Audio`` column is therefore cast to ``Audio(decode=False)`` and decoded here with soundfile (and resampled with
+soxr), so no torchcodec or ffmpeg is needed. A ``save_to_disk`` folder (a ``Dataset``, or a ``DatasetDict`` with
+``FOLDER:SPLIT``) is read with ``datasets.load_from_disk`` for the same reason.
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ __all__ = [
     "load_manifest",
     "from_hf_dataset",
     "load_data",
+    "load_saved_dataset",
+    "is_saved_dataset",
     "write_audiofolder",
     "METADATA_FILE",
 ]
 
 METADATA_FILE = "metadata.csv"
 _FILE_COLUMN = "file_name"
+_MANIFEST_AUDIO_COLUMNS = ("path", "audio", "file_name")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -218,7 +223,7 @@ def load_audiofolder(
 
 def load_manifest(
     path: str | os.PathLike[str],
-    audio_column: str = "path",
+    audio_column: str | None = None,
     label_columns: Sequence[str] | None = None,
     group_column: str | None = None,
     base_dir: str | os.PathLike[str] | None = None,
@@ -226,6 +231,7 @@ def load_manifest(
 ) -> AudioDataset:
     """Load a ``.csv`` or ``.jsonl`` manifest: one row per clip, ``audio_column`` holding its path.
 
+    ``audio_column`` defaults to the first of ``path``, ``audio``, ``file_name`` that the manifest has.
     Relative paths resolve against ``base_dir``, by default the manifest's own folder (so a manifest and its
     audio can be moved together). The item key is the path as written in the manifest.
     """
@@ -242,6 +248,8 @@ def load_manifest(
     if not rows:
         raise DataError(f"{p}: manifest has no rows")
     source = str(p)
+    if audio_column is None:
+        audio_column = next((c for c in _MANIFEST_AUDIO_COLUMNS if c in fields), _MANIFEST_AUDIO_COLUMNS[0])
     labels, explicit = _resolve_columns(source, fields, audio_column, label_columns, group_column)
     for i, r in enumerate(rows):
         for c in [audio_column, *labels, *([group_column] if group_column else [])]:
@@ -259,25 +267,28 @@ def load_manifest(
 
 def from_hf_dataset(
     ds: Any,
-    audio_column: str = "audio",
+    audio_column: str | None = None,
     label_columns: Sequence[str] | None = None,
     group_column: str | None = None,
     name: str | None = None,
+    split: str | None = None,
 ) -> AudioDataset:
     """Wrap a ``datasets.Dataset`` whose ``audio_column`` is an ``Audio`` feature (or paths, or arrays).
 
     Rows whose audio is a local file stay lazy (the item keeps the path); rows that carry encoded bytes (e.g.
     from Parquet on the Hub) are decoded now, with soundfile, to 16 kHz mono float32 kept in memory (4 bytes
     per sample: about 230 MB per hour). ``ClassLabel`` columns map to their names; keys are row indices.
+    A ``DatasetDict`` needs ``split`` (the one split is taken when it has only one). ``audio_column`` defaults
+    to ``audio``.
     """
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
         raise DataError("the 'datasets' package is needed to load a Hugging Face dataset") from exc
-    if isinstance(ds, datasets.DatasetDict):
-        raise DataError(f"got a DatasetDict with splits {list(ds)}; pass one split, e.g. ds['train']")
+    ds = _pick_split(ds, split, name or "dataset")
     if not isinstance(ds, datasets.Dataset):
         raise DataError(f"expected a datasets.Dataset, got {type(ds).__name__}")
+    audio_column = audio_column or "audio"
     source = name or (ds.info.dataset_name if ds.info and ds.info.dataset_name else "hf_dataset")
     labels, explicit = _resolve_columns(source, ds.column_names, audio_column, label_columns, group_column)
     feature = ds.features[audio_column]
@@ -305,6 +316,61 @@ def from_hf_dataset(
         _fill_hf_audio(it, audio, source, i)
         items.append(it)
     return AudioDataset(items, labels, group_column, source)
+
+
+def _pick_split(ds: Any, split: str | None, source: str) -> Any:
+    """One split of a ``DatasetDict`` (``split`` names it; a one-split dict needs no name); a ``Dataset`` as is."""
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            if len(ds) == 1:
+                return next(iter(ds.values()))
+            raise DataError(
+                f"{source} is a DatasetDict with splits {list(ds)}; name one, e.g. {source}:{next(iter(ds))} "
+                f"(Python: ds[{next(iter(ds))!r}])"
+            )
+        if split not in ds:
+            raise DataError(f"{source} has no split {split!r}; splits: {', '.join(ds)}")
+        return ds[split]
+    if split is not None:
+        raise DataError(f"{source} is a single Dataset, not a DatasetDict: it has no split {split!r}")
+    return ds
+
+
+def is_saved_dataset(folder: str | os.PathLike[str]) -> bool:
+    """True for a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    p = Path(folder)
+    return (p / "dataset_dict.json").is_file() or ((p / "state.json").is_file() and (p / "dataset_info.json").is_file())
+
+
+def load_saved_dataset(
+    folder: str | os.PathLike[str],
+    split: str | None = None,
+    label_columns: Sequence[str] | None = None,
+    group_column: str | None = None,
+    audio_column: str | None = None,
+    name: str | None = None,
+) -> AudioDataset:
+    """Load a ``save_to_disk`` folder (``split`` picks one split of a ``DatasetDict``) with ``load_from_disk``."""
+    import datasets
+
+    p = Path(folder)
+    try:
+        loaded = datasets.load_from_disk(str(p))
+    except Exception as exc:  # corrupt arrow files, version mismatch: reported with the folder
+        raise DataError(f"{p}: cannot read this save_to_disk folder with datasets.load_from_disk: {exc}") from exc
+    return from_hf_dataset(loaded, audio_column=audio_column, label_columns=label_columns,
+                           group_column=group_column, name=name or p.name, split=split)
+
+
+def _split_suffix(spec: str) -> tuple[str, str | None]:
+    """``FOLDER:SPLIT`` -> (FOLDER, SPLIT) when FOLDER is a saved dataset and the whole string is not a path."""
+    if ":" in spec and not Path(spec).exists():
+        head, _, tail = spec.rpartition(":")
+        if head and tail and Path(head).is_dir():
+            return head, tail
+    return spec, None
 
 
 def _fill_hf_audio(item: AudioItem, audio: Any, source: str, index: int) -> None:
@@ -351,17 +417,24 @@ def load_data(
     spec: Any,
     label_columns: Sequence[str] | None = None,
     group_column: str | None = None,
+    audio_column: str | None = None,
+    split: str | None = None,
     **kw: Any,
 ) -> AudioDataset:
     """Load any supported source, chosen from ``spec``:
 
     * a folder with ``metadata.csv``/``metadata.jsonl`` -> :func:`load_audiofolder`;
+    * a ``save_to_disk`` folder -> :func:`load_saved_dataset`; ``FOLDER:SPLIT`` (or ``split=``) picks one split
+      of a saved ``DatasetDict``;
     * a ``.csv`` / ``.jsonl`` file -> :func:`load_manifest`;
-    * a ``datasets.Dataset`` -> :func:`from_hf_dataset`;
+    * a ``datasets.Dataset`` (or ``DatasetDict`` with ``split=``) -> :func:`from_hf_dataset`;
     * ``"hf:NAME[:CONFIG][:SPLIT]"`` -> ``datasets.load_dataset`` (needs the Hub), then :func:`from_hf_dataset`.
       With two fields, the second is read as a split if it looks like one (``train``, ``test[:10%]``, ...),
-      otherwise as a config; ``hf:NAME::SPLIT`` is always unambiguous.
+      otherwise as a config; ``hf:NAME::SPLIT`` is always unambiguous. ``hf:`` followed by a local
+      ``save_to_disk`` folder loads that folder.
 
+    ``audio_column`` names the column holding the audio: default ``audio`` for datasets, and for manifests the
+    first of ``path``, ``audio``, ``file_name`` that exists; an audiofolder always uses ``file_name``.
     Extra keyword arguments go to the chosen loader.
     """
     if isinstance(spec, AudioDataset):
@@ -370,24 +443,43 @@ def load_data(
         import datasets
 
         if isinstance(spec, (datasets.Dataset, datasets.DatasetDict)):
-            return from_hf_dataset(spec, label_columns=label_columns, group_column=group_column, **kw)
+            return from_hf_dataset(spec, audio_column=audio_column, label_columns=label_columns,
+                                   group_column=group_column, split=split, **kw)
     except ImportError:  # pragma: no cover
         pass
     if isinstance(spec, str) and spec.startswith("hf:"):
-        return _load_hf_spec(spec, label_columns, group_column, **kw)
+        local, local_split = _split_suffix(spec[3:])
+        if Path(local).is_dir() and is_saved_dataset(local):
+            return load_saved_dataset(local, split or local_split, label_columns, group_column, audio_column,
+                                      kw.get("name"))
+        return _load_hf_spec(spec, label_columns, group_column, audio_column=audio_column, **kw)
     if isinstance(spec, (str, os.PathLike)):
-        p = Path(spec)
+        text, suffix_split = _split_suffix(str(spec))
+        p = Path(text)
+        if p.is_dir() and is_saved_dataset(p):
+            return load_saved_dataset(p, split or suffix_split, label_columns, group_column, audio_column,
+                                      kw.get("name"))
+        if suffix_split is not None or split is not None:
+            raise DataError(f"{spec}: a split ({split or suffix_split!r}) can only be taken from a save_to_disk "
+                            f"DatasetDict folder or a datasets.DatasetDict")
         if p.is_dir():
+            if audio_column not in (None, _FILE_COLUMN):
+                raise DataError(f"{p}: an audiofolder's audio column is always {_FILE_COLUMN!r} "
+                                f"(got --audio-column {audio_column!r})")
             return load_audiofolder(p, label_columns=label_columns, group_column=group_column, **kw)
         if p.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+            if audio_column is not None:
+                kw["audio_column"] = audio_column
             return load_manifest(p, label_columns=label_columns, group_column=group_column, **kw)
         if not p.exists():
             raise DataError(f"data source not found: {p}")
-        raise DataError(f"{p}: not a data source (expected an audiofolder, a .csv/.jsonl manifest or hf:NAME)")
+        raise DataError(f"{p}: not a data source (expected an audiofolder, a save_to_disk folder, a .csv/.jsonl "
+                        f"manifest or hf:NAME)")
     raise DataError(f"cannot load data from a {type(spec).__name__}")
 
 
-def _load_hf_spec(spec: str, label_columns: Sequence[str] | None, group_column: str | None, **kw: Any) -> AudioDataset:
+def _load_hf_spec(spec: str, label_columns: Sequence[str] | None, group_column: str | None,
+                  audio_column: str | None = None, **kw: Any) -> AudioDataset:
     import datasets
 
     parts = re.split(r":(?![^\[]*\])", spec[3:])  # split on ':' outside a slice such as train[:10%]
@@ -410,7 +502,8 @@ def _load_hf_spec(spec: str, label_columns: Sequence[str] | None, group_column: 
             raise DataError(f"{spec!r} has splits {list(loaded)}; name one, e.g. {spec}:{next(iter(loaded))}")
         loaded = next(iter(loaded.values()))
     kw.setdefault("name", spec[3:])
-    return from_hf_dataset(loaded, label_columns=label_columns, group_column=group_column, **kw)
+    return from_hf_dataset(loaded, audio_column=audio_column, label_columns=label_columns,
+                           group_column=group_column, **kw)
 
 
 # ------------------------------------------------------------------------------------------------- writing

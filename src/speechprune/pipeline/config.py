@@ -55,50 +55,21 @@ class AnalysisSection:
     max_pairs: int = 5000
 
 
-@dataclass
-class TruncateSection:
-    enabled: bool = True
-    tolerance: float = 0.0
+class CompressSection(dict):
+    """``compress.<method>``: one options dataclass per registered compression (see
+    :mod:`speechprune.compress.base`), read as attributes too (``cfg.compress.removal.orders``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
-@dataclass
-class RemovalSection:
-    enabled: bool = True
-    orders: list[str] = field(default_factory=lambda: ["backward", "forward", "block-influence",
-                                                       "knn-block-influence"])
-    min_retained: float = 0.95
+def default_compress() -> CompressSection:
+    from speechprune.compress.base import methods
 
-
-@dataclass
-class DistillSection:
-    enabled: bool = False
-    mimickers: list[str] = field(default_factory=lambda: ["mlp:64:1"])
-    stage1_epochs: int = 10
-    stage2_epochs: int = 5
-
-
-@dataclass
-class StructuredSection:
-    enabled: bool = False
-    budgets: list[str] = field(default_factory=lambda: ["macs=0.5"])
-    epochs: int = 4
-    # HJ-Pruning options (speechprune.compress.structured.train.PruneOptions); defaults = DPHuBERT's initialisation,
-    # plus 2 epochs of fine-tuning after pruning, which helped in every benchmark run.
-    # For runs of ~10^2 updates p0_keep=0.1, gate_lr=0.5, reg_lr=0.5, target_warmup=0.3 reached the budget far better
-    # (benchmarks/results/structured_whisper-base).
-    p0_keep: float = 0.01
-    gate_lr: float = 0.2
-    reg_lr: float = 0.2
-    target_warmup: float = 0.5
-    finetune_epochs: int = 2  # fine-tuning after pruning; 0 = pure HJ-Pruning (see the structured benchmark)
-
-
-@dataclass
-class CompressSection:
-    truncate: TruncateSection = field(default_factory=TruncateSection)
-    removal: RemovalSection = field(default_factory=RemovalSection)
-    distill: DistillSection = field(default_factory=DistillSection)
-    structured: StructuredSection = field(default_factory=StructuredSection)
+    return CompressSection({m.name: m.options() for m in methods()})
 
 
 @dataclass
@@ -119,14 +90,16 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainSection = field(default_factory=TrainSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
-    compress: CompressSection = field(default_factory=CompressSection)
+    compress: CompressSection = field(default_factory=default_compress)
 
     @property
     def analysis_labels(self) -> list[str]:
         return list(dict.fromkeys([self.label, *self.labels]))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["compress"] = {name: dataclasses.asdict(options) for name, options in self.compress.items()}
+        return data
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -180,6 +153,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
+    if tp is CompressSection:
+        return _build_compress(value or {}, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value or {}, key)
     origin = typing.get_origin(tp)
@@ -219,14 +194,30 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+def _build_compress(data: Any, where: str) -> CompressSection:
+    """Every registered compression's options: from its ``compress.<name>`` mapping, or its defaults."""
+    from speechprune.compress.base import methods
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    known = {m.name: m for m in methods()}
+    norm = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(norm) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(_join(where, k) for k in unknown)}; allowed at {where}: "
+                          f"{', '.join(sorted(known))}")
+    section = CompressSection()
+    for name, method in known.items():
+        section[name] = _build(method.options, norm.get(name) or {}, _join(where, name))
+    return section
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
 def _check_semantics(cfg: RunConfig) -> None:
     """Checks that need the values together (and the data's column names), still before any model loads."""
-    from speechprune.compress.layers import ORDERS
-
     for key in ("model", "data", "label"):
         if not getattr(cfg, key):
             raise ConfigError(f"{key} is required (in the YAML file or as {key}=...)")
@@ -240,9 +231,13 @@ def _check_semantics(cfg: RunConfig) -> None:
                         *([cfg.split.split_column] if cfg.split.split_column else [])]:
                 if lab not in columns:
                     raise ConfigError(f"label/column {lab!r} is not in the data {p}; available: {', '.join(columns)}")
-    bad = [o for o in cfg.compress.removal.orders if o not in ORDERS]
-    if bad:
-        raise ConfigError(f"compress.removal.orders: unknown {bad}; allowed: {', '.join(ORDERS)}")
+    from speechprune.compress.base import compression_for
+
+    for name, options in cfg.compress.items():
+        try:
+            compression_for(name).validate(options)
+        except SpeechpruneError as exc:
+            raise ConfigError(f"compress.{name}: {exc}") from exc
     if cfg.split.test_groups and not cfg.group:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
     if not 0 < cfg.recommend_min_retained <= 1:

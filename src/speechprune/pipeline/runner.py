@@ -20,7 +20,6 @@ from speechprune.pipeline.config import RunConfig
 from speechprune.utils.fingerprint import hash_json
 from speechprune.utils.io import write_json_atomic
 
-STAGES = ("analysis", "baseline", "truncate", "removal", "distill", "structured", "profile", "report")
 
 
 class Run:
@@ -63,6 +62,17 @@ class Run:
         s = self.cfg.split
         return SplitSpec(split_column=s.split_column, test_groups=list(s.test_groups), val_groups=list(s.val_groups),
                          test_fraction=s.test_fraction, val_fraction=s.val_fraction, seed=self.cfg.seed)
+
+    def task(self) -> Any:
+        from speechprune.compress.base import Task
+
+        return Task(self.dataset, self.cfg.label, self.split_spec())
+
+    def workspace(self) -> Any:
+        from speechprune.compress.base import Workspace
+
+        return Workspace(self.out, batch_size=self.cfg.batch_size, profile_seconds=self.cfg.profile_seconds,
+                         progress=self.progress)
 
     def train_config(self, **changes: Any) -> Any:
         from speechprune.train.loop import TrainConfig
@@ -121,9 +131,12 @@ class Run:
 
 
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every enabled stage (skipping unchanged ones) and write the report; returns the report's data."""
-    from speechprune.pipeline import stages
+    """Run every enabled stage (skipping unchanged ones) and write the report; returns the report's data.
 
+    Compressions are whatever :func:`speechprune.compress.base.methods` lists; each enabled one is one stage.
+    """
+    from speechprune.compress.base import Candidate, methods
+    from speechprune.pipeline import stages
     from speechprune.utils import distributed
 
     main = distributed.is_main_process()
@@ -138,26 +151,22 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
         write_text_atomic(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     distributed.barrier()
     base = run.base_deps()
-    c = cfg.compress
     if cfg.analysis.enabled:
         run.stage("analysis", {**base, "labels": cfg.analysis_labels, "analysis": cfg.analysis.__dict__},
                   lambda: stages.analysis(run), prepare=lambda: stages.analysis_features(run))
     run.stage("baseline", {**base, "train": cfg.train.__dict__}, lambda: stages.baseline(run), all_processes=True)
-    if c.truncate.enabled:
-        run.stage("truncate", {**base, "train": cfg.train.__dict__, "truncate": c.truncate.__dict__,
-                               "analysis": run.keys.get("analysis")}, lambda: stages.truncate(run),
-                  all_processes=True)
-    if c.removal.enabled:
-        run.stage("removal", {"baseline": run.keys["baseline"], "removal": c.removal.__dict__},
-                  lambda: stages.removal(run))
-    if c.distill.enabled:
-        run.stage("distill", {"baseline": run.keys["baseline"], "distill": c.distill.__dict__},
-                  lambda: stages.distill(run), all_processes=True)
-    if c.structured.enabled:
-        run.stage("structured", {"baseline": run.keys["baseline"], "structured": c.structured.__dict__,
-                                 "train": cfg.train.__dict__}, lambda: stages.structured(run), all_processes=True)
-    candidates = stages.collect_candidates(run)
-    run.stage("profile", {"candidates": [(k["name"], k.get("key")) for k in candidates],
+    candidates = [Candidate.from_dict(c) for c in run.results["baseline"]["candidates"]]
+    for method in methods():
+        options = cfg.compress[method.name]
+        if not options.enabled:
+            continue
+        inputs = {"data": base, "train": {"train": cfg.train.__dict__}, "analysis": {"analysis": run.keys.get("analysis")},
+                  "baseline": {"baseline": run.keys["baseline"]}}
+        depends = {k: v for name in method.inputs for k, v in inputs[name].items()}
+        result = run.stage(method.name, {**depends, method.name: options.__dict__},
+                           lambda: stages.compress(run, method, options), all_processes=method.trains)
+        candidates += [Candidate.from_dict(c, method.name) for c in result.get("candidates", [])]
+    run.stage("profile", {"candidates": [(c.name, run.keys.get(c.method)) for c in candidates],
                           "seconds": cfg.profile_seconds, "repeats": cfg.latency_repeats},
               lambda: stages.profile(run, candidates))
     if main:

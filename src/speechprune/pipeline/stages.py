@@ -1,7 +1,8 @@
 """The stages of ``speechprune run`` (see :mod:`speechprune.pipeline.runner` for caching and order).
 
-Every stage returns a JSON-friendly dict; compression stages list their candidates as
-``{"name", "kind", "model_dir", "accuracy", "macro_f1", ...}`` so that profiling and the report treat them alike.
+Every stage returns a JSON-friendly dict. The baseline and every compression (a plug-in of
+:mod:`speechprune.compress.base`, run by :func:`compress`) list their candidates as
+:meth:`~speechprune.compress.base.Candidate.to_dict` data, so that profiling and the report treat them alike.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from speechprune.errors import SpeechpruneError
+from speechprune.compress.base import BASELINE, Candidate, Compression, Teacher, finetune_candidate
 
 
 def analysis(run: Any) -> dict[str, Any]:
@@ -62,138 +61,26 @@ def _convexity_scores(folder: Path, label: str) -> dict[str, float]:
     return {str(int(r["state"])): float(r["convexity"]) for r in rows}
 
 
-def _finetune(run: Any, encoder: Any, name: str, **meta: Any) -> dict[str, Any]:
-    from speechprune.train.finetune import finetune, work_dir_for
-
-    out = run.out / "models" / name
-    resume = work_dir_for(out).exists()
-    res = finetune(encoder, run.dataset, run.cfg.label, out, run.train_config(), run.split_spec(), resume=resume,
-                   overwrite=not resume, progress=run.progress, latency_repeats=0, metadata=meta)
-    if "test" not in res:  # another process of a multi-process run: the main process evaluates and saves
-        return {"name": name}
-    test = res["test"]
-    return {"name": name, "model_dir": str(out), "accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
-            "train_seconds": res["training"]["train_seconds"], "num_layers": res["num_layers"],
-            "kept_layers": res["kept_layers_of_source"], **meta}
-
-
 def baseline(run: Any) -> dict[str, Any]:
-    return {"candidates": [{**_finetune(run, run.encoder, "baseline"), "kind": "unpruned (fine-tuned)"}]}
+    cands = finetune_candidate(run.encoder, run.task(), run.workspace(), run.train_config(), BASELINE,
+                               "unpruned (fine-tuned)")
+    return {"candidates": [c.to_dict() for c in cands]}
 
 
-def truncate(run: Any) -> dict[str, Any]:
-    from speechprune.compress.layers import choose_depth
-
-    scores = (run.results.get("analysis") or {}).get("convexity") or _pretrained_convexity(run)
-    choice = choose_depth({int(k): v for k, v in scores.items()}, run.cfg.compress.truncate.tolerance)
-    enc = run.encoder
-    if choice.depth >= enc.num_layers:
-        return {"choice": choice.to_dict(), "candidates": [],
-                "note": f"convexity peaks at the last layer ({choice.depth}): truncation keeps the whole model"}
-    cand = _finetune(run, enc.keep_layers(choice.depth), f"truncate-k{choice.depth}", depth=choice.depth)
-    return {"choice": choice.to_dict(), "candidates": [{**cand, "kind": f"convexity truncation (k = {choice.depth})"}]}
+def compress(run: Any, method: Compression, options: Any) -> dict[str, Any]:
+    """One compression's stage: its candidates (as plain data) and the details it recorded."""
+    teacher = Teacher(Candidate.from_dict(run.results["baseline"]["candidates"][0]), lambda: run.encoder,
+                      run.results.get("analysis"))
+    out = run.workspace()
+    cands = method.run(teacher, run.task(), out, run.train_config(), options)
+    return {"candidates": [c.to_dict() for c in cands], **out.details}
 
 
-def _pretrained_convexity(run: Any) -> dict[str, float]:
-    from speechprune.analysis.convexity import convexity_by_layer
-    from speechprune.features.extract import extract_features
-
-    # every process runs this stage: in a multi-process run they share the extraction
-    feats = extract_features(run.encoder, run.dataset, pooling="mean", batch_size=run.cfg.batch_size,
-                             progress=run.progress)
-    return {str(r["state"]): r["score"] for r in convexity_by_layer(feats, run.cfg.label)}
-
-
-def removal(run: Any) -> dict[str, Any]:
-    import csv
-
-    from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-    from speechprune.models import load_encoder
-    from speechprune.train.splits import make_splits
-
-    c = run.cfg
-    base = run.results["baseline"]["candidates"][0]
-    enc = load_encoder(base["model_dir"])
-    parts = make_splits(run.dataset, c.label, run.split_spec())
-    orders = list(c.compress.removal.orders)
-    influence = None
-    if any("influence" in o for o in orders):
-        rng = np.random.default_rng(c.seed)
-        probe = np.sort(rng.choice(parts["train"], size=min(200, len(parts["train"])), replace=False))
-        influence = block_influence(enc, run.dataset, probe, batch_size=c.batch_size)
-    rows: list[dict[str, Any]] = []
-    for order in orders:
-        seq = removal_order(order, enc.num_layers, (influence or {}).get(order))
-        rows += removal_curve(enc, run.dataset, c.label, seq, parts["test"], batch_size=c.batch_size,
-                              profile_seconds=c.profile_seconds, order_name=order, progress=run.progress)
-    folder = run.out / "removal"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "removal.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    plot_removal_curves(rows, folder / "removal.png", title="layer removal without retraining")
-    candidates = []
-    for order in orders:
-        ok = [r for r in rows if r["order"] == order and r["retained"] >= c.compress.removal.min_retained
-              and r["removed"] > 0]
-        if not ok:
-            continue
-        best = max(ok, key=lambda r: r["removed"])
-        drop = [int(x) for x in best["removed_layers"].split()]
-        name = f"removal-{order}-r{best['removed']}"
-        pruned = enc.drop_layers(drop)
-        pruned.save_pretrained(run.out / "models" / name, metadata={"removed_layers": drop, "order": order})
-        candidates.append({"name": name, "kind": f"removal without retraining ({order}, {best['removed']} layers)",
-                           "model_dir": str(run.out / "models" / name), "accuracy": best["accuracy"],
-                           "macro_f1": best["macro_f1"], "num_layers": pruned.num_layers,
-                           "kept_layers": pruned.kept_layers, "train_seconds": 0.0})
-    return {"csv": str(folder / "removal.csv"), "plot": str(folder / "removal.png"), "rows": rows,
-            "influence": {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()},
-            "candidates": candidates}
-
-
-def distill(run: Any) -> dict[str, Any]:
-    try:
-        from speechprune.compress.distill.pipeline import run_distill_stage  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise SpeechpruneError("distillation is not available in this version of speechprune") from exc
-    return run_distill_stage(run)
-
-
-def structured(run: Any) -> dict[str, Any]:
-    try:
-        from speechprune.compress.structured.pipeline import run_structured_stage  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise SpeechpruneError("structured pruning is not available in this version of speechprune") from exc
-    return run_structured_stage(run)
-
-
-def collect_candidates(run: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for stage in ("baseline", "truncate", "removal", "distill", "structured"):
-        res = run.results.get(stage) or {}
-        for cand in res.get("candidates", []):
-            out.append({**cand, "stage": stage, "key": run.keys.get(stage)})
-    return out
-
-
-def profile(run: Any, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+def profile(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     """Cost of every candidate, measured back to back in one process so that latencies are comparable."""
-    from speechprune.models import load_encoder
-    from speechprune.train.evaluate import model_cost
     from speechprune.utils.hardware import cpu_model
 
-    costs = {}
-    for cand in candidates:
-        seconds, repeats = run.cfg.profile_seconds, run.cfg.latency_repeats
-        if cand.get("cost_fn"):  # models that are not transformers classes (e.g. distilled students)
-            import importlib
-
-            mod, fn = cand["cost_fn"].rsplit(":", 1)
-            costs[cand["name"]] = getattr(importlib.import_module(mod), fn)(cand["model_dir"], seconds, repeats)
-        else:
-            costs[cand["name"]] = model_cost(load_encoder(cand["model_dir"]), seconds=seconds, latency_repeats=repeats)
+    costs = {c.name: c.cost(run.cfg.profile_seconds, run.cfg.latency_repeats) for c in candidates}
     import os
     import platform
 
@@ -203,7 +90,7 @@ def profile(run: Any, candidates: list[dict[str, Any]]) -> dict[str, Any]:
                                          "load_avg": os.getloadavg()[0], "platform": platform.platform()}}
 
 
-def report(run: Any, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+def report(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     from speechprune.report.build import build_report
 
     return build_report(run, candidates)

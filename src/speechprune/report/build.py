@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from speechprune.compress.base import BASELINE, Candidate, methods
 from speechprune.utils.io import write_text_atomic
 
 COLUMNS = [("name", "candidate"), ("kind", "what"), ("num_layers", "layers"), ("params_m", "params (M)"),
@@ -21,19 +22,19 @@ COLUMNS = [("name", "candidate"), ("kind", "what"), ("num_layers", "layers"), ("
            ("macro_f1", "macro-F1"), ("retained", "retained"), ("train_seconds", "train (s)")]
 
 
-def candidate_rows(candidates: list[dict[str, Any]], costs: dict[str, Any], min_retained: float) -> list[dict]:
-    base = next((c for c in candidates if c["stage"] == "baseline"), candidates[0])
+def candidate_rows(candidates: list[Candidate], costs: dict[str, Any], min_retained: float) -> list[dict]:
+    base = next((c for c in candidates if c.method == BASELINE), candidates[0])
     rows = []
     for c in candidates:
-        cost = costs.get(c["name"], {})
+        cost = costs.get(c.name, {})
         rows.append({
-            "name": c["name"], "kind": c.get("kind", ""), "num_layers": c.get("num_layers"),
+            "name": c.name, "kind": c.kind, "num_layers": c.provenance.get("num_layers"),
             "params_m": cost.get("params_total", float("nan")) / 1e6,
             "gmacs_per_s": cost.get("macs_per_second", float("nan")) / 1e9,
             "latency_ms": cost.get("latency_ms_median") or float("nan"),
-            "accuracy": c["accuracy"], "macro_f1": c.get("macro_f1", float("nan")),
-            "retained": c["accuracy"] / base["accuracy"] if base["accuracy"] else float("nan"),
-            "train_seconds": c.get("train_seconds", 0.0), "model_dir": c.get("model_dir"), "recommended": False,
+            "accuracy": c.accuracy, "macro_f1": c.metrics.get("macro_f1", float("nan")),
+            "retained": c.accuracy / base.accuracy if base.accuracy else float("nan"),
+            "train_seconds": c.provenance.get("train_seconds", 0.0), "model_dir": c.model_dir, "recommended": False,
         })
     ok = [r for r in rows if r["retained"] >= min_retained]
     pick = min(ok, key=lambda r: (r["gmacs_per_s"], -r["accuracy"])) if ok else max(rows, key=lambda r: r["accuracy"])
@@ -77,7 +78,7 @@ def _front(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return front
 
 
-def build_report(run: Any, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+def build_report(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     """Write ``report.html``, ``report.md``, ``candidates.csv`` and ``pareto.png`` into the run folder."""
     out = run.out
     costs = (run.results.get("profile") or {}).get("costs", {})
@@ -107,7 +108,7 @@ def _figures(run: Any) -> list[tuple[str, Path]]:
     out = run.out
     items = [("Layer-to-layer similarity (block boundaries outlined)", out / "analysis" / "similarity.png"),
              ("Convexity and probe accuracy per state, with chance levels", out / "analysis" / "layers.png"),
-             ("Layer removal without retraining", out / "removal" / "removal.png"),
+             *((title, out / path) for m in methods() for title, path in m.figures),
              ("Accuracy against MACs and latency", out / "pareto.png")]
     return [(t, p) for t, p in items if p.exists()]
 

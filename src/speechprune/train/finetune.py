@@ -21,7 +21,7 @@ from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.classifier import add_classification_head, class_names, is_classifier
 from speechprune.train.data import ClassifierCollate, ClipDataset
 from speechprune.train.evaluate import evaluate_classifier
-from speechprune.train.loop import TrainConfig, Trainer
+from speechprune.train.loop import TrainConfig, Trainer, copy_logs
 from speechprune.train.splits import SplitSpec, make_splits
 from speechprune.utils.distributed import is_main_process
 
@@ -111,6 +111,7 @@ def finetune(
                                               max_seconds=cfg.max_seconds, latency_repeats=latency_repeats)
     save_encoder(model_enc, out, metadata={"finetune": {"label": label, "classes": classes}},
                  extra_json={"training.json": summary, "metrics.json": summary.get("test", {})})
+    copy_logs(work, out)  # TensorBoard / W&B logs of --report-to outlive the checkpoint folder
     shutil.rmtree(work, ignore_errors=True)
     summary["model_dir"] = str(out)
     return summary

@@ -8,7 +8,10 @@ Built on ``accelerate``: the same code runs on one CPU, one GPU, or ``accelerate
   resumed run ends with the same numbers as an uninterrupted one: the data order depends only on seed and epoch
   (:class:`~speechprune.train.data.EpochShuffleSampler`) and the RNG states are restored;
 * **model selection** on a validation split (accuracy, ties broken by loss) with early stopping (``patience``);
-* a progress bar, and the wall time spent training, summed over resumes.
+* a progress bar, and the wall time spent training, summed over resumes;
+* **experiment tracking** (``report_to``: ``tensorboard``, ``wandb`` or ``none``) through accelerate's trackers,
+  as HF Trainer users expect: ``train/loss`` every update, ``train/epoch_loss``, ``val/loss`` and
+  ``val/accuracy`` every epoch, written under ``<work_dir>/logs/<run>``.
 
 Callers customise the loss (``loss_fn``) and the optimiser's parameter groups (``param_groups``); whatever else
 must be saved with the model (gates, Lagrange multipliers) should be a submodule of it.
@@ -36,6 +39,7 @@ from speechprune.train.data import EpochShuffleSampler, split_model_inputs
 from speechprune.utils.io import replace_dir, write_json_atomic
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+TRACKERS = ("none", "tensorboard", "wandb")
 STATE_FILE = "trainer_state.json"
 BEST_FILE = "best_model.safetensors"
 
@@ -64,6 +68,7 @@ class TrainConfig:
     max_seconds: float | None = None
     preload: bool = True
     device: str = "auto"
+    report_to: str = "none"
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -79,6 +84,7 @@ class TrainConfig:
              f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
             (self.max_seconds is None or self.max_seconds > 0, f"max_seconds must be > 0, got {self.max_seconds}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -190,7 +196,15 @@ class Trainer:
             if not cpu_has_fast_bf16():
                 warnings.warn("bf16 on a CPU without native bf16 is far slower than fp32", RuntimeWarning, stacklevel=2)
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-        accel = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu)
+        tracking = cfg.report_to != "none"
+        if tracking:
+            _check_tracker(cfg.report_to)
+        accel = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu,
+                            log_with=cfg.report_to if tracking else None,
+                            project_config=_project_config(self.work_dir) if tracking else None)
+        if tracking:
+            accel.init_trackers(_run_name(self.description), config=_tracker_config(cfg),
+                                init_kwargs={"tensorboard": {}} if cfg.report_to == "tensorboard" else {})
         set_seed(cfg.seed)
         groups = self.param_groups if self.param_groups is not None else default_param_groups(self.model, cfg)
         trainable = sum(p.numel() for g in groups for p in g["params"])
@@ -237,10 +251,16 @@ class Trainer:
                         state.global_step += 1
                         bar.update(1)
                         bar.set_postfix(epoch=state.epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}")
+                        if tracking:
+                            accel.log({"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]},
+                                      step=state.global_step)
                 train_time = time.perf_counter() - t0
                 val = evaluate_loader(model, val_loader, accel, self.loss_fn)
                 state.train_seconds += train_time
                 self._record(state, float(np.mean(losses)), val, train_time)
+                if tracking:
+                    accel.log({"train/epoch_loss": float(np.mean(losses)), "val/loss": val["loss"],
+                               "val/accuracy": val["accuracy"], "epoch": state.epoch + 1}, step=state.global_step)
                 state.epoch += 1
                 if state.best_epoch == state.epoch:
                     self._save_best(accel, model)
@@ -250,6 +270,8 @@ class Trainer:
                     break
         finally:
             bar.close()
+            if tracking:
+                accel.end_training()
         accel.wait_for_everyone()
         if state.epoch >= cfg.epochs or state.stopped_early:
             self._load_best(accel, model)
@@ -302,7 +324,7 @@ class Trainer:
             raise SpeechpruneError(f"nothing to resume: no finished epoch in {ckpt}")
         saved = json.loads((ckpt / STATE_FILE).read_text())
         mismatched = {k: (v, saved["config"].get(k)) for k, v in self.cfg.to_dict().items()
-                      if k not in ("device", "preload", "patience", "epochs") and saved["config"].get(k) != v}
+                      if k not in ("device", "preload", "patience", "epochs", "report_to") and saved["config"].get(k) != v}
         if mismatched:
             raise SpeechpruneError(
                 "cannot resume with different options: " + ", ".join(f"{k}={a!r} (checkpoint: {b!r})"
@@ -361,6 +383,48 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, accel: Any, loss_fn: L
         correct += int((preds == labels).sum())
         count += n
     return {"loss": sum(losses) / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+def _check_tracker(name: str) -> None:
+    """Fail before training, with the install command, when the tracker's package is missing."""
+    import importlib.util
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}[name]
+    if name == "tensorboard" and importlib.util.find_spec("tensorboardX"):
+        return
+    if importlib.util.find_spec(package) is None:
+        raise SpeechpruneError(f"--report-to {name} needs the '{package}' package: pip install {package}")
+
+
+LOGS_DIR = "logs"
+
+
+def _project_config(work_dir: Path) -> Any:
+    from accelerate.utils import ProjectConfiguration
+
+    return ProjectConfiguration(project_dir=str(work_dir), logging_dir=str(work_dir / LOGS_DIR))
+
+
+def copy_logs(work_dir: str | Path, out: str | Path) -> Path | None:
+    """Copy a finished run's tracker logs (``<work_dir>/logs``) into the output folder ``out/logs``, so they
+    outlive the checkpoint folder that is removed at the end; returns the copy, or None when nothing was logged."""
+    src = Path(work_dir) / LOGS_DIR
+    if not src.is_dir():
+        return None
+    dest = Path(out) / LOGS_DIR
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    return dest
+
+
+def _run_name(description: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", description).strip("-") or "training"
+
+
+def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
+    """Hyper-parameters as trackers accept them (TensorBoard's hparams take only scalars and strings)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
 
 
 class _NullBar:

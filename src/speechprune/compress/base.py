@@ -1,0 +1,238 @@
+"""One shape for every compression: a :class:`Candidate` out, a :class:`Task` and a :class:`Teacher` in, and the
+:class:`Compression` interface that truncation, layer removal, distillation and structured pruning implement.
+
+``speechprune run`` knows no method by name: it asks the registry (:func:`methods`) for the registered
+compressions, builds each one's options dataclass from its ``compress.<name>`` section, and calls
+``method.run(teacher, task, out, train, options)`` for the enabled ones. A fifth method is one new module that
+subclasses :class:`Compression` and calls :func:`register` (the built-in four are in
+:mod:`speechprune.compress.methods`)::
+
+    @dataclass
+    class MyOptions:
+        enabled: bool = False
+        strength: float = 0.5
+
+    class Mine(Compression):
+        name = "mine"
+        options = MyOptions
+        inputs = ("baseline",)
+
+        def run(self, teacher, task, out, train, options):
+            enc = teacher.load()
+            ...
+            return [Candidate(name="mine", kind="my method", model_dir=str(path), metrics=test_metrics)]
+
+    register(Mine())
+
+Stage files (``OUT/stages/<method>.json``) hold candidates as plain data (:meth:`Candidate.to_dict`): a name, a
+description, a model folder, numbers. How a candidate is loaded and measured is decided by the registered method
+that made it (the stage it was read from), never by anything written in the file, so editing a stage file can
+change a number in the report but cannot make speechprune import or call anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from speechprune.errors import SpeechpruneError
+
+#: The test metrics every candidate carries (the report's accuracy columns).
+METRICS = ("accuracy", "macro_f1")
+#: Fields of older stage files that are never read (``cost_fn`` named a function to import: the method decides).
+IGNORED_KEYS = ("cost_fn", "stage", "key")
+#: The name candidates of the fine-tuned, unpruned model carry as their method (it is no registered compression).
+BASELINE = "baseline"
+
+
+@dataclass
+class Candidate:
+    """One model a run compares: the unpruned baseline or one compressed model.
+
+    ``metrics`` are the test-split numbers (``accuracy``, ``macro_f1``); ``provenance`` says how it was made
+    (``num_layers``, ``kept_layers``, ``train_seconds``, budget results, …); ``method`` names the registered
+    compression that made it, which decides how it is loaded and measured (:meth:`cost`).
+    """
+
+    name: str
+    kind: str
+    model_dir: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    method: str = BASELINE
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON form kept in stage files: ``{"name", "kind", "model_dir", <metrics>, <provenance>}``."""
+        return {"name": self.name, "kind": self.kind, "model_dir": self.model_dir, **self.metrics, **self.provenance}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], method: str = BASELINE) -> "Candidate":
+        """Read a stage file's candidate. ``method`` comes from the stage, not from the file."""
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("name", "kind", "model_dir")):
+            raise SpeechpruneError(f"stage {method!r}: a candidate needs the strings name, kind and model_dir; "
+                                   f"got {data!r:.200} (delete the stage file to recompute it)")
+        rest = {k: v for k, v in data.items() if k not in ("name", "kind", "model_dir", *IGNORED_KEYS)}
+        metrics = {k: rest.pop(k) for k in METRICS if k in rest}
+        return cls(data["name"], data["kind"], data["model_dir"], metrics, rest, method)
+
+    def load(self) -> Any:
+        """The saved model, loaded the way the method that made it saves it."""
+        return compression_for(self.method).load(self)
+
+    def cost(self, seconds: float = 1.0, latency_repeats: int = 20) -> dict[str, Any]:
+        """Parameters, MACs for a clip of ``seconds`` and median latency over ``latency_repeats`` (see
+        :func:`speechprune.train.evaluate.model_cost`), measured the way the method that made it says."""
+        return compression_for(self.method).cost(self, seconds, latency_repeats)
+
+
+@dataclass
+class Task:
+    """What every model of a run is trained and scored on: the data, the label column and how they are split."""
+
+    dataset: Any  # speechprune.data.types.AudioDataset
+    label: str
+    split: Any  # speechprune.train.splits.SplitSpec  # TODO(issue 16, i16b): data.splits.SplitSpec once it moves
+
+
+@dataclass
+class Teacher:
+    """What a compression starts from: the fine-tuned unpruned ``baseline`` candidate, the pretrained model it was
+    fine-tuned from (loaded on first use), and the layer analysis's result when that stage ran."""
+
+    baseline: Candidate
+    pretrained: Callable[[], Any]
+    analysis: dict[str, Any] | None = None
+
+    def load(self) -> Any:
+        """The fine-tuned baseline as a :class:`~speechprune.models.adapter.SpeechEncoder`."""
+        return self.baseline.load()
+
+
+@dataclass
+class Workspace:
+    """Where a compression writes, and the run-wide settings that are no training option.
+
+    Models go to ``root/models/<candidate>`` (:meth:`model_dir`), anything else to ``root/<method>/``
+    (:meth:`folder`). ``details`` is kept in the stage file next to the candidates and reaches the report
+    (e.g. the depth convexity chose); keep it JSON-friendly.
+    """
+
+    root: Path
+    batch_size: int = 8  # clips per forward pass outside training
+    profile_seconds: float = 1.0  # clip length for MACs computed inside a method
+    progress: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+
+class Compression:
+    """A compression method: a ``name`` (its ``compress.<name>`` config section and its stage), an ``options``
+    dataclass (the only home of its defaults; it must have an ``enabled`` field), and :meth:`run`.
+
+    ``inputs`` lists what the stage's cache key depends on besides the options: ``"data"`` (model, data, label,
+    split, seed), ``"train"`` (the run's training options), ``"analysis"`` (the analysis stage) and
+    ``"baseline"`` (the fine-tuned baseline). ``trains`` says that :meth:`run` trains, so in a multi-process
+    launch it runs on every process (it must then return candidates on the main process only). ``figures`` are
+    ``(title, path relative to the run folder)`` pairs the report shows when the file exists.
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[type]
+    inputs: ClassVar[tuple[str, ...]] = ("baseline",)
+    trains: ClassVar[bool] = False
+    figures: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: Any) -> list[Candidate]:
+        """Build this method's candidates from ``teacher`` for ``task``, writing under ``out``; ``train`` is the
+        run's :class:`~speechprune.train.loop.TrainConfig` (seed included)."""
+        raise NotImplementedError
+
+    def validate(self, options: Any) -> None:
+        """Raise :class:`SpeechpruneError` naming the field for options that cannot work (before any model loads)."""
+
+    def load(self, candidate: Candidate) -> Any:
+        from speechprune.models import load_encoder
+
+        return load_encoder(candidate.model_dir)
+
+    def cost(self, candidate: Candidate, seconds: float, latency_repeats: int) -> dict[str, Any]:
+        from speechprune.train.evaluate import model_cost
+
+        return model_cost(self.load(candidate), seconds=seconds, latency_repeats=latency_repeats)
+
+
+class _Baseline(Compression):
+    """The fine-tuned unpruned model: loaded and measured like any transformers classifier (not registered)."""
+
+    name = BASELINE
+
+
+_REGISTRY: dict[str, Compression] = {}
+
+
+def register(method: Compression) -> Compression:
+    """Add ``method`` to the compressions ``speechprune run`` offers (in registration order)."""
+    if not dataclasses.is_dataclass(getattr(method, "options", None)) or "enabled" not in {
+            f.name for f in dataclasses.fields(method.options)}:
+        raise TypeError(f"{type(method).__name__}.options must be a dataclass with an 'enabled' field")
+    if method.name in _REGISTRY and type(_REGISTRY[method.name]) is not type(method):
+        raise ValueError(f"a compression named {method.name!r} is already registered")
+    if method.name == BASELINE:
+        raise ValueError(f"{BASELINE!r} is the unpruned model's name")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def methods() -> list[Compression]:
+    """The registered compressions, built-in ones first."""
+    import speechprune.compress.methods  # noqa: F401  (registers the built-in four)
+
+    return list(_REGISTRY.values())
+
+
+def compression_for(name: str) -> Compression:
+    """The registered compression called ``name`` (``"baseline"``: how the unpruned model is loaded/measured)."""
+    if name == BASELINE:
+        return _Baseline()
+    for m in methods():
+        if m.name == name:
+            return m
+    raise SpeechpruneError(f"no compression method {name!r}; registered: {', '.join(m.name for m in methods())}")
+
+
+def finetune_candidate(encoder: Any, task: Task, out: Workspace, train: Any, name: str, kind: str,
+                       method: str = BASELINE, **provenance: Any) -> list[Candidate]:
+    """Fine-tune ``encoder`` on ``task`` into ``out.model_dir(name)`` (resuming an interrupted run there) and
+    describe it as a candidate; on a non-main process of a multi-process run: ``[]``."""
+    from speechprune.train.finetune import finetune, work_dir_for
+
+    path = out.model_dir(name)
+    resume = work_dir_for(path).exists()
+    res = finetune(encoder, task.dataset, task.label, path, train, task.split, resume=resume, overwrite=not resume,
+                   progress=out.progress, latency_repeats=0, metadata=provenance)
+    if "test" not in res:  # another process of a multi-process run: the main process evaluates and saves
+        return []
+    return [Candidate(name, kind, str(path), metrics_of(res["test"]), {
+        "train_seconds": res["training"]["train_seconds"], "num_layers": res["num_layers"],
+        "kept_layers": res["kept_layers_of_source"], **provenance}, method)]
+
+
+def metrics_of(test: dict[str, Any]) -> dict[str, float]:
+    """The candidate metrics out of an evaluation summary."""
+    return {k: test[k] for k in METRICS}
