@@ -151,3 +151,16 @@ def test_two_process_accelerate_extraction_is_byte_identical_to_one(tmp_path: Pa
         run = json.loads((Path(two) / "run.json").read_text())
         assert run["batches_per_process"] == [3, 2]  # 5 batches of 2 clips, every other one
     assert len(list((tmp_path / "two").iterdir())) == 2  # the failed request left no entry
+
+
+def test_allocator_settings_apply_once_and_can_be_turned_off() -> None:
+    import platform
+
+    code = "from speechprune.utils.malloc import tune_allocator as t; print(t(), t())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("LD_PRELOAD", None)
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    off = subprocess.run([sys.executable, "-c", code], env={**env, "SPEECHPRUNE_MALLOC": "default"},
+                         capture_output=True, text=True, check=True).stdout
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert on.split() == [str(glibc)] * 2 and off.split() == ["False", "False"]

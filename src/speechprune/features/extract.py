@@ -240,7 +240,10 @@ class _Job:
         from speechprune.data.batching import iter_batches
 
         enc, opts = self.encoder, self.options
-        enc.model.to(device).eval()
+        current = next(enc.model.parameters()).device
+        if current.type != device.type or device.index is not None:  # "cuda" for a model on cuda:1 means cuda:1
+            enc.model.to(device)
+        enc.model.eval()
         pin = device.type == "cuda" and torch.cuda.is_available()
 
         def prepare(waves: list[np.ndarray]) -> EncoderInputs:  # on the decoding thread, overlapping the forward
@@ -332,19 +335,23 @@ class _PooledForward:
     S × B × T × D copy, and the mean's einsum permuted that into another). For ``mean`` the buffer is laid out as
     the einsum's batched product reads it (B × S × D × T), so that product needs no copy; the other poolings get the
     stack's own layout. Either way the pooling does exactly the arithmetic of pooling the stack, so the cache bytes
-    are those of :func:`~speechprune.features.pooling.pool_states` (``tests/test_features.py`` checks this).
+    are those of :func:`~speechprune.features.pooling.pool_states` (``tests/test_extract_scale.py`` checks this).
     """
 
     def __init__(self, encoder: SpeechEncoder, states: list[int], options: dict[str, Any],
                  device: torch.device) -> None:
-        self.encoder, self.device = encoder, device
+        self.encoder = encoder
         self.slots: dict[int, list[int]] = {}
         for j, state in enumerate(states):
             self.slots.setdefault(state, []).append(j)
         self.n_slots = len(states)
         self.pooling, self.dtype = options["pooling"], options["dtype"]
         self.final_norm = encoder.final_norm if options["final_norm"] else None
-        self.autocast = _autocast(self.dtype, device)
+        param = next(encoder.model.parameters())
+        self.device, weights = param.device, param.dtype  # inputs go where the model is
+        # as SpeechEncoder.hidden_states: non-fp32 weights (bf16 on CUDA) get inputs of their dtype, no autocast
+        self.input_dtype = None if weights == torch.float32 else weights
+        self.autocast = _autocast("fp32" if weights == torch.bfloat16 else self.dtype, device)
         self.arrivals = _Arrivals(self)
         self.stacked: torch.Tensor | None = None
         self._hooks: list[Any] = []
@@ -376,8 +383,11 @@ class _PooledForward:
 
     def __call__(self, inputs: EncoderInputs, segments: list[Any] | None) -> PooledBatch:
         enc = self.encoder
-        inputs = EncoderInputs({k: v.to(self.device, non_blocking=True) for k, v in inputs.model_kwargs.items()},
-                               inputs.frame_lengths, inputs.sample_lengths, inputs.extras)
+        cast = self.input_dtype
+        inputs = EncoderInputs(
+            {k: v.to(self.device, dtype=cast if cast is not None and v.is_floating_point() else None, non_blocking=True)
+             for k, v in inputs.model_kwargs.items()},
+            inputs.frame_lengths, inputs.sample_lengths, inputs.extras)
         self.arrivals.clear()
         self.stacked = None
         with torch.inference_mode(), self.autocast:
