@@ -68,6 +68,9 @@ def register(app: typer.Typer) -> None:
         cfg.validate()
         ds = load_dataset_spec(data, list(label), group, segments_dir)
         enc = load_encoder(model, window_seconds=window, device=device)
+        from speechprune.features.window_advice import warn_if_window_too_long
+
+        warn_if_window_too_long(enc, ds)
         result = run_analysis(enc, ds, cfg, out, cache_dir=cache_dir, progress=progress)
         if not result:  # another process of a multi-process launch: it helped extract, the main process reports
             return
