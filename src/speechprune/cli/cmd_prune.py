@@ -10,8 +10,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from speechprune.cli.cmd_evaluate import saved_split
-from speechprune.cli.cmd_finetune import make_split_spec, split_list, split_options
+from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
 from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
 from speechprune.errors import SpeechpruneError
@@ -77,15 +76,16 @@ def register(app: typer.Typer) -> None:
                                    + (f" (got {', '.join(chosen)})" if chosen else ""))
         if by is not None and by != "convexity":
             raise SpeechpruneError(f"--by supports 'convexity' only, got {by!r}")
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise SpeechpruneError(f"{out} already exists; choose another --out or pass --overwrite")
+        from speechprune.utils.outputs import claim_output
+
+        claim_output(out, overwrite=overwrite, command="prune layers")  # usable, unused (or --overwrite), locked
         if (by or no_retrain) and not (data and label):
             raise SpeechpruneError(f"{chosen[0]} needs --data and --label")
         from speechprune.models import load_encoder
 
         enc = load_encoder(model, window_seconds=window)
         if no_retrain:
-            spec = _spec(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+            spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
             _removal(enc, data, label, group, spec, split_list(order), out, batch_size, profile_seconds,
                      influence_clips, progress)
             return
@@ -99,15 +99,6 @@ def register(app: typer.Typer) -> None:
         pruned.save_pretrained(out, metadata={"layer_pruning": meta or {"keep": keep, "drop": drop}})
         console.print(f"kept layers {pruned.kept_layers} of {enc.num_layers} → {out}")
         typer.echo(json.dumps({"model_dir": str(out), "kept_layers": pruned.kept_layers, **meta}))
-
-
-def _spec(model: str, split_column: Any, test_groups: Any, val_groups: Any, test_fraction: float,
-          val_fraction: float, seed: int) -> Any:
-    from speechprune.train.splits import SplitSpec
-
-    recorded = None if (split_column or test_groups or val_groups) else saved_split(model)
-    return SplitSpec(**recorded) if recorded else make_split_spec(split_column, test_groups, val_groups, test_fraction,
-                                                                   val_fraction, seed)
 
 
 def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float, batch_size: int,
@@ -131,7 +122,7 @@ def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: lis
 
     from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
     from speechprune.models.classifier import class_names
-    from speechprune.train.splits import make_splits
+    from speechprune.data.splits import make_splits
     from speechprune.utils.io import write_json_atomic
 
     class_names(enc)  # a clear error for a model without a head, before any work

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.cmd_finetune import split_list, split_options
-from speechprune.cli.cmd_prune import _spec, prune_app
+from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
+from speechprune.cli.cmd_prune import prune_app
 from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
 
@@ -85,7 +85,7 @@ def structured_cmd(
                       device=device).validate()
     prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
     # the split the classifier was fine-tuned with (recorded in its training.json) unless one is given
-    spec = _spec(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+    spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
     enc = load_encoder(model)
     ds = load_dataset_spec(data, [label] + ([spec.split_column] if spec.split_column else []),
                            group or spec.group_column)

@@ -34,14 +34,19 @@ import torch
 from tqdm.auto import tqdm
 
 from speechprune import errors
+from speechprune.data.cliplen import check_min_length
 from speechprune.data.types import AudioDataset, Segment
 from speechprune.errors import CacheError, SpeechpruneError
 from speechprune.features import store
+from speechprune.features.chunking import DEFAULT_CHUNK_SECONDS, check_chunkable, chunk_limit, pool_batch
 from speechprune.features.pooling import POOLINGS, PooledBatch, pool_stacked
+from speechprune.features.relabel import attach_labels
 from speechprune.models.adapter import EncoderInputs, SpeechEncoder, _autocast
 from speechprune.utils import distributed
 from speechprune.utils.fingerprint import hash_json
 from speechprune.utils.io import write_json_atomic
+from speechprune.utils.locks import PathLock
+from speechprune.utils.outputs import check_dir_target
 
 
 def default_cache_root() -> Path:
@@ -77,6 +82,7 @@ def extract_features(
     progress: bool = True,
     stop_after_batches: int | None = None,
     bucket: bool | None = None,
+    chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
 ) -> store.LayerFeatures:
     """Features of ``layers`` (state indices, default all 0..L) for every clip of ``dataset``.
 
@@ -105,15 +111,26 @@ def extract_features(
         "device": torch.device(device).type,
         "final_norm": final_norm,
     }
+    if check_chunkable(dataset, encoder, pooling, chunk_seconds):  # in the key only where a clip is chunked
+        options["chunk_seconds"] = chunk_seconds
     if _use_bucketing(encoder, pooling, bucket):
         options["order"] = "length"  # only then: keys of batches in dataset order are unchanged
     key, request = request_key(encoder, dataset, options)
-    job = _Job(encoder, dataset, store.entry_dir(Path(cache_dir) if cache_dir else default_cache_root(),
-                                                 dataset.name, key), key, request, states)
+    root = check_dir_target(Path(cache_dir) if cache_dir else default_cache_root(), "feature cache")
+    job = _Job(encoder, dataset, store.entry_dir(root, dataset.name, key), key, request, states)
     if distributed.is_collective():
-        return _extract_shared(job, device, progress, stop_after_batches)
+        feats = _extract_shared(job, device, progress, stop_after_batches)
+        return feats if feats is None else attach_labels(feats, dataset)
     if store.is_complete(job.entry):
-        return store.load_features(job.entry)
+        return attach_labels(store.load_features(job.entry), dataset)
+    with PathLock(job.entry, "feature cache entry"):  # "in use by pid N" while another process fills it
+        if store.is_complete(job.entry):
+            return attach_labels(store.load_features(job.entry), dataset)
+        feats = _fill_entry(job, device, progress, stop_after_batches)
+    return feats if feats is None else attach_labels(feats, dataset)
+
+
+def _fill_entry(job: "_Job", device: str, progress: bool, stop_after_batches: int | None) -> store.LayerFeatures:
     plan, todo = job.open()
     started = time.perf_counter()
     try:
@@ -134,12 +151,24 @@ def _use_bucketing(encoder: SpeechEncoder, pooling: str, bucket: bool | None) ->
 
 def _extract_shared(job: "_Job", device: str, progress: bool, stop_after: int | None) -> store.LayerFeatures:
     """Sharded extraction: every process of the launch runs this together (each step is a collective call)."""
+    import contextlib
+
     main = distributed.is_main_process()
+    with contextlib.ExitStack() as lock:
+        return _extract_shared_locked(job, device, progress, stop_after, main, lock)
+
+
+def _extract_shared_locked(job: "_Job", device: str, progress: bool, stop_after: int | None, main: bool,
+                           lock: Any) -> store.LayerFeatures:
     msg: tuple[Any, ...] = ()
     error: BaseException | None = None
     if main:
         try:
-            msg = ("complete",) if store.is_complete(job.entry) else ("run", *job.open())
+            if store.is_complete(job.entry):
+                msg = ("complete",)
+            else:
+                lock.enter_context(PathLock(job.entry, "feature cache entry"))  # held until consolidated
+                msg = ("complete",) if store.is_complete(job.entry) else ("run", *job.open())
         except BaseException as exc:  # every process must learn of it, or the others wait forever
             error, msg = exc, ("error", _describe(exc))
     msg = distributed.broadcast_object(msg)
@@ -229,6 +258,7 @@ class _Job:
     def open(self) -> tuple[list[list[int]], list[int]]:
         """Check the files, create the entry, and list the batches still to compute."""
         _preflight(self.dataset)
+        check_min_length(self.dataset, self.encoder)
         self.entry.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.entry / "request.json", self.request)
         plan = self.plan()
@@ -246,7 +276,11 @@ class _Job:
         enc.model.eval()
         pin = device.type == "cuda" and torch.cuda.is_available()
 
-        def prepare(waves: list[np.ndarray]) -> EncoderInputs:  # on the decoding thread, overlapping the forward
+        limit = chunk_limit(enc, opts.get("chunk_seconds"))
+
+        def prepare(waves: list[np.ndarray]) -> Any:  # on the decoding thread, overlapping the forward
+            if limit is not None and any(len(w) > limit for w in waves):
+                return waves  # long clips: encoded chunk by chunk (features.chunking)
             inputs = enc.prepare(waves)
             if pin:
                 inputs.model_kwargs = {k: v.pin_memory() for k, v in inputs.model_kwargs.items()}
@@ -263,7 +297,11 @@ class _Job:
                     if stop_after is not None and count >= stop_after:
                         break
                     segs = [self.dataset.items[i].segments for i in idx] if segmented else None
-                    writer.submit(batch_no, idx, forward(inputs, segs))
+                    if isinstance(inputs, list):  # a batch with a clip above the chunk limit (rare)
+                        pooled = pool_batch(enc, inputs, {**opts, "layers": self.states}, segs)
+                    else:
+                        pooled = forward(inputs, segs)
+                    writer.submit(batch_no, idx, pooled)
                     bar.update(1)
         finally:
             loader.close()  # stops the decoding thread at once
