@@ -11,6 +11,7 @@ import typer
 from speechprune.cli.cmd_finetune import saved_split, split_options, split_spec_for
 from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
+from speechprune.utils.device import DEVICE_HELP, resolve_device
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +54,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, help="Continue an interrupted run (stage and epoch it reached)."),
         overwrite: bool = typer.Option(False, help="Replace an existing output / interrupted run."),
         cache_dir: Optional[Path] = typer.Option(None, help="Root of the teacher-target cache."),
-        device: str = typer.Option("auto", help="auto, cpu or cuda (training)."),
+        device: str = typer.Option("auto", help="Teacher pass and training: " + DEVICE_HELP),
+        mixed_precision: str = typer.Option("no", help="Training precision: no | bf16 | fp16 (autocast)."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         config: Optional[str] = config_option(),
     ) -> None:
@@ -80,7 +82,8 @@ def register(app: typer.Typer) -> None:
 
         def stage(epochs: int) -> TrainConfig:
             return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant", warmup_ratio=0.0,
-                               max_grad_norm=None, patience=patience, seed=seed, device=device).validate()
+                               max_grad_norm=None, patience=patience, seed=seed, device=device,
+                               mixed_precision=mixed_precision).validate()
 
         cfg = DistillConfig(mimicker=mimicker, hidden=hidden, blocks=blocks, nhead=nhead, intermediate=intermediate,
                             positions=positions, freeze_mimicker=freeze_mimicker, stage1=stage(stage1_epochs),
@@ -88,11 +91,15 @@ def register(app: typer.Typer) -> None:
         split = split_spec_for(teacher, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
         if not (split_column or test_groups or val_groups) and saved_split(teacher):
             console.print(f"splits as in the teacher's training.json: {split.to_dict()}")
+        dev = resolve_device(device)
         from speechprune.utils.outputs import check_dir_target
 
         check_dir_target(out, "--out")  # a usable output folder, before loading anything
-        enc = load_encoder(teacher, window_seconds=window)
-        ds = load_dataset_spec(data, [label], group)
+        # the split's own columns must be loaded too (a split column given here or recorded by the teacher's
+        # fine-tuning; its group column), or the split cannot find them
+        columns = list(dict.fromkeys([label, *([split.split_column] if split.split_column else [])]))
+        ds = load_dataset_spec(data, columns, group or split.group_column)
+        enc = load_encoder(teacher, window_seconds=window, device=dev)
         res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,
                       cache_dir=cache_dir)
         cost = res["cost"]
@@ -104,6 +111,7 @@ def register(app: typer.Typer) -> None:
             from speechprune.utils.io import write_json_atomic
 
             student = load_student(out)
+            enc.model.to("cpu")  # the latency protocol times both on the CPU, one thread
             lat = compare_latency({"teacher": (enc.model, teacher_latency_inputs(enc)),
                                    "student": (student, dummy_student_inputs(student))}, rounds=3, repeats=5)
             lat["latency_gain"] = lat["teacher"]["median_ms"] / lat["student"]["median_ms"]

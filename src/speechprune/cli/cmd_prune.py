@@ -14,6 +14,7 @@ from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_f
 from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.device import DEVICE_HELP, resolve_device
 
 prune_app = typer.Typer(help="Remove parts of a model: whole layers (`layers`), or channels/heads/FFN units.",
                         no_args_is_help=True)
@@ -55,6 +56,8 @@ def register(app: typer.Typer) -> None:
         profile_seconds: float = typer.Option(1.0, help="Clip length for the MACs of the removal curve."),
         influence_clips: int = typer.Option(200, min=10, help="Training clips used to measure block influence."),
         overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+        device: str = typer.Option("auto", help="Where features, influence and evaluations are computed: "
+                                                + DEVICE_HELP),
         progress: bool = typer.Option(True, help="Show progress bars."),
         config: Optional[str] = config_option(),
     ) -> None:
@@ -83,7 +86,8 @@ def register(app: typer.Typer) -> None:
             raise SpeechpruneError(f"{chosen[0]} needs --data and --label")
         from speechprune.models import load_encoder
 
-        enc = load_encoder(model, window_seconds=window)
+        dev = resolve_device(device)
+        enc = load_encoder(model, window_seconds=window, device=dev)
         if no_retrain:
             spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
             _removal(enc, data, label, group, spec, split_list(order), out, batch_size, profile_seconds,
@@ -96,6 +100,7 @@ def register(app: typer.Typer) -> None:
             pruned = enc.drop_layers(_layer_list(drop))
         else:
             pruned, meta = _by_convexity(enc, data, label, group, tolerance, batch_size, progress)
+        pruned.model.to("cpu")
         pruned.save_pretrained(out, metadata={"layer_pruning": meta or {"keep": keep, "drop": drop}})
         console.print(f"kept layers {pruned.kept_layers} of {enc.num_layers} → {out}")
         typer.echo(json.dumps({"model_dir": str(out), "kept_layers": pruned.kept_layers, **meta}))
@@ -108,7 +113,10 @@ def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float,
     from speechprune.features.extract import extract_features
 
     ds = load_dataset_spec(data, [label], group)
-    feats = extract_features(enc, ds, pooling="mean", batch_size=batch_size, progress=progress)
+    from speechprune.utils.device import model_device
+
+    feats = extract_features(enc, ds, pooling="mean", batch_size=batch_size, device=str(model_device(enc.model)),
+                             progress=progress)
     rows = convexity_by_layer(feats, label)
     choice = choose_depth({r["state"]: r["score"] for r in rows}, tolerance)
     console.print("convexity by state: " + ", ".join(f"{r['state']}: {r['score']:.1f}" for r in rows))

@@ -1,6 +1,7 @@
 """Layer removal without retraining: from the fine-tuned baseline, remove layers one at a time in each order,
-evaluate after each step (retained-accuracy curves, ``removal/removal.csv`` + ``.png``), and keep per order the
-model with the most layers removed that still retains ``min_retained`` of the accuracy."""
+evaluate after each step on validation and on test (retained-accuracy curves, ``removal/removal.csv`` + ``.png``),
+and keep per order the model with the most layers removed that still retains ``min_retained`` of the *validation*
+accuracy (test is recorded and reported, never read to choose)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Removal(Compression):
     name = "removal"
     options = RemovalOptions
     inputs = ("baseline",)
-    figures = (("Layer removal without retraining", "removal/removal.png"),)
+    figures = (("Layer removal without retraining: validation (chooses) and test (reported)", "removal/removal.png"),)
 
     def validate(self, options: RemovalOptions) -> None:
         from speechprune.compress.layers import ORDERS
@@ -47,6 +48,7 @@ class Removal(Compression):
         from speechprune.data.splits import make_splits
 
         enc = teacher.load()
+        enc.model.to(out.torch_device())
         parts = make_splits(task.dataset, task.label, task.split)
         orders = list(options.orders)
         influence = None
@@ -57,8 +59,17 @@ class Removal(Compression):
         rows: list[dict[str, Any]] = []
         for order in orders:
             seq = removal_order(order, enc.num_layers, (influence or {}).get(order))
-            rows += removal_curve(enc, task.dataset, task.label, seq, parts["test"], batch_size=out.batch_size,
-                                  profile_seconds=out.profile_seconds, order_name=order, progress=out.progress)
+            curves = {split: removal_curve(enc, task.dataset, task.label, seq, parts[split], batch_size=out.batch_size,
+                                           profile_seconds=out.profile_seconds, order_name=order,
+                                           progress=out.progress)
+                      for split in ("validation", "test")}
+            for v, t in zip(curves["validation"], curves["test"]):
+                rows.append({**{k: v[k] for k in ("order", "removed", "removed_layers", "kept_layers", "macs",
+                                                    "macs_fraction")},
+                             "val_accuracy": v["accuracy"], "val_macro_f1": v["macro_f1"],
+                             "val_retained": v["retained"], "test_accuracy": t["accuracy"],
+                             "test_macro_f1": t["macro_f1"], "test_retained": t["retained"],
+                             "n_validation": len(parts["validation"]), "n_test": len(parts["test"])})
         folder = out.folder(self.name)
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "removal.csv", "w", newline="") as f:
@@ -68,18 +79,20 @@ class Removal(Compression):
         plot_removal_curves(rows, folder / "removal.png", title="layer removal without retraining")
         candidates = []
         for order in orders:
-            ok = [r for r in rows if r["order"] == order and r["retained"] >= options.min_retained and r["removed"] > 0]
+            ok = [r for r in rows if r["order"] == order and r["val_retained"] >= options.min_retained
+                  and r["removed"] > 0]
             if not ok:
                 continue
-            best = max(ok, key=lambda r: r["removed"])
+            best = max(ok, key=lambda r: r["removed"])  # chosen on validation
             drop = [int(x) for x in best["removed_layers"].split()]
             name = f"removal-{order}-r{best['removed']}"
             pruned = enc.drop_layers(drop)
             pruned.save_pretrained(out.model_dir(name), metadata={"removed_layers": drop, "order": order})
             candidates.append(Candidate(
                 name, f"removal without retraining ({order}, {best['removed']} layers)", str(out.model_dir(name)),
-                {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"]},
-                {"num_layers": pruned.num_layers, "kept_layers": pruned.kept_layers, "train_seconds": 0.0}, self.name))
+                {"accuracy": best["test_accuracy"], "macro_f1": best["test_macro_f1"]},
+                {"num_layers": pruned.num_layers, "kept_layers": pruned.kept_layers, "train_seconds": 0.0,
+                 "val_accuracy": best["val_accuracy"]}, self.name))
         out.details.update({
             "csv": str(folder / "removal.csv"), "plot": str(folder / "removal.png"), "rows": rows,
             "influence": {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()}})
