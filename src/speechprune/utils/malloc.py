@@ -4,7 +4,7 @@ A forward pass allocates and frees the same large activation buffers every batch
 CNN's first output alone is 210 MB). glibc serves every block above its mmap threshold (adaptive, at most 32 MiB on
 64-bit) with fresh ``mmap`` pages and hands them back with ``munmap`` when freed, so each batch page-faults all of
 them in again: most of the system time of an extraction, and a large share of its wall time on a VM (see
-``benchmarks/results/extract.md``). :func:`tune_allocator` sets three ``mallopt`` parameters through ctypes:
+``benchmarks/results/allocator.md``). :func:`tune_allocator` sets three ``mallopt`` parameters through ctypes:
 
 * ``M_MMAP_MAX = 0``: large blocks come from the heap too, so a freed buffer is reused by the next batch without
   page faults (glibc still falls back to ``mmap`` if the heap cannot grow);
