@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -106,8 +105,11 @@ def register(app: typer.Typer) -> None:
         test = res.get("test", {})
         if latency:
             from speechprune.compress.distill import load_student
-            from speechprune.compress.distill.evaluate import (compare_latency, dummy_student_inputs,
-                                                               teacher_latency_inputs)
+            from speechprune.compress.distill.evaluate import (
+                compare_latency,
+                dummy_student_inputs,
+                teacher_latency_inputs,
+            )
             from speechprune.utils.io import write_json_atomic
 
             student = load_student(out)

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_run_config(config, items)
         from speechprune.utils.outputs import claim_run_output
 
-        claim_run_output(cfg.out, overwrite=overwrite)  # usable, ours or --overwrite, locked for the whole run
+        claim_run_output(cfg.out, overwrite=overwrite, config=config)  # usable, ours or --overwrite; locked
         res = run_pipeline(cfg, progress=progress, log=lambda m: console.print(m))
         from speechprune.utils.distributed import is_main_process
 
