@@ -75,6 +75,15 @@ def register(app: typer.Typer) -> None:
         cfg.validate()
         dev = resolve_device(device)
         cfg.device = str(dev)
+        from speechprune.utils.distributed import is_main_process
+
+        if not is_main_process():  # another process of a multi-process launch: it only helps extract the features
+            from speechprune.analysis.runner import analysis_features
+
+            enc = load_encoder(model, window_seconds=window, device=device)
+            analysis_features(enc, load_dataset_spec(data, list(label), group, segments_dir), cfg,
+                              cache_dir=cache_dir, progress=False)
+            return
         with output_folder(out, overwrite=overwrite, command="analyze") as tmp:  # all results or none
             ds = load_dataset_spec(data, list(label) + ([split_column] if split_column else []), group, segments_dir,
                                    audio_column)
