@@ -11,8 +11,8 @@ What "as written" allows, and why (each rule below is the whole list; nothing el
 * **Not run** (:data:`NOT_RUN`): commands whose cost or environment a test cannot have, each with its reason
   and the test that covers it instead.
 
-A ``yaml`` block whose first line is ``# NAME.yaml`` is written to ``NAME.yaml`` before the next block runs (the
-README shows the file, then uses it). ``test_a_broken_command_fails`` proves the harness notices a failure.
+A ``yaml`` block whose first line is ``# NAME.yaml`` is written to ``NAME.yaml`` before any command runs (the
+README may use the file before it shows it). ``test_a_broken_command_fails`` proves the harness notices a failure.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"import-ct2 base models/whisper-base", "import-ct2 tiny.en models/whisper-base",
      "Whisper base is 4x slower than tiny.en in every later command; the folder name stays"),
-    (r"(speechprune (?:finetune|distill|prune structured)\b[^\n]*)", r"\1 --epochs 1",
+    (r"(speechprune (?:finetune|prune structured)\b[^\n]*)", r"\1 --epochs 1",
      "one epoch is enough to show the command runs"),
+    (r"(speechprune distill\b[^\n]*)", r"\1 --stage1-epochs 1 --stage2-epochs 1",
+     "one epoch per stage is enough to show the command runs"),
     (r"(speechprune run \S+\.yaml)", r"\1 train.epochs=1 compress.structured.finetune_epochs=0",
      "one epoch is enough to show the command runs"),
 ]
@@ -144,14 +146,14 @@ def make_workspace(root: Path) -> Path:
 def run_readme(text: str, repo: Path, env: dict[str, str]) -> list[tuple[int, str, str]]:
     """Run every block of ``text`` in ``repo``; returns (line, command, status) rows; raises on a failure."""
     rows: list[tuple[int, str, str]] = []
-    for block in readme_blocks(text):
-        if block.lang == "yaml":
-            first = block.code.splitlines()[0] if block.code else ""
-            name = re.match(r"#\s*(\S+\.ya?ml)\s*$", first)
-            if name:
-                (repo / name.group(1)).write_text(block.code + "\n")
-                rows.append((block.line, f"write {name.group(1)}", "written"))
-            continue
+    blocks = readme_blocks(text)
+    for block in blocks:  # the files the README shows are written first: a command may precede its example file
+        first = block.code.splitlines()[0] if block.code else ""
+        name = re.match(r"#\s*(\S+\.ya?ml)\s*$", first) if block.lang == "yaml" else None
+        if name:
+            (repo / name.group(1)).write_text(block.code + "\n")
+            rows.append((block.line, f"write {name.group(1)}", "written"))
+    for block in blocks:
         if block.lang in ("bash", "sh", "shell", "console"):
             jobs = [(cmd, substitute(cmd)) for cmd in shell_commands(block.code)]
             runner = lambda c: ["bash", "-euo", "pipefail", "-c", c]  # noqa: E731
