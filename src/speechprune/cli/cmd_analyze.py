@@ -56,8 +56,8 @@ def register(app: typer.Typer) -> None:
 
             speechprune analyze models/whisper-base ../shared/data/emodb -l emotion -l speaker --group speaker --test-groups 14,15,16
         """
-        from speechprune.analysis.runner import AnalysisConfig, run_analysis
-        from speechprune.models import load_encoder
+        from speechprune import api
+        from speechprune.analysis.runner import AnalysisConfig
 
         cfg = AnalysisConfig(
             labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
@@ -67,8 +67,7 @@ def register(app: typer.Typer) -> None:
         )
         cfg.validate()
         ds = load_dataset_spec(data, list(label), group, segments_dir)
-        enc = load_encoder(model, window_seconds=window, device=device)
-        result = run_analysis(enc, ds, cfg, out, cache_dir=cache_dir, progress=progress)
+        result = api.analyze(model, ds, out, cfg, window=window, cache_dir=cache_dir, progress=progress)
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):
                 console.print(f"[bold]{lab}[/bold]: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

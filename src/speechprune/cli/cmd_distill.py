@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import console
 from speechprune.cli.config import config_option
 
 
@@ -73,9 +73,8 @@ def register(app: typer.Typer) -> None:
 
             speechprune distill runs/fsdd-word ../shared/data/fsdd --label word --mimicker mlp --hidden 64 --blocks 2
         """
-        from speechprune.compress.distill import distill
+        from speechprune import api
         from speechprune.compress.distill.train import DistillConfig
-        from speechprune.models import load_encoder
         from speechprune.train.loop import TrainConfig
         from speechprune.train.splits import SplitSpec
 
@@ -98,24 +97,12 @@ def register(app: typer.Typer) -> None:
                 console.print(f"splits as in the teacher's training.json: {spec}")
         if split is None:
             split = SplitSpec(test_fraction=test_fraction, seed=seed)
-        enc = load_encoder(teacher, window_seconds=window)
-        ds = load_dataset_spec(data, [label], group)
-        res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,
-                      cache_dir=cache_dir)
+        res = api.distill(teacher, data, label, out, cfg, split, group=group, window=window, latency=latency,
+                          resume=resume, overwrite=overwrite, cache_dir=cache_dir, progress=progress)
         cost = res["cost"]
         test = res.get("test", {})
         if latency:
-            from speechprune.compress.distill import load_student
-            from speechprune.compress.distill.evaluate import (compare_latency, dummy_student_inputs,
-                                                               teacher_latency_inputs)
-            from speechprune.utils.io import write_json_atomic
-
-            student = load_student(out)
-            lat = compare_latency({"teacher": (enc.model, teacher_latency_inputs(enc)),
-                                   "student": (student, dummy_student_inputs(student))}, rounds=3, repeats=5)
-            lat["latency_gain"] = lat["teacher"]["median_ms"] / lat["student"]["median_ms"]
-            lat["mac_gain"] = cost["mac_gain"]
-            write_json_atomic(out / "latency.json", lat)
+            lat = res["latency"]
             console.print(f"latency: teacher {lat['teacher']['median_ms']:.2f} ms, student "
                           f"{lat['student']['median_ms']:.2f} ms ({lat['latency_gain']:.1f}x; MACs predict "
                           f"{cost['mac_gain']:.1f}x)")

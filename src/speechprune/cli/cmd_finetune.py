@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import console
 from speechprune.cli.config import config_option
 
 
@@ -80,8 +80,7 @@ def register(app: typer.Typer) -> None:
 
             speechprune finetune models/whisper-base ../shared/data/emodb -l emotion --group speaker --test-groups 14,15,16 --window 2 -o runs/emodb
         """
-        from speechprune.models import load_encoder
-        from speechprune.train.finetune import finetune, prepare_output
+        from speechprune import api
         from speechprune.train.loop import TrainConfig
 
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, head_lr=head_lr,
@@ -89,12 +88,8 @@ def register(app: typer.Typer) -> None:
                           freeze_front_end=freeze_front_end, freeze_encoder=freeze_encoder, patience=patience,
                           seed=seed, mixed_precision=mixed_precision, max_seconds=max_seconds, device=device).validate()
         spec = make_split_spec(split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-        prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
-        ds = load_dataset_spec(data, [label] + ([split_column] if split_column else []), group)
-        enc = load_encoder(model, window_seconds=window)
-        if keep is not None:
-            enc = enc.keep_layers(keep)
-        res = finetune(enc, ds, label, out, cfg, spec, resume=resume, overwrite=overwrite, progress=progress)
+        res = api.finetune(model, data, label, out, cfg, spec, group=group, window=window, keep=keep, resume=resume,
+                           overwrite=overwrite, progress=progress)
         if "model_dir" not in res:
             return  # a non-main process of a multi-process run, or an interrupted run
         t = res["training"]

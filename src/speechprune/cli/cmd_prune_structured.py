@@ -10,7 +10,7 @@ import typer
 
 from speechprune.cli.cmd_finetune import split_list, split_options
 from speechprune.cli.cmd_prune import _spec, prune_app
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import console
 from speechprune.cli.config import config_option
 
 _so = split_options()
@@ -71,9 +71,8 @@ def structured_cmd(
 
         speechprune prune structured runs/fsdd-word data/fsdd -l word --split-column split --budget macs=0.5 -o runs/fsdd-hj50
     """
-    from speechprune.compress.structured.train import PruneOptions, prune_structured
-    from speechprune.models import load_encoder
-    from speechprune.train.finetune import prepare_output
+    from speechprune import api
+    from speechprune.compress.structured.train import PruneOptions
     from speechprune.train.loop import TrainConfig
 
     opts = PruneOptions(budgets=budget, structures=tuple(split_list(structures)), target_warmup=target_warmup,
@@ -83,14 +82,10 @@ def structured_cmd(
                       weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
                       freeze_front_end=freeze_front_end, patience=patience, seed=seed, max_seconds=max_seconds,
                       device=device).validate()
-    prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
     # the split the classifier was fine-tuned with (recorded in its training.json) unless one is given
     spec = _spec(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-    enc = load_encoder(model)
-    ds = load_dataset_spec(data, [label] + ([spec.split_column] if spec.split_column else []),
-                           group or spec.group_column)
-    res = prune_structured(enc, ds, label, out, cfg=cfg, split=spec, options=opts, resume=resume,
-                           overwrite=overwrite, progress=progress)
+    res = api.prune_structured(model, data, label, out, opts, cfg, spec, group=group, resume=resume,
+                               overwrite=overwrite, progress=progress)
     if "model_dir" not in res:
         return
     for name, b in res["budgets"].items():

@@ -34,12 +34,13 @@ def register(app: typer.Typer) -> None:
             speechprune run run.yaml train.epochs=2
             speechprune run model=models/whisper-base data=../shared/data/emodb label=emotion group=speaker split.test_groups=14,15,16 window=2 out=runs/emodb
         """
-        from speechprune.pipeline import load_run_config, run_pipeline
+        from speechprune import api
+        from speechprune.pipeline import load_run_config
 
         items = list(args or [])
         config = items.pop(0) if items and "=" not in items[0] else None
         cfg = load_run_config(config, items)
-        res = run_pipeline(cfg, progress=progress, log=lambda m: console.print(m))
+        res = api.run(cfg, progress=progress, log=lambda m: console.print(m))
         from speechprune.utils.distributed import is_main_process
 
         if not is_main_process():
