@@ -129,15 +129,24 @@ def test_hand_built_chain_exact_values() -> None:
         assert got[(6, 7)] == 1.0 and got[(1, 4)] == 0.0
 
 
-@pytest.mark.parametrize(("use_symmetry", "chunk"), [(False, 256), (True, 256), (False, 8), (True, 8)])
-def test_exact_agreement_with_dense_brute_force(use_symmetry: bool, chunk: int) -> None:
+@pytest.mark.parametrize(("use_symmetry", "chunk", "paths"), [
+    (False, 256, "compiled"), (True, 256, "compiled"),
+    (False, 256, "scipy"), (True, 256, "scipy"), (False, 8, "scipy"), (True, 8, "scipy"),
+])
+def test_exact_agreement_with_dense_brute_force(use_symmetry: bool, chunk: int, paths: str) -> None:
     """Two far-apart clusters (so some same-class pairs are unreachable), 3 classes spread over both, k = 4.
-    ``chunk=8`` makes the path search take its bounded route (pilot, radius-limited chunks, redo)."""
+    The compiled bidirectional kernel and the scipy route; ``chunk=8`` makes the scipy route take its bounded
+    path (pilot, radius-limited chunks, redo)."""
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.standard_normal((30, 3)), rng.standard_normal((28, 3)) + 40.0])
     y = rng.integers(0, 3, len(x))
-    res = graph_convexity(x, y, n_neighbors=4, processes=1, use_symmetry=use_symmetry, chunk=chunk)
-    assert (res.n_trees > res.n_sources) == (chunk == 8)  # the bounded route redid some sources
+    res = graph_convexity(x, y, n_neighbors=4, processes=1, use_symmetry=use_symmetry, chunk=chunk, paths=paths)
+    assert res.paths_method == paths
+    if paths == "scipy":
+        assert (res.n_trees > res.n_sources) == (chunk == 8)  # the bounded route redid some sources
+    else:  # one search per reachable pair; all ordered pairs are sampled, so (u, v) and (v, u) share one
+        reachable = round(res.n_pairs * (1 - res.unreachable_fraction))
+        assert res.n_trees * (2 if use_symmetry else 1) == reachable
     expected = brute_force_scores(x, y, 4, res.pairs)
     np.testing.assert_array_equal(res.pair_scores, expected)
     sizes = np.bincount(y)
@@ -190,10 +199,10 @@ def test_bounded_search_gives_the_same_scores_as_whole_trees(monkeypatch: pytest
     import speechprune.analysis.convexity as conv
 
     x, y = latent_768(6, 100, seed=5)
-    bounded = graph_convexity(x, y, max_pairs_per_class=500, processes=1, chunk=32)
+    bounded = graph_convexity(x, y, max_pairs_per_class=500, processes=1, chunk=32, paths="scipy")
     assert bounded.n_trees > bounded.n_sources > 64  # pilot + limited chunks + whole trees for the overshoots
     monkeypatch.setattr(conv, "LIMIT_QUANTILE", None)
-    whole = graph_convexity(x, y, max_pairs_per_class=500, processes=1, chunk=32)
+    whole = graph_convexity(x, y, max_pairs_per_class=500, processes=1, chunk=32, paths="scipy")
     assert whole.n_trees == whole.n_sources == bounded.n_sources
     np.testing.assert_array_equal(bounded.pairs, whole.pairs)
     np.testing.assert_array_equal(bounded.pair_scores, whole.pair_scores)

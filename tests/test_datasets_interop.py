@@ -133,3 +133,15 @@ def test_run_on_a_saved_datasetdict_split(saved: dict[str, Path], tmp_path: Path
     ])
     res = run_pipeline(cfg, progress=False)
     assert res is not None and (tmp_path / "run" / "report.html").is_file()
+
+
+def test_whisper_full_window_on_short_clips_warns(saved: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    from speechprune.features.window_advice import whisper_window_advice
+    from speechprune.models import load_encoder
+
+    ds = load_data(saved["single"], label_columns=["word"], audio_column="speech")
+    full = load_encoder("tiny:whisper")
+    advice = whisper_window_advice(full, ds)
+    assert advice is not None and "--window 1" in advice and f"{full.window_seconds:g} s window" in advice
+    assert whisper_window_advice(load_encoder("tiny:whisper", window_seconds=1.0), ds) is None
+    assert whisper_window_advice(load_encoder("tiny:wav2vec2"), ds) is None

@@ -87,7 +87,10 @@ def analyze(model: str, data: str, out: str | Path, options: Any, *, group: str 
 
     options.validate()
     ds = _data(data, list(options.labels), group, segments_dir)
+    from speechprune.features.window_advice import warn_if_window_too_long
+
     enc = load_encoder(model, window_seconds=window, device=options.device)
+    warn_if_window_too_long(enc, ds)
     return run_analysis(enc, ds, options, Path(out), cache_dir=Path(cache_dir) if cache_dir else None,
                         progress=progress)
 

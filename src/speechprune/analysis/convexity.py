@@ -15,24 +15,30 @@ Protocol (as the reference ``nnconvexity`` 0.1.1):
    share of interior vertices labelled c.
 4. Layer score = mean over all sampled pairs pooled across classes × 100; per-class score = mean of its pairs × 100.
 
-Why it is fast (``shared/docs/cpu-performance.md`` §5.3): the cost is almost entirely single-source shortest path
-trees, so the graph is exact-kNN sparse (never N × N), pairs are grouped by source, sources go to scipy's
-``dijkstra(indices=chunk, return_predecessors=True)`` in chunks, the predecessor walk is vectorised over all
-pairs of a chunk, chunks run on forked processes (scipy's csgraph holds the GIL, threads do not help), pairs whose
-endpoints lie in different connected components are scored 0 without any search, and — with ``use_symmetry`` —
-each pair needs a tree from only one of its endpoints, chosen by a greedy vertex cover so that few trees are
-computed (0.65× the sources at N = 20 000). With many sources, the search is also *bounded*: a graph path is never
-shorter than the straight line, and a pilot of whole trees measures how much longer it is, so each chunk's
-Dijkstra stops at a radius that holds its sources' targets (scipy's ``limit``); the few targets beyond it get a
-whole tree afterwards. Inside the radius the search is unchanged, so the scores are too; it halves the search
-time on multi-hop data (see ``LIMIT_QUANTILE``).
+Why it is fast (``shared/docs/cpu-performance.md`` §5.3, ``benchmarks/results/analysis_convexity.md``):
+
+* The graph is exact-kNN sparse (never N × N), from :func:`speechprune.analysis.knn.knn`: fp32 GEMM blocks on and
+  above the diagonal only (each product serves both blocks' rows), top-k, and a float64 check of the rows whose
+  ranking fp32 could get wrong; edge weights are float64 distances. ``device="cuda"`` runs these products there.
+* Paths (``paths="compiled"``, the default where numba is installed): one *bidirectional* Dijkstra per pair in a
+  compiled kernel (:mod:`speechprune.analysis.paths`), on threads sharing one graph (the kernel releases the GIL).
+  It settles two balls of half the path's radius instead of a whole single-source tree: 1.5 % of the graph per
+  pair at N = 20 000 against 29 % per source for a single-source search that stops once all its targets are
+  settled (which itself beats whole trees). Pairs whose endpoints lie in different connected components are
+  scored 0 without a search, and with ``use_symmetry`` the sampled pairs (u, v) and (v, u) share one search
+  (the graph is undirected, so they share the path; every pair is searched from its smaller index).
+* ``paths="scipy"`` keeps the earlier route, an independent cross-check: pairs grouped by source, scipy's
+  ``dijkstra(indices=chunk, return_predecessors=True, limit=…)`` on forked processes, a greedy vertex cover so that
+  few trees are needed, and a radius limit calibrated on a pilot of whole trees (``LIMIT_QUANTILE``).
 
 Known differences from the reference (none changes the definition):
 
-* Ties between equal-length shortest paths are broken by scipy, not igraph. With ``use_symmetry=True`` the path of
-  (u, v) may also come from v's tree, i.e. be the reverse of a different equal-length path. Ties have measure zero
-  for real-valued features, so scores agree to rounding on real data (measured: see
-  ``benchmarks/results/analysis_convexity.md`` and ``tests/test_analysis_convexity.py``).
+* Ties between equal-length shortest paths (exactly equal float64 lengths: measure zero for real-valued features)
+  are broken by a documented deterministic rule, not igraph's: the compiled kernel's heaps pop by (distance,
+  vertex index), a vertex keeps the first predecessor that reached it with its final distance, and the path of
+  (u, v) is searched from min(u, v) with ``use_symmetry`` (so (u, v) and (v, u) score alike) — see
+  :mod:`speechprune.analysis.paths`; ``paths="scipy"`` leaves ties to scipy. Scores agree with the reference to
+  its rounding on real data (``benchmarks/results/analysis_convexity.md``, ``tests/test_analysis_convexity.py``).
 * A point with exact duplicates gets its k nearest *distinct* neighbours; the reference keeps only
   ``k − #duplicates`` of them. Identical only without duplicate feature vectors.
 * Labels may be any hashable values (strings, ints); the reference selects class members with ``labels == i``
@@ -57,13 +63,13 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components, dijkstra
 from tqdm.auto import tqdm
 
+from speechprune.analysis import paths as _paths
 from speechprune.analysis.knn import knn
 from speechprune.errors import SpeechpruneError
 
 MIN_CHUNK = 32  # below this many sources per worker, forking costs more than it saves
-# kNN row block: the exact refinement holds block × (k + 9) × D float64 temporaries (≈ 240 MB each at 2048 and
-# D = 768). At N = 20 000, 512 halves the peak RSS (0.7 vs 1.35 GB) for ≈ 10 % more time (11 vs 10 s, load 1).
-KNN_BLOCK = 512
+KNN_BLOCK = 2048  # rows per fp32 GEMM block of the kNN graph (a 2048 × 2048 product is 16 MB)
+PATH_METHODS = ("auto", "compiled", "scipy")
 # Bounded search: after a pilot, each chunk's Dijkstra stops at q × its sources' largest straight-line distance to
 # a target, q = this quantile of (path length / straight line) in the pilot; the rest get whole trees afterwards.
 # Measured at N = 20 000 (6-d latent data): 0.5× the search time, 7 % of sources redone. None = whole trees only.
@@ -83,9 +89,10 @@ class ConvexityResult:
     endpoints and are far from independent); ``std`` is the plain standard deviation of the pair scores.
     ``pairs`` (M × 2 row indices, in their sampled orientation) and ``pair_scores`` (M, in [0, 1]) keep the raw
     sample so that any other aggregate can be computed; :meth:`to_dict` leaves them out. ``n_sources`` is the number
-    of distinct path sources, ``n_trees`` the shortest-path searches run (more than ``n_sources`` when a bounded
-    search had to be redone), ``mean_path_vertices`` the mean path size (endpoints included) of reachable pairs,
-    ``seconds`` the graph and path times.
+    of distinct path sources, ``n_trees`` the shortest-path searches run (compiled: one bidirectional search per
+    distinct pair; scipy: more than ``n_sources`` when a bounded search had to be redone), ``mean_path_vertices``
+    the mean path size (endpoints included) of reachable pairs, ``seconds`` the graph and path times,
+    ``paths_method`` the path route taken and ``n_settled`` the vertices it settled (compiled route only).
     """
 
     score: float
@@ -107,6 +114,8 @@ class ConvexityResult:
     seed: int
     use_symmetry: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    paths_method: str = "compiled"
+    n_settled: int = 0
     pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64), repr=False)
     pair_scores: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
@@ -159,20 +168,25 @@ def graph_convexity(
     chunk: int = 256,
     use_symmetry: bool = True,
     progress: bool = False,
+    paths: str = "auto",
+    device: str | None = None,
 ) -> ConvexityResult:
     """Graph convexity (in %) of the classes given by ``labels`` in the representation ``x`` (N × D).
 
-    ``processes`` forked workers compute the shortest-path trees (1 = in this process; falls back to 1 where fork
-    is unavailable). ``chunk`` sources share one scipy call (memory ≈ chunk × N × 12 bytes per worker).
-    ``use_symmetry`` computes each pair's path from whichever endpoint needs fewer trees overall; it changes only
-    which of several equal-length shortest paths is taken. Results depend on ``seed`` and nothing else.
+    ``processes`` workers compute the shortest paths: threads for the compiled kernel, forked processes for
+    ``paths="scipy"`` (1 = in this process). ``chunk`` sources share one scipy call (scipy route only; memory ≈
+    chunk × N × 12 bytes per worker). ``use_symmetry`` lets the pairs (u, v) and (v, u) share one search; it
+    changes only which of several equal-length shortest paths is taken. ``paths``: ``"compiled"`` (numba kernel),
+    ``"scipy"``, or ``"auto"`` (compiled where numba is installed). ``device`` runs the kNN graph's products there
+    (e.g. ``"cuda"``). Results depend on ``seed`` and nothing else.
     """
-    _check_options(n_neighbors, max_pairs_per_class, processes, chunk)
+    opts = _options(dict(n_neighbors=n_neighbors, max_pairs_per_class=max_pairs_per_class, seed=seed,
+                         processes=processes, chunk=chunk, use_symmetry=use_symmetry, progress=progress,
+                         paths=paths, device=device))
     data = _check_features(x, n_neighbors)
     classes, codes = _encode_labels(labels, data.shape[0])
-    prep = _prepare(data, n_neighbors)
-    return _score(prep, codes, classes, n_neighbors, max_pairs_per_class, seed, processes, chunk, use_symmetry,
-                  progress)
+    prep = _prepare(data, n_neighbors, opts["device"])
+    return _score(prep, codes, classes, **_score_opts(opts))
 
 
 def permutation_baseline(
@@ -193,8 +207,8 @@ def permutation_baseline(
     opts = _options(kw)
     data = _check_features(x, opts["n_neighbors"])
     classes, codes = _encode_labels(labels, data.shape[0])
-    prep = _prepare(data, opts["n_neighbors"])
-    return _baseline_on(prep, codes, classes, n_permutations, seed, opts)
+    prep = _prepare(data, opts["n_neighbors"], opts["device"])
+    return _baseline_on(prep, codes, classes, n_permutations, seed, _score_opts(opts))
 
 
 def convexity_by_layer(
@@ -210,29 +224,45 @@ def convexity_by_layer(
     Each row: ``state``, ``score``, ``std_error``, ``per_class``, ``pair_counts``, ``n_pairs``,
     ``unreachable_fraction``, ``skipped_classes``, ``seconds`` and — with ``n_permutations`` > 0 — the chance level
     ``chance`` ± ``chance_std`` from that many label permutations on the same graph. Unknown states raise
-    :class:`~speechprune.errors.LayerIndexError`.
+    :class:`~speechprune.errors.LayerIndexError`. For several label columns, :func:`convexity_by_labels` builds
+    each state's graph once for all of them.
     """
-    if label not in feats.labels:
-        raise SpeechpruneError(
-            f"no label column {label!r} in these features; available: {', '.join(feats.labels) or '(none)'}"
-        )
+    return convexity_by_labels(feats, [label], layers, n_permutations=n_permutations, **kw)[label]
+
+
+def convexity_by_labels(
+    feats: Any,
+    labels: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    n_permutations: int = 0,
+    **kw: Any,
+) -> dict[str, list[dict[str, Any]]]:
+    """:func:`convexity_by_layer` for several label columns: ``{label: rows}``, each state's kNN graph built once
+    and scored for every label (the graph is the expensive part that does not depend on the labels)."""
+    labels = list(labels)
+    for label in labels:
+        if label not in feats.labels:
+            raise SpeechpruneError(
+                f"no label column {label!r} in these features; available: {', '.join(feats.labels) or '(none)'}"
+            )
     opts = _options(kw)
-    labels = feats.labels[label]
     states = list(feats.layers) if layers is None else list(layers)
     for state in states:  # fail on a bad state index before spending minutes on the good ones
         feats.layer(state)
-    rows = []
+    out: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for state in states:
         data = _check_features(feats.layer(state), opts["n_neighbors"])
-        classes, codes = _encode_labels(labels, data.shape[0])
-        prep = _prepare(data, opts["n_neighbors"])
-        res = _score(prep, codes, classes, **opts)
-        row = {"state": int(state), **_row(res)}
-        if n_permutations > 0:
-            base = _baseline_on(prep, codes, classes, n_permutations, opts["seed"], opts)
-            row.update(chance=base.mean, chance_std=base.std)
-        rows.append(row)
-    return rows
+        prep = _prepare(data, opts["n_neighbors"], opts["device"])
+        for label in labels:
+            classes, codes = _encode_labels(feats.labels[label], data.shape[0])
+            res = _score(prep, codes, classes, **_score_opts(opts))
+            row = {"state": int(state), **_row(res)}
+            if n_permutations > 0:
+                base = _baseline_on(prep, codes, classes, n_permutations, opts["seed"], _score_opts(opts))
+                row.update(chance=base.mean, chance_std=base.std)
+            out[label].append(row)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- input checking
@@ -241,13 +271,24 @@ def convexity_by_layer(
 def _options(kw: dict[str, Any]) -> dict[str, Any]:
     """Fill :func:`graph_convexity`'s defaults into ``kw`` and reject unknown names (so typos do not pass silently)."""
     opts = dict(n_neighbors=10, max_pairs_per_class=5000, seed=42, processes=2, chunk=256, use_symmetry=True,
-                progress=False)
+                progress=False, paths="auto", device=None)
     unknown = set(kw) - set(opts)
     if unknown:
         raise TypeError(f"unknown graph_convexity option(s): {', '.join(sorted(unknown))}")
     opts.update(kw)
     _check_options(opts["n_neighbors"], opts["max_pairs_per_class"], opts["processes"], opts["chunk"])
+    if opts["paths"] not in PATH_METHODS:
+        raise SpeechpruneError(f"paths must be one of {', '.join(PATH_METHODS)}, got {opts['paths']!r}")
+    if opts["paths"] == "auto":
+        opts["paths"] = "compiled" if _paths.HAVE_NUMBA else "scipy"
+    elif opts["paths"] == "compiled" and not _paths.HAVE_NUMBA:
+        raise SpeechpruneError("paths='compiled' needs numba (pip install numba); or use paths='scipy'")
     return opts
+
+
+def _score_opts(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options :func:`_score` takes (everything but the graph's device)."""
+    return {k: v for k, v in opts.items() if k != "device"}
 
 
 def _check_options(n_neighbors: int, max_pairs: int, processes: int, chunk: int) -> None:
@@ -295,11 +336,12 @@ def _encode_labels(labels: Sequence[Any] | np.ndarray, n: int) -> tuple[list[Any
 # ------------------------------------------------------------------------------------------------------ the graph
 
 
-def knn_graph(x: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
+def knn_graph(x: np.ndarray, n_neighbors: int, device: str | None = None) -> sparse.csr_matrix:
     """Symmetric kNN graph as a scipy CSR matrix: edge i–j weighted by the Euclidean distance when j is among i's
     ``n_neighbors`` nearest distinct points or i among j's (``max(W, Wᵀ)``). Memory O(N·k), never N × N."""
     n = x.shape[0]
-    nb = knn(x, n_neighbors, metric="euclidean", exclude_self=True, exclude_duplicates=True, block=KNN_BLOCK)
+    nb = knn(x, n_neighbors, metric="euclidean", exclude_self=True, exclude_duplicates=True, block=KNN_BLOCK,
+             device=device)
     rows = np.repeat(np.arange(n), n_neighbors)
     w = sparse.csr_matrix((nb.distances.ravel(), (rows, nb.indices.ravel())), shape=(n, n))
     graph = w.maximum(w.T).tocsr()
@@ -307,9 +349,9 @@ def knn_graph(x: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
     return graph
 
 
-def _prepare(x: np.ndarray, n_neighbors: int) -> _Prepared:
+def _prepare(x: np.ndarray, n_neighbors: int, device: str | None = None) -> _Prepared:
     start = time.perf_counter()
-    graph = knn_graph(x, n_neighbors)
+    graph = knn_graph(x, n_neighbors, device)
     n_comp, comp = connected_components(graph, directed=False)
     return _Prepared(x, graph, comp, int(n_comp), time.perf_counter() - start)
 
@@ -538,6 +580,37 @@ def _bounded_factor(source: np.ndarray, reach: np.ndarray, dist: np.ndarray) -> 
     return float(np.quantile(need[ok] / est[ok], LIMIT_QUANTILE)) if ok.any() else np.inf
 
 
+def _compiled_path_scores(prep: _Prepared, codes: np.ndarray, pairs: np.ndarray, owner: np.ndarray, *,
+                          processes: int, use_symmetry: bool,
+                          progress: bool) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Score and interior count of every pair by the compiled bidirectional kernel; also the distinct sources,
+    the searches run and the vertices settled. Pairs in different components score 0 without a search; with
+    ``use_symmetry`` each unordered pair is searched once, from its smaller index."""
+    m, n = len(pairs), len(codes)
+    scores, interior = np.zeros(m), np.full(m, -1, np.int64)
+    comp = prep.components
+    linked = np.flatnonzero(comp[pairs[:, 0]] == comp[pairs[:, 1]])
+    u, v, cls = pairs[linked, 0], pairs[linked, 1], owner[linked]
+    if use_symmetry:
+        a, b = np.minimum(u, v), np.maximum(u, v)
+        _, first, inverse = np.unique(a * n + b, return_index=True, return_inverse=True)
+        su, sv, sc = a[first], b[first], cls[first]
+    else:
+        order = np.lexsort((v, u))  # by source: neighbouring searches touch nearby memory
+        su, sv, sc = u[order], v[order], cls[order]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+    graph = prep.graph
+    threads = max(1, int(processes))
+    with tqdm(total=_paths.n_pieces(len(su), threads), desc="convexity paths", unit="piece",
+              disable=not progress) as bar:
+        sc_, it_, _, settled = _paths.pair_paths(graph.indptr, graph.indices, graph.data, codes, su, sv, sc,
+                                                 threads=threads, on_piece=bar.update)
+    scores[linked] = sc_[inverse]
+    interior[linked] = it_[inverse]
+    return scores, interior, int(len(np.unique(su))), int(len(su)), settled
+
+
 def _path_scores(prep: _Prepared, codes: np.ndarray, pairs: np.ndarray, owner: np.ndarray, *, processes: int,
                  chunk: int, use_symmetry: bool, progress: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Score of every pair and its number of interior vertices; also the distinct sources and trees computed.
@@ -594,7 +667,8 @@ def _path_scores(prep: _Prepared, codes: np.ndarray, pairs: np.ndarray, owner: n
 
 
 def _score(prep: _Prepared, codes: np.ndarray, classes: list[Any], n_neighbors: int, max_pairs_per_class: int,
-           seed: int, processes: int, chunk: int, use_symmetry: bool, progress: bool) -> ConvexityResult:
+           seed: int, processes: int, chunk: int, use_symmetry: bool, progress: bool,
+           paths: str = "compiled") -> ConvexityResult:
     sizes = np.bincount(codes, minlength=len(classes))
     skipped = [classes[c] for c in np.flatnonzero(sizes < 2)]
     if len(skipped) == len(classes):
@@ -609,8 +683,13 @@ def _score(prep: _Prepared, codes: np.ndarray, classes: list[Any], n_neighbors: 
         )
     start = time.perf_counter()
     pairs, owner = _sample_all(codes, len(classes), max_pairs_per_class, seed)
-    scores, interior, n_sources, n_trees = _path_scores(prep, codes, pairs, owner, processes=processes, chunk=chunk,
-                                               use_symmetry=use_symmetry, progress=progress)
+    settled = 0
+    if paths == "compiled":
+        scores, interior, n_sources, n_trees, settled = _compiled_path_scores(
+            prep, codes, pairs, owner, processes=processes, use_symmetry=use_symmetry, progress=progress)
+    else:
+        scores, interior, n_sources, n_trees = _path_scores(prep, codes, pairs, owner, processes=processes,
+                                                            chunk=chunk, use_symmetry=use_symmetry, progress=progress)
     seconds_paths = time.perf_counter() - start
     scored = np.flatnonzero(sizes >= 2)
     counts = np.bincount(owner, minlength=len(classes))
@@ -639,6 +718,8 @@ def _score(prep: _Prepared, codes: np.ndarray, classes: list[Any], n_neighbors: 
         seed=int(seed),
         use_symmetry=bool(use_symmetry),
         seconds={"graph": prep.seconds_graph, "paths": seconds_paths},
+        paths_method=paths,
+        n_settled=int(settled),
         pairs=pairs,
         pair_scores=scores,
     )

@@ -1,19 +1,36 @@
-"""Exact k-nearest neighbours without an N × N matrix.
+"""Exact k-nearest neighbours without an N × N matrix: fp32 GEMM blocks, top-k, and a float64 check.
 
-Rows are processed in blocks: one GEMM gives a block's squared distances to every point
-(``‖x‖² − 2 x·y + ‖y‖²``, with the per-row constant dropped since it does not change the ranking), ``topk``
-keeps ``k + margin`` candidates, and the candidates' distances are then recomputed exactly in float64 and
-re-sorted. The fp32 GEMM is fast (≈ 3 s per 20 000 × 768 layer on 2 cores) and the float64 refinement removes
-the cancellation error of the expanded form, so the result matches a dense float64 ``cdist`` up to exact ties.
-Memory is ``block × N`` floats. Data are centred first (distances are translation invariant, smaller norms mean
-less cancellation).
+**Search.** Every score comes from an fp32 GEMM of row blocks (Euclidean: ``‖y‖² − 2 x·y`` on centred data, the
+per-row constant ``‖x‖²`` dropped since it does not change a row's ranking; inner product: ``−x·y``), and each row
+keeps its ``k + margin`` best candidates. Two ways to cover the N × N products:
 
-Used by mutual-kNN alignment (inner-product or Euclidean neighbours) and by graph convexity (Euclidean, edge
-weight = distance).
+* *dense* (small N, default below :data:`DENSE_MAX_ROWS`): each row block against all rows, one top-k per block;
+* *symmetric* (large N): only the blocks on and above the diagonal are multiplied, and each product ``G = X_I X_Jᵀ``
+  serves the rows of I (top-k along its rows) and the rows of J (top-k along its columns), so the GEMM work is
+  halved; the running candidates of every row are merged block by block (memory O(N·(k + margin))).
+
+**Exactness.** The fp32 scores carry a rounding error of at most ``ε = γ_D·(…)`` (the standard dot-product bound
+``|fl(x·y) − x·y| ≤ γ_D ‖x‖‖y‖``, γ_D = D·u / (1 − D·u), u = 2⁻²⁴, plus the rounding of the inputs), computed per
+row. Where the fp32 ranking cannot be wrong — every gap that decides the answer is larger than ``2ε`` — it is taken
+as is. Only the other rows (near ties, exact duplicates) are *refined*: their candidates are rescored in float64
+from the original data and sorted by ``(float64 score, index)``. A refined row whose candidate list might not hold
+all its true neighbours (the last candidate within ``2ε`` of the k-th) is redone against all rows in float64. So
+the result equals a dense float64 computation with ties broken by the smaller index — on the CPU and on a GPU
+alike (TF32 is switched off for these products).
+
+:func:`knn` also returns the float64 distances of the chosen neighbours (computed exactly, so only the k-th/(k+1)-th
+gap decides whether a row is refined); with ``distances=False`` it returns the indices only, ordered exactly (every
+gap among the first k + 1 candidates is checked), which is what the mutual-kNN overlap needs.
+
+Used by mutual-kNN alignment (inner-product neighbours on L2-normalised rows) and by graph convexity (Euclidean,
+edge weight = distance). Both accept a torch ``device`` (``"cuda"`` runs the GEMMs and top-k on the GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +39,10 @@ import torch
 from speechprune.errors import SpeechpruneError
 
 DEFAULT_BLOCK = 2048
+# At or below this many rows the dense row-block scan is used: the symmetric scheme's extra top-k along columns
+# and its merges cost more than the GEMM half they save (measured in benchmarks/analysis_knn.py).
+DENSE_MAX_ROWS = 6144
+_U32 = 2.0**-24
 
 
 @dataclass
@@ -42,89 +63,280 @@ def knn(
     exclude_duplicates: bool = False,
     margin: int = 8,
     block: int = DEFAULT_BLOCK,
+    normalize: bool = False,
+    device: str | torch.device | None = None,
+    symmetric: bool | None = None,
+    distances: bool = True,
+    exact_order: bool = True,
 ) -> Neighbours:
     """Exact k nearest neighbours of every row of ``x`` (N × D) among the rows of ``x``.
 
     ``exclude_duplicates`` also skips points at distance 0 from the query (other copies of the same vector), as
     the graph-convexity reference does; they are replaced by the next nearest points. ``metric="ip"`` ranks by
-    inner product (largest first), as the platonic-representation mutual-kNN does.
+    inner product (largest first), as the platonic-representation mutual-kNN does; ``normalize=True`` L2-normalises
+    the rows first (in float64). Ties are broken by the smaller index. ``device`` runs the products there (default:
+    the tensor's device, the CPU for numpy input); ``symmetric`` forces the search scheme (default: by size).
+    ``distances=False`` skips the float64 distances (``distances`` is then an empty array) — the cheaper call when
+    only the lists matter, as for mutual kNN; with ``exact_order=False`` as well, only the *set* of each row's k
+    neighbours is guaranteed exact (their order within the row is the fp32 one), which needs the fewest float64
+    checks (only rows whose k-th and (k+1)-th candidates are within the rounding bound).
     """
-    if metric not in ("euclidean", "ip"):
-        raise SpeechpruneError(f"unknown kNN metric {metric!r}; use 'euclidean' or 'ip'")
-    data = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    if data.ndim != 2:
-        raise SpeechpruneError(f"kNN needs an N × D matrix, got shape {tuple(data.shape)}")
-    n = data.shape[0]
-    if not torch.isfinite(data).all():
-        raise SpeechpruneError("features contain NaN or inf values; cannot compute neighbours")
-    available = n - 1 if exclude_self else n
-    if k < 1 or k > available:
-        raise SpeechpruneError(f"k={k} neighbours requested but only {available} other points exist (N={n})")
-    x64 = data.to(torch.float64)
-    if metric == "euclidean":
-        x64 = x64 - x64.mean(dim=0, keepdim=True)
-    x32 = x64.to(torch.float32)
-    sq = (x32 * x32).sum(dim=1)
-    take = min(k + margin + (1 if exclude_self else 0), n)
-    out_idx = np.empty((n, k), dtype=np.int64)
-    out_dist = np.empty((n, k), dtype=np.float64)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        rows = torch.arange(start, stop)
-        if metric == "euclidean":
-            score = torch.addmm(sq[None, :], x32[start:stop], x32.T, alpha=-2.0)  # ‖y‖² − 2x·y
+    search = _Search(x, k, metric, exclude_self, exclude_duplicates, margin, block, normalize, device, symmetric)
+    idx, dist = search.run(distances=distances, exact_order=exact_order)
+    return Neighbours(idx.cpu().numpy(), dist.cpu().numpy() if dist is not None else np.empty((0, k)))
+
+
+# ----------------------------------------------------------------------------------------------------- internals
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 products in full fp32 (no TF32) on CUDA, where torch may otherwise round the inputs to 10 bits."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def as_device(x: np.ndarray | torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
+    """``x`` as a tensor on ``device`` (default: where it is; numpy → CPU), without copying when it is there.
+    Read-only arrays (memory-mapped features) are wrapped as they are: the kernels never write to their input."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "non-writable array": never written here
+            t = torch.from_numpy(arr) if arr.dtype.kind in "fiub" else torch.as_tensor(arr.astype(np.float64))
+    return t if device is None else t.to(torch.device(device))
+
+
+class _Search:
+    def __init__(self, x: np.ndarray | torch.Tensor, k: int, metric: str, exclude_self: bool,
+                 exclude_duplicates: bool, margin: int, block: int, normalize: bool,
+                 device: str | torch.device | None, symmetric: bool | None) -> None:
+        if metric not in ("euclidean", "ip"):
+            raise SpeechpruneError(f"unknown kNN metric {metric!r}; use 'euclidean' or 'ip'")
+        data = as_device(x, device)
+        if data.ndim != 2:
+            raise SpeechpruneError(f"kNN needs an N × D matrix, got shape {tuple(data.shape)}")
+        if not data.is_floating_point():
+            data = data.to(torch.float64)
+        n = data.shape[0]
+        if not bool(torch.isfinite(data).all()):
+            raise SpeechpruneError("features contain NaN or inf values; cannot compute neighbours")
+        available = n - 1 if exclude_self else n
+        if k < 1 or k > available:
+            raise SpeechpruneError(f"k={k} neighbours requested but only {available} other points exist (N={n})")
+        if block < 1 or margin < 0:
+            raise SpeechpruneError(f"block must be ≥ 1 and margin ≥ 0, got block={block}, margin={margin}")
+        self.data, self.n, self.k, self.metric = data, n, k, metric
+        self.exclude_self, self.exclude_duplicates = exclude_self, exclude_duplicates and metric == "euclidean"
+        self.block, self.dev = block, data.device
+        self.take = min(k + margin + 1, available)  # candidates kept per row (one more than k for the gap check)
+        self.symmetric = n > DENSE_MAX_ROWS if symmetric is None else symmetric
+        self._prepare(normalize)
+
+    # -- fp32 operands and the error bound ---------------------------------------------------------------------
+    def _prepare(self, normalize: bool) -> None:
+        """fp32 rows for the GEMM (centred for Euclidean, normalised for ``normalize``), their fp32 squared norms,
+        the float64 scaling for the refinement, and each row's score error bound ε."""
+        n, d = self.data.shape
+        f64 = torch.float64
+        self.shift = None
+        self.scale = None  # float64 1/‖x‖ per row when normalising
+        step = max(1, (1 << 24) // max(d, 1))  # float64 temporaries of ≈ 128 MB at most
+        if normalize:  # first: the search sees normalised rows, centred afterwards for Euclidean
+            norms = torch.empty(n, dtype=f64, device=self.dev)
+            for lo in range(0, n, step):
+                norms[lo:lo + step] = torch.linalg.vector_norm(self.data[lo:lo + step].to(f64), dim=1)
+            self.scale = 1.0 / norms.clamp_min(1e-12)  # as torch.nn.functional.normalize: zero rows stay zero
+        if self.metric == "euclidean":
+            total = torch.zeros(d, dtype=f64, device=self.dev)
+            for lo in range(0, n, step):
+                total += self._rows64(slice(lo, lo + step)).sum(dim=0)
+            self.shift = total / n
+        x32 = torch.empty((n, d), dtype=torch.float32, device=self.dev)
+        for lo in range(0, n, step):
+            rows = self._rows64(slice(lo, lo + step))
+            x32[lo:lo + step] = rows.to(torch.float32)
+        self.x32 = x32
+        self.sq = (x32 * x32).sum(dim=1)  # fp32, consistent with the GEMM operands
+        norm = self.sq.to(f64).sqrt()
+        big = float(norm.max()) if n else 0.0
+        gamma = d * _U32 / (1 - d * _U32) + 4 * _U32  # dot product bound + input rounding, with slack
+        if self.metric == "euclidean":  # s = ‖y‖² − 2 x·y: both terms err
+            eps = gamma * (2 * norm * big + big * big)
         else:
-            score = -(x32[start:stop] @ x32.T)
-        if exclude_self:
-            score[torch.arange(stop - start), rows] = float("inf")
-        cand = torch.topk(score, take, dim=1, largest=False).indices  # B × take
-        exact = _exact_scores(x64, rows, cand, metric)
-        if exclude_self:
+            eps = gamma * norm * big
+        self.tol = (2 * eps * 1.0001 + 1e-30).to(torch.float32)  # comparing two scores: twice the bound
+
+    def _rows64(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Rows in float64 as the search sees them: centred (Euclidean) or normalised (``normalize``)."""
+        out = self.data[rows].to(torch.float64)
+        if self.scale is not None:
+            out = out * self.scale[rows][:, None]
+        if self.shift is not None:
+            out = out - self.shift
+        return out
+
+    # -- candidates ----------------------------------------------------------------------------------------------
+    def _scores(self, g: torch.Tensor, cols: slice) -> torch.Tensor:
+        """Row scores from a product block ``g = X_rows · X_colsᵀ`` (smaller = nearer); in place."""
+        if self.metric == "euclidean":
+            return g.mul_(-2.0).add_(self.sq[cols][None, :])
+        return g.neg_()
+
+    def _candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, indices), N × take, ascending by fp32 score."""
+        n, take, b = self.n, self.take, self.block
+        if not self.symmetric:
+            vals = torch.empty((n, take), dtype=torch.float32, device=self.dev)
+            idx = torch.empty((n, take), dtype=torch.int64, device=self.dev)
+            for lo in range(0, n, b):
+                hi = min(lo + b, n)
+                s = self._scores(self.x32[lo:hi] @ self.x32.T, slice(0, n))
+                if self.exclude_self:
+                    s[torch.arange(hi - lo, device=self.dev), torch.arange(lo, hi, device=self.dev)] = float("inf")
+                vals[lo:hi], idx[lo:hi] = torch.topk(s, take, dim=1, largest=False, sorted=True)
+            return vals, idx
+        vals = torch.full((n, take), float("inf"), dtype=torch.float32, device=self.dev)
+        idx = torch.full((n, take), -1, dtype=torch.int64, device=self.dev)
+        starts = list(range(0, n, b))
+        for i, lo in enumerate(starts):
+            hi = min(lo + b, n)
+            for lo2 in starts[i:]:
+                hi2 = min(lo2 + b, n)
+                g = self.x32[lo:hi] @ self.x32[lo2:hi2].T
+                if lo2 != lo:  # the column side first: it needs the raw product (rows of block J, scored vs I)
+                    gc = g.T.contiguous()
+                    self._merge(vals, idx, slice(lo2, hi2), self._scores(gc, slice(lo, hi)), lo)
+                s = self._scores(g, slice(lo2, hi2))
+                if lo2 == lo and self.exclude_self:
+                    s.fill_diagonal_(float("inf"))
+                self._merge(vals, idx, slice(lo, hi), s, lo2)
+        return vals, idx
+
+    def _merge(self, vals: torch.Tensor, idx: torch.Tensor, rows: slice, s: torch.Tensor, offset: int) -> None:
+        """Merge the top candidates of the score block ``s`` (columns = points ``offset + j``) into ``rows``."""
+        t = min(self.take, s.shape[1])
+        v, j = torch.topk(s, t, dim=1, largest=False, sorted=False)
+        both_v = torch.cat([vals[rows], v], dim=1)
+        both_i = torch.cat([idx[rows], j + offset], dim=1)
+        best_v, pos = torch.topk(both_v, self.take, dim=1, largest=False, sorted=True)
+        vals[rows] = best_v
+        idx[rows] = torch.gather(both_i, 1, pos)
+
+    # -- exact answer --------------------------------------------------------------------------------------------
+    def run(self, *, distances: bool, exact_order: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad(), exact_fp32(self.dev):
+            vals, idx = self._candidates()
+            k, take = self.k, self.take
+            tol = self.tol[:, None]
+            # rows whose fp32 answer might differ from the float64 one
+            if distances or not exact_order:  # order from the exact distances below, or not needed: only the set
+                unsure = (vals[:, k] - vals[:, k - 1] <= tol[:, 0]) if take > k else torch.zeros(
+                    self.n, dtype=torch.bool, device=self.dev)
+            else:
+                gaps = vals[:, 1:min(k + 1, take)] - vals[:, :min(k, take - 1)]
+                unsure = (gaps <= tol).any(dim=1) if gaps.numel() else torch.zeros(
+                    self.n, dtype=torch.bool, device=self.dev)
+            if self.exclude_duplicates:  # an estimated distance² near 0 may be a duplicate (exactly 0)
+                est = vals[:, :min(k + 1, take)] + self.sq[:, None]
+                unsure |= (est <= tol).any(dim=1)
+            out = idx[:, :k].clone()
+            dist = torch.empty((self.n, k), dtype=torch.float64, device=self.dev) if distances else None
+            rows = unsure.nonzero().flatten()
+            if rows.numel():
+                out[rows], exact_rows = self._refine(rows, vals, idx)
+                if dist is not None:
+                    dist[rows] = exact_rows
+            if dist is not None:
+                sure = (~unsure).nonzero().flatten()
+                if sure.numel():
+                    dist[sure] = self._exact(sure, out[sure])
+                out, dist = _sort_by(dist, out)
+                if self.metric == "euclidean":
+                    dist = dist.clamp_min(0.0).sqrt()
+            return out, dist
+
+    def _exact(self, rows: torch.Tensor, cand: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
+        """float64 scores (distance² or −inner product) of ``rows`` against their candidates ``cand`` (R × C).
+
+        Euclidean: the difference form ``Σ (c − q)²`` (exactly 0 for duplicates, no cancellation); inner product:
+        one batched float64 GEMV per chunk on the raw rows, scaled by the float64 inverse norms afterwards."""
+        out = torch.empty(cand.shape, dtype=torch.float64, device=self.dev)
+        width = cand.shape[1]
+        step = max(1, chunk // max(1, width * self.data.shape[1]))
+        for lo in range(0, rows.numel(), step):
+            r = rows[lo:lo + step]
+            cr = cand[lo:lo + step]
+            if self.metric == "euclidean":
+                q = self._rows64(r)[:, None, :]
+                c = self._rows64(cr.reshape(-1)).view(r.numel(), width, -1)
+                out[lo:lo + step] = ((c - q) ** 2).sum(dim=-1)
+            else:
+                q = self.data[r].to(torch.float64)
+                c = self.data[cr.reshape(-1)].to(torch.float64).view(r.numel(), width, -1)
+                dots = torch.bmm(c, q[:, :, None])[:, :, 0]
+                if self.scale is not None:
+                    dots *= self.scale[r][:, None] * self.scale[cr]
+                out[lo:lo + step] = -dots
+        return out
+
+    def _refine(self, rows: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact float64 answer for ``rows``: rescore their candidates, fall back to all points if needed."""
+        k = self.k
+        cand = idx[rows]
+        exact = self._exact(rows, cand)
+        if self.exclude_self:
             exact[cand == rows[:, None]] = float("inf")
-        if exclude_duplicates and metric == "euclidean":
+        if self.exclude_duplicates:
             exact[exact <= 0.0] = float("inf")
-        order = torch.argsort(exact, dim=1, stable=True)[:, :k]
-        chosen = torch.gather(cand, 1, order)
-        chosen_d = torch.gather(exact, 1, order)
-        if not torch.isfinite(chosen_d).all():
-            chosen, chosen_d = _fallback(x64, rows, k, metric, exclude_self, exclude_duplicates, chosen, chosen_d)
-        out_idx[start:stop] = chosen.numpy()
-        out_dist[start:stop] = chosen_d.numpy() if metric == "ip" else np.sqrt(chosen_d.numpy())
-    return Neighbours(out_idx, out_dist)
+        exact[cand < 0] = float("inf")
+        chosen, chosen_d = _sort_by(exact, cand)
+        chosen, chosen_d = chosen[:, :k], chosen_d[:, :k]
+        complete = self.take >= (self.n - 1 if self.exclude_self else self.n)
+        # points outside the list have fp32 score ≥ the last candidate's; their exact score ≥ that − ε
+        safe = torch.isfinite(chosen_d).all(dim=1)
+        if not complete:
+            last = vals[rows, -1].to(torch.float64)
+            bound = last - self.tol[rows].to(torch.float64)
+            kth = chosen_d[:, -1] - (self.sq[rows].to(torch.float64) if self.metric == "euclidean" else 0.0)
+            safe &= kth < bound
+        for b in (~safe).nonzero().flatten().tolist():
+            chosen[b], chosen_d[b] = self._full_row(int(rows[b]))
+        return chosen, chosen_d
 
-
-def _exact_scores(x64: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, metric: str) -> torch.Tensor:
-    q = x64[rows][:, None, :]  # B × 1 × D
-    c = x64[cand]  # B × take × D
-    if metric == "euclidean":
-        return ((c - q) ** 2).sum(dim=-1)
-    return -(c * q).sum(dim=-1)
-
-
-def _fallback(
-    x64: torch.Tensor,
-    rows: torch.Tensor,
-    k: int,
-    metric: str,
-    exclude_self: bool,
-    exclude_duplicates: bool,
-    chosen: torch.Tensor,
-    chosen_d: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows with more duplicates than the candidate margin: redo them against all points in float64."""
-    bad = (~torch.isfinite(chosen_d)).any(dim=1).nonzero().flatten()
-    for b in bad.tolist():
-        i = int(rows[b])
-        diff = x64 - x64[i]
-        d = (diff * diff).sum(dim=1) if metric == "euclidean" else -(x64 @ x64[i])
-        if exclude_self:
+    def _full_row(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row against every point in float64 (many duplicates or near ties beyond the candidate margin)."""
+        q = self._rows64(slice(i, i + 1))
+        d = torch.empty(self.n, dtype=torch.float64, device=self.dev)
+        step = max(1, (1 << 24) // max(1, self.data.shape[1]))
+        for lo in range(0, self.n, step):
+            c = self._rows64(slice(lo, lo + step))
+            d[lo:lo + step] = ((c - q) ** 2).sum(dim=1) if self.metric == "euclidean" else -(c @ q[0])
+        if self.exclude_self:
             d[i] = float("inf")
-        if exclude_duplicates and metric == "euclidean":
+        if self.exclude_duplicates:
             d[d <= 0.0] = float("inf")
-        order = torch.argsort(d, stable=True)[:k]
-        if not torch.isfinite(d[order]).all():
+        order = torch.argsort(d, stable=True)[: self.k]  # stable: equal scores in index order
+        if not bool(torch.isfinite(d[order]).all()):
             raise SpeechpruneError(
-                f"point {i} has fewer than k={k} distinct neighbours (too many duplicate feature vectors)"
+                f"point {i} has fewer than k={self.k} distinct neighbours (too many duplicate feature vectors)"
             )
-        chosen[b], chosen_d[b] = order, d[order]
-    return chosen, chosen_d
+        return order, d[order]
+
+
+def _sort_by(score: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by (score, index): ties in index order, whatever order the candidates came in."""
+    by_index = torch.argsort(idx, dim=1)
+    idx = torch.gather(idx, 1, by_index)
+    score = torch.gather(score, 1, by_index)
+    order = torch.argsort(score, dim=1, stable=True)
+    return torch.gather(idx, 1, order), torch.gather(score, 1, order)

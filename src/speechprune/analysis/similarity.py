@@ -6,12 +6,14 @@ of layer i).
 
 Why the implementation looks the way it does (measurements in ``docs/cpu-performance.md`` §5):
 
-* **Linear CKA** is computed in its *feature-space* form, accumulated over row batches in float64 by
-  :class:`StreamingCKA`. Memory grows with D² per pair, never with N², and the N × N Gram form (O(N²) memory,
-  fp32 errors of 2–5·10⁻³ from centring cancellation) is kept only as the independent reference
-  :func:`cka_gram`. Centring is exact: every batch is first shifted by the first batch's mean (so the data the
-  products see are nearly centred and the float64 mean correction ``C − n μ μᵀ`` cancels almost nothing),
-  then the exact mean correction is applied when the matrix is read.
+* **Linear CKA** is computed in its *feature-space* form by :class:`StreamingCKA`: rows are staged in fixed
+  chunks with the states side by side (Z), and each chunk is reduced with *triangular block GEMMs* — per state a,
+  one product ``Z_aᵀ Z[:, a..]``, i.e. the blocks on and above the diagonal of ZᵀZ that one ``ssyrk`` computes —
+  in fp32 by default, each chunk's D × D results added into float64 accumulators (error ≤ 1e-7 against float64,
+  measured). Memory grows with D² per pair, never with N², and the N × N Gram form (O(N²) memory, fp32 errors of
+  2–5·10⁻³ from centring cancellation) is kept only as the independent reference :func:`cka_gram`. Centring is
+  exact: rows are shifted by the column means (so the products see centred data and the float64 mean correction
+  ``C − n μ μᵀ`` cancels almost nothing), and the exact correction is applied when the matrix is read.
 * **Debiased CKA** uses the unbiased HSIC U-statistic (Song et al. 2012; Nguyen et al. 2021), which the Google
   ``representation_similarity`` notebook also writes in feature space: with centred X, Y, row norms
   ``a_r = ‖x_r‖²``, ``b_r = ‖y_r‖²``::
@@ -21,8 +23,9 @@ Why the implementation looks the way it does (measurements in ``docs/cpu-perform
   The row-norm terms are accumulated over batches in the shifted frame and mean-corrected exactly, so both
   biased and debiased CKA come from one pass over the data.
 * **Mutual kNN** (platonic-representation alignment) computes each state's neighbour lists once with the
-  exact blocked :func:`speechprune.analysis.knn.knn` and then intersects lists for every pair; the pairs are
-  nearly free.
+  exact blocked :func:`speechprune.analysis.knn.knn` (fp32 GEMM blocks — only those on and above the diagonal for
+  large N, each product serving the rows of both blocks — top-k, and a float64 check of near ties) and then
+  intersects lists for every pair; the pairs are nearly free. ``device="cuda"`` runs the searches on the GPU.
 * **Shuffled-pairing baseline**: re-pairing rows at random destroys the row correspondence but keeps each
   state's marginal distribution, so it gives the similarity two *unrelated* representations with these
   statistics would get (e.g. mutual kNN ≈ k/(N−1), biased CKA > 0 when N is not ≫ D).
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from speechprune.analysis.knn import knn
+from speechprune.analysis.knn import as_device, exact_fp32, knn
 from speechprune.errors import LayerIndexError, SpeechpruneError
 from speechprune.utils.io import atomic_path, write_text_atomic
 
@@ -52,7 +55,10 @@ if TYPE_CHECKING:
     from speechprune.features.store import LayerFeatures
 
 METRICS = ("cosine", "cka", "cka_debiased", "mutual_knn")
-DEFAULT_BATCH_ROWS = 2048
+DEFAULT_BATCH_ROWS = 4096
+# Rows per CKA GEMM chunk: 4 096 × ΣD fp32 staging (164 MB for 13 × 768) — long enough for the GEMMs to run at the
+# CPU's peak and to make the float64 accumulation of the D × D results negligible (benchmarks/analysis_similarity.py).
+DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128)
 # A state counts as constant when its centred total variance is below this fraction of its raw second moment.
 # float64 shifting leaves ~1e-32 of a truly constant state; fp32 features cannot resolve anything below ~1e-14.
@@ -183,10 +189,17 @@ def _rows64(x: np.ndarray | torch.Tensor, rows: slice | np.ndarray, label: int) 
     return t
 
 
-def _check_finite(states: Sequence[np.ndarray | torch.Tensor], labels: Sequence[int], chunk: int = 8192) -> None:
+def _tensor(x: ArrayLike) -> torch.Tensor:
+    """A tensor view of ``x`` (no copy; numpy → CPU)."""
+    return as_device(x, None)
+
+
+def _check_finite(states: Sequence[np.ndarray | torch.Tensor], labels: Sequence[int], chunk: int = 65536) -> None:
+    """Refuse NaN/inf features, naming the state and the first bad row (checked in the data's own dtype)."""
     for x, label in zip(states, labels, strict=True):
         for start in range(0, int(x.shape[0]), chunk):
-            _rows64(x, slice(start, start + chunk), label)
+            if not bool(torch.isfinite(_tensor(x[start:start + chunk])).all()):
+                _rows64(x, slice(start, start + chunk), label)
 
 
 def _warn_undefined(metric: str, labels: Sequence[int], bad: Iterable[int], why: str) -> None:
@@ -258,23 +271,29 @@ def _symmetrise(m: np.ndarray) -> np.ndarray:
 
 
 class StreamingCKA:
-    """Linear CKA (biased and debiased) between pairs of states, accumulated over row batches in float64.
+    """Linear CKA (biased and debiased) between pairs of states, accumulated over row chunks in float64.
 
     Feed row batches with :meth:`update` (a sequence of ``B × D_s`` arrays, one per state, or an ``S × B × D``
     array; the same rows of every state), then read :meth:`cka` / :meth:`matrix`. Memory is one ``D_a × D_b``
-    float64 accumulator per pair (≈ 4.7 MB at D = 768; 91 pairs for 13 states ≈ 430 MB), independent of N.
+    float64 accumulator per pair (≈ 4.7 MB at D = 768; 91 pairs for 13 states ≈ 430 MB) plus one staging chunk of
+    ``chunk_rows × ΣD`` values, independent of N.
+
+    **How.** Incoming rows are copied, shifted, into a staging chunk of exactly ``chunk_rows`` rows laid side by
+    side (``Z``, ``chunk_rows × ΣD``); a full chunk is reduced with *triangular block GEMMs*: for every state a,
+    ONE product ``Z_aᵀ Z[:, a..c]`` gives its cross-products with all partners c ≥ a that are adjacent in Z (the
+    blocks on and above the diagonal of ZᵀZ, what one ``ssyrk`` of Z computes; 13 GEMMs per chunk for 13 states).
+    ``precision="float32"`` runs these GEMMs in fp32 — the GEMM rate of the CPU, 2× float64's — and adds each
+    chunk's D × D results into the float64 accumulators, so rounding grows only within a chunk (measured error of
+    CKA ≤ 1e-7 against float64 at N = 1 000–20 000, ``benchmarks/results/analysis_similarity.md``). Because chunks
+    have a fixed size counted from the first row, the result does not depend on how :meth:`update` was batched.
+
+    **Centring** is exact: rows are shifted by ``shift`` (one vector per state, laid out like Z; default: the mean
+    of the first :meth:`update` batch) so the products see nearly centred data, and the float64 mean correction
+    ``C − n μ μᵀ`` is applied when the matrix is read (it cancels almost nothing). :func:`cka_matrices` passes the
+    exact column means, so its results are independent of the batching in both precisions.
 
     ``pairs`` restricts the accumulated pairs (positions ``(a, b)``); self-pairs are always added because they
-    normalise CKA. ``precision="float32"`` runs each batch's cross-product GEMM in fp32 (1.5–2× faster on CPU)
-    and still accumulates across batches in float64; because the batch is already shifted to near-zero mean,
-    its error stays small (max |ΔCKA| ≤ 2e-8 at N = 1 000–20 000 in ``benchmarks/analysis_similarity.py``)
-    but results then depend on the batch partition at the ~1e-9 level; float64 (the default) agrees with the
-    Gram reference to ~1e-14 and is partition-independent to ~1e-12.
-
-    Per batch the work is a handful of large operations, not one per pair: the batch's states are laid side by
-    side in one ``B × ΣD`` matrix Z, and for every state a the products with all its partners c ≥ a that are
-    adjacent in Z come from ONE GEMM ``Z_aᵀ Z[:, a..c]`` (13 GEMMs per batch for a 13 × 13 matrix). Small
-    per-pair operations are slow on a loaded 2-core machine (each threaded call pays a synchronisation).
+    normalise CKA. ``device`` holds the chunk and the accumulators there (``"cuda"``: GEMMs on the GPU, TF32 off).
     """
 
     def __init__(
@@ -284,14 +303,22 @@ class StreamingCKA:
         pairs: Iterable[tuple[int, int]] | None = None,
         precision: str = "float64",
         labels: Sequence[int] | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        shift: Sequence[ArrayLike] | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         if precision not in ("float64", "float32"):
             raise SpeechpruneError(f"precision must be 'float64' or 'float32', got {precision!r}")
         if n_states < 1:
             raise SpeechpruneError("StreamingCKA needs at least one state")
+        if chunk_rows < 1:
+            raise SpeechpruneError(f"chunk_rows must be ≥ 1, got {chunk_rows}")
         self.n_states = n_states
         self.precision = precision
         self.labels = _labels(labels, n_states)
+        self.chunk_rows = int(chunk_rows)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._dtype = torch.float64 if precision == "float64" else torch.float32
         wanted = ({(a, b) for a in range(n_states) for b in range(a, n_states)} if pairs is None
                   else {(min(a, b), max(a, b)) for a, b in pairs})
         for a, b in wanted:
@@ -300,18 +327,24 @@ class StreamingCKA:
         wanted |= {(a, a) for a in range(n_states)}
         self.pairs = sorted(wanted)
         self._runs = _partner_runs(self.pairs, n_states)
-        self.n = 0
+        self._given_shift = None if shift is None else [torch.as_tensor(np.asarray(v), dtype=torch.float64).ravel()
+                                                        for v in shift]
+        if self._given_shift is not None and len(self._given_shift) != n_states:
+            raise SpeechpruneError(f"shift has {len(self._given_shift)} vectors for {n_states} states")
+        self.n = 0  # rows reduced into the accumulators
         self._dims: list[int] = []
         self._offsets: list[int] = []
-        self._shift = torch.empty(0, dtype=torch.float64)  # ΣD: the first batch's mean, per state
+        self._shift = torch.empty(0, dtype=torch.float64)  # ΣD: the shift, per state
         self._sum = torch.empty(0, dtype=torch.float64)  # ΣD: Σ_r x_r (shifted frame)
         self._pq = torch.zeros(n_states, n_states, dtype=torch.float64)  # Σ_r ‖x_a,r‖² ‖x_b,r‖²
         self._py = torch.empty(0, dtype=torch.float64)  # S × ΣD: Σ_r ‖x_a,r‖² x_c,r
         self._cross: dict[tuple[int, int, int], torch.Tensor] = {}  # (a, c0, c1) → Σ_r x_a,rᵀ [x_c0..x_c1],r
+        self._stage = torch.empty(0)  # chunk_rows × ΣD staging chunk (compute dtype, shifted)
+        self._filled = 0
 
     @property
     def n_rows(self) -> int:
-        return self.n
+        return self.n + self._filled
 
     def update(self, batch: Sequence[ArrayLike] | ArrayLike) -> None:
         """Add the same rows of every state (``B × D_s`` each)."""
@@ -325,46 +358,78 @@ class StreamingCKA:
         if b == 0:
             return
         if not self._dims:
-            self._init([int(x.shape[1]) for x in xs])
+            self._init([int(x.shape[1]) for x in xs], xs)
         elif [int(x.shape[1]) for x in xs] != self._dims:
             raise SpeechpruneError(f"feature dimensions changed between batches (expected {self._dims})")
-        z = self._side_by_side(xs, b)
-        if self.n == 0:
-            self._shift = z.mean(dim=0)
-        z -= self._shift
-        p = self._row_norms2(z)  # B × S
-        self._sum += z.sum(dim=0)
-        self._pq += p.T @ p
-        self._py += p.T @ z
-        zg = z if self.precision == "float64" else z.to(torch.float32)
-        for (a, c0, c1), acc in self._cross.items():
-            left = zg[:, self._offsets[a]:self._offsets[a] + self._dims[a]]
-            right = zg[:, self._offsets[c0]:self._offsets[c1] + self._dims[c1]]
-            if self.precision == "float64":
-                acc.addmm_(left.T, right)
-            else:
-                acc += (left.T @ right).to(torch.float64)
-        self.n += b
+        ts = [_tensor(x) for x in xs]
+        for s, t in enumerate(ts):
+            if not bool(torch.isfinite(t).all()):
+                _rows64(xs[s], slice(0, b), self.labels[s])  # raises, naming the state and the row
+        done = 0
+        while done < b:
+            take = min(b - done, self.chunk_rows - self._filled)
+            dst = self._stage[self._filled:self._filled + take]
+            for s, t in enumerate(ts):
+                o, d = self._offsets[s], self._dims[s]
+                part = t[done:done + take].to(self.device)
+                shift = self._shift_c[o:o + d]
+                if part.dtype == torch.float64 or self._dtype == torch.float64:
+                    dst[:, o:o + d].copy_(part.to(torch.float64) - self._shift[o:o + d].to(self.device))
+                else:  # fp32 data, fp32 products: subtract in fp32 (exact for nearby values; the shift used is
+                    torch.sub(part.to(self._dtype), shift, out=dst[:, o:o + d])  # shift_c, consistently)
+            self._filled += take
+            done += take
+            if self._filled == self.chunk_rows:
+                self._flush()
 
-    def _init(self, dims: list[int]) -> None:
+    def _init(self, dims: list[int], xs: Sequence[ArrayLike]) -> None:
         self._dims = dims
         self._offsets = [0, *np.cumsum(dims)[:-1].tolist()]
         total = sum(dims)
-        self._sum = torch.zeros(total, dtype=torch.float64)
-        self._py = torch.zeros(self.n_states, total, dtype=torch.float64)
+        dev, f64 = self.device, torch.float64
+        if self._given_shift is not None:
+            if [int(v.numel()) for v in self._given_shift] != dims:
+                raise SpeechpruneError(f"shift dimensions {[int(v.numel()) for v in self._given_shift]} do not "
+                                       f"match the states' {dims}")
+            shift = torch.cat(self._given_shift)
+        else:  # the first batch's mean (in float64)
+            shift = torch.cat([_tensor(x).to(f64).mean(dim=0) for x in xs])
+        if not bool(torch.isfinite(shift).all()):
+            for s, x in enumerate(xs):
+                _rows64(x, slice(0, int(x.shape[0])), self.labels[s])
+        # the shift actually subtracted, in the compute dtype; the float64 statistics are all relative to it
+        self._shift_c = shift.to(dev).to(self._dtype)
+        self._shift = self._shift_c.to(f64).cpu()
+        self._sum = torch.zeros(total, dtype=f64, device=dev)
+        self._pq = torch.zeros(self.n_states, self.n_states, dtype=f64, device=dev)
+        self._py = torch.zeros(self.n_states, total, dtype=f64, device=dev)
         for a, c0, c1 in self._runs:
             width = self._offsets[c1] + dims[c1] - self._offsets[c0]
-            self._cross[(a, c0, c1)] = torch.zeros(dims[a], width, dtype=torch.float64)
+            self._cross[(a, c0, c1)] = torch.zeros(dims[a], width, dtype=f64, device=dev)
+        self._stage = torch.empty(self.chunk_rows, total, dtype=self._dtype, device=dev)
 
-    def _side_by_side(self, xs: Sequence[ArrayLike], b: int) -> torch.Tensor:
-        """The batch as one float64 ``B × ΣD`` matrix (one conversion copy); NaN/inf refused, state named."""
-        z = torch.empty(b, sum(self._dims), dtype=torch.float64)
-        for s, x in enumerate(xs):
-            z[:, self._offsets[s]:self._offsets[s] + self._dims[s]].copy_(torch.as_tensor(x))
-        if not torch.isfinite(z).all():
-            for s, x in enumerate(xs):
-                _rows64(x, slice(0, b), self.labels[s])  # raises for the first bad state
-        return z
+    def _flush(self) -> None:
+        """Reduce the staged rows into the float64 accumulators (triangular block GEMMs)."""
+        r = self._filled
+        if r == 0:
+            return
+        z = self._stage[:r]
+        f64 = torch.float64
+        with torch.no_grad(), exact_fp32(self.device):
+            p = self._row_norms2(z)  # r × S in the compute dtype
+            self._sum += z.sum(dim=0, dtype=f64)
+            p64 = p.to(f64)
+            self._pq += p64.T @ p64
+            self._py += (p.T @ z).to(f64)
+            for (a, c0, c1), acc in self._cross.items():
+                left = z[:, self._offsets[a]:self._offsets[a] + self._dims[a]]
+                right = z[:, self._offsets[c0]:self._offsets[c1] + self._dims[c1]]
+                if self._dtype == f64:
+                    acc.addmm_(left.T, right)
+                else:
+                    acc.add_(left.T @ right)  # fp32 product, float64 sum
+        self.n += r
+        self._filled = 0
 
     def _row_norms2(self, z: torch.Tensor) -> torch.Tensor:
         sq = z * z
@@ -376,6 +441,16 @@ class StreamingCKA:
         """State s's slice of a vector laid out like Z (numpy or torch)."""
         return vec[..., self._offsets[s]:self._offsets[s] + self._dims[s]]
 
+    def _host(self) -> None:
+        """Reduce any staged rows and bring the accumulators to the CPU for reading."""
+        self._flush()
+        if self.device.type != "cpu":
+            self._sum, self._pq, self._py = self._sum.cpu(), self._pq.cpu(), self._py.cpu()
+            self._cross = {key: acc.cpu() for key, acc in self._cross.items()}
+            self.device = torch.device("cpu")
+            self._shift_c = self._shift_c.cpu()
+            self._stage = self._stage.cpu()
+
     # -- reading ---------------------------------------------------------------------------------------------
     # Everything below works on the accumulated float64 statistics in numpy, vectorised per run: reading a
     # 13 × 13 matrix is ~20 array operations per run, not hundreds of tiny threaded torch calls.
@@ -383,6 +458,7 @@ class StreamingCKA:
     def hsic_matrix(self, *, debiased: bool = False) -> np.ndarray:
         """S × S unnormalised HSIC numerators: ‖X̃ᵀỸ‖²_F (biased) or n(n−3)·HSIC_u (debiased); NaN for pairs
         that were not accumulated. X̃ = X − mean (the centring is exact, see the module docstring)."""
+        self._host()
         if self.n == 0:
             raise SpeechpruneError("no rows were added yet")
         self._check_rows(debiased)
@@ -441,6 +517,7 @@ class StreamingCKA:
 
     def constant_states(self) -> list[int]:
         """Positions whose rows are all equal (zero variance): CKA with them is undefined."""
+        self._host()
         n = float(self.n)
         mu, shift = self._sum.numpy() / n, self._shift.numpy()
         sumsq = self._self_sumsq()
@@ -519,20 +596,38 @@ def _gather(x: np.ndarray | torch.Tensor, idx: np.ndarray) -> np.ndarray | torch
     return x[torch.from_numpy(idx)] if isinstance(x, torch.Tensor) else x[idx]
 
 
+def _column_means(xs: Sequence[np.ndarray | torch.Tensor], labels: Sequence[int],
+                  chunk: int = 8192) -> list[torch.Tensor]:
+    """Each state's float64 column means, in one streaming pass that also refuses NaN/inf (state named)."""
+    out = []
+    for x, label in zip(xs, labels, strict=True):
+        n = int(x.shape[0])
+        total = torch.zeros(int(x.shape[1]), dtype=torch.float64)
+        for start in range(0, n, chunk):
+            t = _tensor(x[start:start + chunk])
+            if not bool(torch.isfinite(t).all()):
+                _rows64(x, slice(start, start + chunk), label)  # raises with the row
+            total += t.to(torch.float64).sum(dim=0) if t.dtype != torch.float64 else t.sum(dim=0)
+        out.append(total / max(n, 1))
+    return out
+
+
 def cka_matrix(
     states: StatesLike,
     *,
     debiased: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    precision: str = "float64",
+    precision: str = "float32",
     labels: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """S × S linear CKA between all states (feature-space form, streamed over ``batch_rows`` rows).
 
     Debiased CKA needs N > 3 rows (error otherwise). A constant state gives NaN entries and a warning.
+    ``precision`` and ``device`` as in :func:`cka_matrices`.
     """
     return cka_matrices(states, debiased=(debiased,), batch_rows=batch_rows, precision=precision,
-                        labels=labels)[debiased]
+                        labels=labels, device=device)[debiased]
 
 
 def cka_matrices(
@@ -540,26 +635,33 @@ def cka_matrices(
     *,
     debiased: Sequence[bool] = (False, True),
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    precision: str = "float64",
+    precision: str = "float32",
     labels: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[bool, np.ndarray]:
     """Biased and/or debiased CKA matrices from ONE pass over the rows: ``{False: biased, True: debiased}``.
 
-    Both come from the same accumulated statistics, so asking for both costs one pass.
+    Both come from the same accumulated statistics, so asking for both costs one pass (plus a cheap pass for the
+    column means, which makes the centring exact and the result independent of ``batch_rows``).
+    ``precision="float32"`` (default) runs the block GEMMs in fp32 and accumulates their D × D results in float64
+    (CKA within 1e-7 of float64 in ``benchmarks/results/analysis_similarity.md``, ≈ 2× faster); ``"float64"`` is the
+    exact reference. ``device="cuda"`` runs the GEMMs on the GPU.
     """
     xs = _state_list(states)
     labels = _labels(labels, len(xs))
     if any(debiased) and int(xs[0].shape[0]) <= 3:
         raise SpeechpruneError(f"debiased CKA needs more than 3 rows (its U-statistic divides by n−3), "
                                f"got {int(xs[0].shape[0])}")
-    acc = StreamingCKA(len(xs), precision=precision, labels=labels)
+    means = _column_means(xs, labels)
+    acc = StreamingCKA(len(xs), precision=precision, labels=labels, shift=means, device=device)
     _feed(acc, xs, [(s, None) for s in range(len(xs))], batch_rows)
     return {bool(d): acc.matrix(debiased=bool(d)) for d in debiased}
 
 
-def linear_cka(x: ArrayLike, y: ArrayLike, *, debiased: bool = False, precision: str = "float64") -> float:
-    """Linear CKA between two N × D_x and N × D_y representations (feature-space form, float64)."""
-    acc = StreamingCKA(2, precision=precision)
+def linear_cka(x: ArrayLike, y: ArrayLike, *, debiased: bool = False, precision: str = "float64",
+               device: str | torch.device | None = None) -> float:
+    """Linear CKA between two N × D_x and N × D_y representations (feature-space form; float64 by default)."""
+    acc = StreamingCKA(2, precision=precision, device=device)
     acc.update([x, y])
     return acc.cka(0, 1, debiased=debiased)
 
@@ -620,25 +722,31 @@ def neighbour_lists(
     metric: str = "ip",
     normalize: bool = True,
     labels: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> list[np.ndarray]:
-    """Each state's N × k neighbour indices (closest first, self excluded), computed once per state.
+    """Each state's N × k neighbour indices (closest first, self excluded, ties by index), computed once per state.
 
     ``normalize=True`` L2-normalises rows first, as platonic-rep's ``compute_score`` does by default; with the
-    inner-product metric that ranks neighbours by cosine and avoids high-norm "hub" rows.
+    inner-product metric that ranks neighbours by cosine and avoids high-norm "hub" rows. The search is
+    :func:`speechprune.analysis.knn.knn`: fp32 GEMM blocks (only those on and above the diagonal for large N, each
+    product serving both blocks' rows), top-k, and a float64 check of near ties, so the lists equal a float64
+    computation's. ``device="cuda"`` runs it on the GPU.
     """
+    return _lists(states, k, metric, normalize, labels, device, exact_order=True)
+
+
+def _lists(states: StatesLike, k: int, metric: str, normalize: bool, labels: Sequence[int] | None,
+           device: str | torch.device | None, *, exact_order: bool) -> list[np.ndarray]:
+    """:func:`neighbour_lists`; ``exact_order=False`` guarantees only each row's *set* of k neighbours (the order
+    within a row is fp32's), all that an overlap needs, with the fewest float64 checks."""
     xs = _state_list(states)
     labels = _labels(labels, len(xs))
     n = int(xs[0].shape[0])
     if not 1 <= k < n:
         raise SpeechpruneError(f"mutual kNN needs 1 ≤ k < N (self is excluded), got k={k} with N={n} rows")
     _check_finite(xs, labels)
-    out = []
-    for x in xs:
-        data = torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x)).to(torch.float64)
-        if normalize:
-            data = torch.nn.functional.normalize(data, dim=1)
-        out.append(knn(data, k, metric=metric).indices)
-    return out
+    return [knn(x, k, metric=metric, normalize=normalize, distances=False, exact_order=exact_order,
+                device=device).indices for x in xs]
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, chunk_elems: int = 1 << 22) -> float:
@@ -667,12 +775,14 @@ def mutual_knn_matrix(
     metric: str = "ip",
     normalize: bool = True,
     labels: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Mutual kNN alignment between all states: mean over rows of |N_i(r) ∩ N_j(r)| / k (S × S).
 
-    Identical states give 1; independent ones ≈ k/(N−1).
+    Identical states give 1; independent ones ≈ k/(N−1). Each state's neighbour lists are computed once
+    (:func:`neighbour_lists`); a pair of states then costs only the overlap of two N × k lists.
     """
-    return _knn_pairs_matrix(neighbour_lists(states, k, metric=metric, normalize=normalize, labels=labels))
+    return _knn_pairs_matrix(_lists(states, k, metric, normalize, labels, device, exact_order=False))
 
 
 def mutual_knn_sweep(
@@ -682,13 +792,14 @@ def mutual_knn_sweep(
     metric: str = "ip",
     normalize: bool = True,
     labels: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[int, np.ndarray]:
     """Mutual kNN matrices for several k from ONE neighbour search per state (with the largest k; the lists
     are sorted closest first, so the first k columns are the k-NN). k values ≥ N are an error."""
     ks = sorted({int(k) for k in ks})
     if not ks:
         raise SpeechpruneError("no k values given for the mutual kNN sweep")
-    lists = neighbour_lists(states, ks[-1], metric=metric, normalize=normalize, labels=labels)
+    lists = neighbour_lists(states, ks[-1], metric=metric, normalize=normalize, labels=labels, device=device)
     return {k: _knn_pairs_matrix([nb[:, :k] for nb in lists]) for k in ks}
 
 
@@ -710,6 +821,7 @@ def shuffled_pairing_baseline(
     precision: str = "float64",
     labels: Sequence[int] | None = None,
     return_all: bool = False,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Chance level of ``metric`` for every pair of states: the similarity after the rows of one state are
     randomly re-paired with the other's (mean over ``n_permutations``; S × S).
@@ -727,14 +839,15 @@ def shuffled_pairing_baseline(
     labels = _labels(labels, len(xs))
     s, n = len(xs), int(xs[0].shape[0])
     rng = np.random.default_rng(seed)
-    lists = (neighbour_lists(xs, k, metric=knn_metric, normalize=normalize, labels=labels)
+    lists = (_lists(xs, k, knn_metric, normalize, labels, device, exact_order=False)
              if metric == "mutual_knn" else None)
+    means = _column_means(xs, labels) if metric in ("cka", "cka_debiased") else None
     # views 0..S-1: permuted states; views S..2S-1: the original states (for the diagonal).
     pairs = [(i, j) for i in range(s) for j in range(i + 1, s)] + [(i, s + i) for i in range(s)]
     stack = np.empty((n_permutations, s, s))
     for p in range(n_permutations):
         perms = [rng.permutation(n) for _ in range(s)]
-        vals = _view_pairs(metric, xs, labels, perms, pairs, lists, batch_rows, precision)
+        vals = _view_pairs(metric, xs, labels, perms, pairs, lists, batch_rows, precision, means, device)
         for (i, j), v in zip(pairs, vals, strict=True):
             a, b = i % s, j % s
             stack[p, a, b] = stack[p, b, a] = v
@@ -750,6 +863,8 @@ def _view_pairs(
     lists: Sequence[np.ndarray] | None,
     batch_rows: int,
     precision: str,
+    means: Sequence[torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
 ) -> list[float]:
     """Similarity for ``pairs`` of views, where view v < S is state v with rows in order ``perms[v]`` and view
     S + v is state v unpermuted."""
@@ -771,7 +886,8 @@ def _view_pairs(
         view_states = [xs[st] if perm is None else _gather(xs[st], perm) for st, perm in views]
         full = cosine_matrix(view_states, batch_rows=batch_rows, labels=view_labels)
         return [float(full[a, b]) for a, b in pairs]
-    acc = StreamingCKA(len(views), pairs=pairs, precision=precision, labels=view_labels)
+    shift = [means[st] for st, _ in views] if means is not None else None  # a permutation keeps the mean
+    acc = StreamingCKA(len(views), pairs=pairs, precision=precision, labels=view_labels, shift=shift, device=device)
     _feed(acc, xs, views, batch_rows)
     return list(acc._cka_values(pairs, debiased=metric == "cka_debiased"))
 
@@ -791,9 +907,10 @@ def similarity_matrices(
     knn_max_rows: int | None = 20000,
     cosine_by: str = "row",
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    precision: str = "float64",
+    precision: str = "float32",
     baseline_permutations: int = 0,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> dict[str, SimilarityMatrix]:
     """Every requested (L+1) × (L+1) similarity matrix of cached features, labelled with ``feats.layers``.
 
@@ -804,6 +921,8 @@ def similarity_matrices(
       reference implementation does; ``"row"`` averages per-row cosines.
     * ``baseline_permutations > 0`` adds ``"<metric>_baseline"`` matrices from :func:`shuffled_pairing_baseline`
       (the cosine baseline re-pairs rows, so it is the per-row chance level even with ``cosine_by="clip"``).
+    * ``precision``: CKA's GEMMs in fp32 with float64 accumulation (default; within 1e-7 of float64) or float64.
+    * ``device``: where CKA's GEMMs and the kNN searches run (e.g. ``"cuda"``; cosine stays on the CPU).
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -821,7 +940,8 @@ def similarity_matrices(
                                          {**base, "cosine_by": cosine_by})
     if "cka" in metrics or "cka_debiased" in metrics:
         flags = [deb for name, deb in (("cka", False), ("cka_debiased", True)) if name in metrics]
-        both = cka_matrices(xs, debiased=flags, batch_rows=batch_rows, precision=precision, labels=labels)
+        both = cka_matrices(xs, debiased=flags, batch_rows=batch_rows, precision=precision, labels=labels,
+                            device=device)
         for name, deb in (("cka", False), ("cka_debiased", True)):
             if name in metrics:
                 out[name] = SimilarityMatrix(both[deb], labels, name, {**base, "precision": precision})
@@ -831,7 +951,8 @@ def similarity_matrices(
             knn_rows = np.sort(np.random.default_rng(seed).choice(n, knn_max_rows, replace=False))
         sub = [x[knn_rows] for x in xs] if knn_rows.size < n else xs
         out["mutual_knn"] = SimilarityMatrix(
-            mutual_knn_matrix(sub, k, metric=knn_metric, normalize=knn_normalize, labels=labels), labels,
+            mutual_knn_matrix(sub, k, metric=knn_metric, normalize=knn_normalize, labels=labels, device=device),
+            labels,
             "mutual_knn",
             {**base, "rows": int(knn_rows.size), "k": k, "knn_metric": knn_metric, "normalize": knn_normalize})
     if baseline_permutations:
@@ -839,7 +960,7 @@ def similarity_matrices(
             sub = [x[knn_rows] for x in xs] if name == "mutual_knn" and knn_rows.size < n else xs
             values = shuffled_pairing_baseline(sub, name, baseline_permutations, seed, k=k, knn_metric=knn_metric,
                                                normalize=knn_normalize, batch_rows=batch_rows, precision=precision,
-                                               labels=labels)
+                                               labels=labels, device=device)
             out[f"{name}_baseline"] = SimilarityMatrix(
                 values, labels, f"{name}_baseline",
                 {**out[name].params, "permutations": baseline_permutations, "seed": seed})

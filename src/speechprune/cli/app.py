@@ -8,7 +8,10 @@ import sys
 
 import typer
 
+from speechprune.cli.help_format import install as _install_help_format
 from speechprune.errors import SpeechpruneError
+
+_install_help_format()
 
 app = typer.Typer(
     name="speechprune",

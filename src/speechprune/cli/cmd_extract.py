@@ -43,10 +43,12 @@ def register(app: typer.Typer) -> None:
         resumes from the last finished batch. Bad audio stops the run with an error naming the file.
         """
         from speechprune.features import extract_features
+        from speechprune.features.window_advice import warn_if_window_too_long
         from speechprune.models import load_encoder
 
         enc = load_encoder(model, window_seconds=window, device=device)
         ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
+        warn_if_window_too_long(enc, ds)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
             device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress,
