@@ -121,13 +121,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from speechprune.analysis.convexity import convexity_by_labels
-    from speechprune.analysis.probes import make_splits, probes_by_layer
+    from speechprune.analysis.probes import probes_by_layer
     from speechprune.analysis.similarity import (
         cka_matrices,
         cosine_matrix,
         mutual_knn_matrix,
         shuffled_pairing_baseline,
     )
+    from speechprune.data.splits import cv_folds
 
     command = "python benchmarks/analysis_scale.py " + " ".join(sys.argv[1:])
     rss = PeakRSS()
@@ -184,7 +185,7 @@ def main() -> None:
             y = feats.labels[label]
             # speaker = group column: stratified folds, as the runner does; word: speaker-independent folds
             groups = None if label == "speaker" else feats.groups
-            splits = make_splits(y, groups=groups, n_splits=5, seed=seed)
+            splits = cv_folds(y, groups=groups, n_splits=5, seed=seed)
             timed(f"probes {label} (5 folds, {perms} permutations)",
                   lambda y=y, splits=splits, label=label: probes_by_layer(feats, label, splits=splits, seed=seed,
                                                                          n_permutations=perms), rss, rows, save)

@@ -38,10 +38,10 @@ from speechprune.compress.distill.evaluate import (
     flop_counter_macs,
     teacher_latency_inputs,
 )
+from speechprune.data.splits import make_splits
 from speechprune.models import load_encoder
 from speechprune.train.evaluate import classification_metrics, predict_logits
 from speechprune.train.loop import TrainConfig
-from speechprune.train.splits import make_splits
 from speechprune.utils.io import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent

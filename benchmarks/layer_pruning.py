@@ -39,12 +39,12 @@ from speechprune.analysis.convexity import convexity_by_layer
 from speechprune.compress.layers import (ORDERS, block_influence, choose_depth, plot_removal_curves, removal_curve,
                                          removal_order)
 from speechprune.data.sources import load_audiofolder
+from speechprune.data.splits import SplitSpec, make_splits
 from speechprune.features.extract import extract_features
 from speechprune.models import load_encoder
 from speechprune.train.evaluate import model_cost
 from speechprune.train.finetune import finetune
 from speechprune.train.loop import TrainConfig
-from speechprune.train.splits import SplitSpec, make_splits
 from speechprune.utils.io import write_json_atomic, write_text_atomic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speechprune.analysis.probes import linear_probe, make_splits, probes_by_layer
+from speechprune.analysis.probes import linear_probe, probes_by_layer
+from speechprune.data.splits import cv_folds
 from speechprune.errors import SpeechpruneError
 from speechprune.features.store import LayerFeatures
 
@@ -19,7 +20,7 @@ def blobs(n_per: int = 30, n_cls: int = 4, d: int = 8, sep: float = 6.0, seed: i
 
 def test_separable_classes_are_decoded_and_permutation_gives_chance() -> None:
     x, y = blobs()
-    splits = make_splits(y, n_splits=5, seed=0)
+    splits = cv_folds(y, n_splits=5, seed=0)
     assert linear_probe(x, y, splits).accuracy > 0.97
     chance = np.mean([linear_probe(x, y, splits, permute_seed=s).accuracy for s in range(5)])
     assert 0.05 < chance < 0.45  # 4 balanced classes: chance 0.25
@@ -28,7 +29,7 @@ def test_separable_classes_are_decoded_and_permutation_gives_chance() -> None:
 def test_group_aware_folds_never_share_a_group() -> None:
     x, y = blobs(n_per=40)
     groups = np.tile(np.arange(8), 20).astype(str)
-    splits = make_splits(y, groups=groups, n_splits=4, seed=1)
+    splits = cv_folds(y, groups=groups, n_splits=4, seed=1)
     assert len(splits) == 4
     for tr, te in splits:
         assert not set(groups[tr]) & set(groups[te])
@@ -39,16 +40,16 @@ def test_group_aware_folds_never_share_a_group() -> None:
 def test_probe_errors() -> None:
     x, y = blobs(n_per=3)
     with pytest.raises(SpeechpruneError, match="fewer than 5 examples"):
-        make_splits(y, n_splits=5)
+        cv_folds(y, n_splits=5)
     with pytest.raises(SpeechpruneError, match="at least 4 groups"):
-        make_splits(y, groups=["a", "b"] * 6, n_splits=4)
+        cv_folds(y, groups=["a", "b"] * 6, n_splits=4)
     tr, te = np.arange(6), np.arange(6, 12)
     with pytest.raises(SpeechpruneError, match="never in the training rows"):
-        make_splits(y, split=(tr, te))
+        cv_folds(y, split=(tr, te))
     bad = x.copy()
     bad[0, 0] = np.nan
     with pytest.raises(SpeechpruneError, match="NaN"):
-        linear_probe(bad, y, make_splits(y, n_splits=3))
+        linear_probe(bad, y, cv_folds(y, n_splits=3))
 
 
 def test_probes_by_layer_rows_and_baselines() -> None:

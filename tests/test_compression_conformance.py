@@ -12,7 +12,7 @@ from speechprune.compress.base import Candidate, Task, Teacher, Workspace, finet
 from speechprune.compress.checks import check_compression, check_options
 from speechprune.models import load_encoder
 from speechprune.train.loop import TrainConfig
-from speechprune.train.splits import SplitSpec
+from speechprune.data.splits import SplitSpec
 from tests.test_train import tone_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

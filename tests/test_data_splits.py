@@ -1,4 +1,5 @@
-"""Splits: by column, group holdout (speaker-independent), stratified, group k-fold."""
+"""Splits: by column, group holdout (speaker-independent), stratified, group k-fold; one home for the split
+options."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from speechprune.data.sources import load_audiofolder
 from speechprune.data.splits import (
+    SplitOptions,
+    SplitSpec,
     group_holdout,
     group_holdout_indices,
     group_kfold,
@@ -101,3 +104,30 @@ def test_group_kfold_partitions_groups() -> None:
     assert again == [te.tolist() for _, te in folds]
     with pytest.raises(DataError, match="cannot make 7 group folds from 6"):
         list(group_kfold(ds, 7))
+
+
+def test_split_options_have_one_home() -> None:
+    """Every command's split flags and the run configuration's ``split`` section take their defaults from
+    :class:`SplitOptions`; a recorded :class:`SplitSpec` round-trips through its JSON form."""
+    import dataclasses
+
+    import typer
+
+    from speechprune.cli.app import app
+    from speechprune.pipeline.config import RunConfig
+
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                for f in dataclasses.fields(SplitOptions)}
+    root = typer.main.get_command(app)
+    commands = {"finetune": root.commands["finetune"], "evaluate": root.commands["evaluate"],
+                "distill": root.commands["distill"], "prune layers": root.commands["prune"].commands["layers"],
+                "prune structured": root.commands["prune"].commands["structured"]}
+    for name, cmd in commands.items():
+        params = {p.name: p for p in cmd.params}
+        for field_name, default in defaults.items():
+            assert field_name in params, f"{name} lacks the split option {field_name}"
+            got = params[field_name].default
+            assert (list(got) if isinstance(default, list) else got) == default, (name, field_name)
+    assert RunConfig().split == SplitOptions()
+    spec = SplitOptions(test_groups=["3"], val_fraction=0.25).spec(seed=7, group_column="speaker")
+    assert SplitSpec(**spec.to_dict()) == spec and spec.seed == 7 and spec.test_groups == ["3"]

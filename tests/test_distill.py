@@ -143,7 +143,7 @@ def test_export_reloads_and_reproduces_logits(whisper_teacher, w2v2_teacher, dat
     saved_acc = json.loads((tmp_path / "s" / "metrics.json").read_text())["accuracy"]
     y = np.array([int(data.items[i].labels["word"][1]) for i in range(len(data))])
     from speechprune.compress.distill.evaluate import student_logits
-    from speechprune.train.splits import SplitSpec, make_splits
+    from speechprune.data.splits import SplitSpec, make_splits
 
     test = make_splits(data, "word", SplitSpec())["test"]
     acc = float((student_logits(student, data, test).argmax(1) == y[test]).mean())

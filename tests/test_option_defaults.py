@@ -16,7 +16,7 @@ from speechprune.cli.app import app
 from speechprune.compress.distill.train import DistillConfig
 from speechprune.compress.structured.train import PruneOptions
 from speechprune.train.loop import TrainConfig
-from speechprune.train.splits import SplitSpec
+from speechprune.data.splits import SplitSpec
 
 SPLIT = {name: f"split.{name}" for name in ("split_column", "test_groups", "val_groups", "test_fraction",
                                              "val_fraction", "seed")}
@@ -111,17 +111,18 @@ def test_run_sections_agree_with_the_method_options() -> None:
     from speechprune.compress.layers import ORDERS
     from speechprune.compress.methods.removal import RemovalOptions
     from speechprune.compress.methods.structured import StructuredOptions
-    from speechprune.pipeline.config import SplitConfig, TrainSection
+    from speechprune.pipeline.config import TrainSection
 
     structured, prune = StructuredOptions(), PruneOptions()
     for name in ("p0_keep", "gate_lr", "reg_lr", "target_warmup", "finetune_epochs"):
         assert getattr(structured, name) == getattr(prune, name), name
     assert structured.budgets == [prune.budgets]
     assert RemovalOptions().orders == LayerPruneOptions().orders == list(ORDERS)
-    # TODO(issue 16, i16b): SplitConfig becomes the split module's SplitSpec; until then it must not drift
-    split = SplitSpec()
-    for f in dataclasses.fields(SplitConfig):
-        assert getattr(SplitConfig(), f.name) == getattr(split, f.name), f.name
+    # the run's split section is the split module's SplitOptions, whose fields SplitSpec extends
+    from speechprune.data.splits import SplitOptions
+    from speechprune.pipeline.config import RunConfig
+
+    assert type(RunConfig().split) is SplitOptions and issubclass(SplitSpec, SplitOptions)
     # the run's training section: TrainConfig's fields, with two deliberate run defaults (RUN_TRAIN_DEFAULTS)
     from speechprune.pipeline.config import RUN_TRAIN_DEFAULTS
 

@@ -11,7 +11,7 @@ from speechprune.errors import SpeechpruneError
 from speechprune.models import load_encoder
 from speechprune.train.finetune import finetune
 from speechprune.train.loop import TrainConfig
-from speechprune.train.splits import SplitSpec
+from speechprune.data.splits import SplitSpec
 from tests.test_train import tone_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

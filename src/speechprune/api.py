@@ -13,7 +13,7 @@ function               options                                                  
 =====================  =======================================================  ==========================
 
 Each dataclass is the one home of its command's defaults (``tests/test_option_defaults.py`` holds every CLI flag
-to it). Splits are a :class:`~speechprune.train.splits.SplitSpec`; ``None`` means the command's usual choice
+to it). Splits are a :class:`~speechprune.data.splits.SplitSpec`; ``None`` means the command's usual choice
 (the split recorded in a fine-tuned model's ``training.json`` where there is one). ``data`` is a spec (folder,
 manifest, ``hf:NAME``) or an already loaded :class:`~speechprune.data.types.AudioDataset`. Example::
 
@@ -49,7 +49,7 @@ def _data(data: Any, columns: list[str], group: str | None, segments_dir: str | 
 
 def _recorded_split(model: str | Path) -> Any:
     """The split a speechprune fine-tuning recorded in the model folder's ``training.json``, if any."""
-    from speechprune.train.splits import SplitSpec
+    from speechprune.data.splits import SplitSpec
 
     path = Path(model) / "training.json"
     spec = json.loads(path.read_text()).get("split_spec") if path.is_file() else None
@@ -65,7 +65,7 @@ def finetune(model: str, data: str, label: str, out: str | Path, train: Any = No
     from speechprune.train.finetune import finetune as run_finetune
     from speechprune.train.finetune import prepare_output
     from speechprune.train.loop import TrainConfig
-    from speechprune.train.splits import SplitSpec
+    from speechprune.data.splits import SplitSpec
 
     cfg = (train or TrainConfig()).validate()
     split = split or SplitSpec(seed=cfg.seed)
@@ -134,10 +134,11 @@ def prune_layers(model: str, out: str | Path, options: LayerPruneOptions, split:
     from speechprune.models import load_encoder
 
     log = log or (lambda _m: None)
+    from speechprune.utils.outputs import claim_output
+
     options.validate()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SpeechpruneError(f"{out} already exists; choose another --out or pass --overwrite")
+    claim_output(out, overwrite=overwrite, command="prune layers")  # usable, unused (or --overwrite), locked
     if (options.by or options.no_retrain) and not (data and label):
         raise SpeechpruneError(f"{'--by' if options.by else '--no-retrain'} needs --data and --label")
     enc = load_encoder(model, window_seconds=window)
@@ -145,7 +146,7 @@ def prune_layers(model: str, out: str | Path, options: LayerPruneOptions, split:
         from speechprune.compress.base import Task
         from speechprune.compress.layers import removal_order
         from speechprune.models.classifier import class_names
-        from speechprune.train.splits import SplitSpec
+        from speechprune.data.splits import SplitSpec
 
         class_names(enc)  # a clear error for a model without a head, before any work
         for o in options.orders:
@@ -207,7 +208,7 @@ def prune_structured(model: str, data: str, label: str, out: str | Path, options
     from speechprune.models import load_encoder
     from speechprune.train.finetune import prepare_output
     from speechprune.train.loop import TrainConfig
-    from speechprune.train.splits import SplitSpec
+    from speechprune.data.splits import SplitSpec
 
     opts = (options or PruneOptions()).validate()
     cfg = (train or TrainConfig()).validate()
@@ -230,7 +231,7 @@ def distill(teacher: str, data: str, label: str, out: str | Path, options: Any =
     from speechprune.compress.distill.train import DistillConfig
     from speechprune.compress.distill.train import distill as run_distill
     from speechprune.models import load_encoder
-    from speechprune.train.splits import SplitSpec
+    from speechprune.data.splits import SplitSpec
 
     log = log or (lambda _m: None)
     cfg = options or DistillConfig()

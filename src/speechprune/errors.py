@@ -30,3 +30,7 @@ class ConversionError(SpeechpruneError):
 
 class CacheError(SpeechpruneError):
     """A feature cache that is inconsistent with the request (e.g. written by different options)."""
+
+
+class SpeechpruneWarning(UserWarning):
+    """Something the user should know that is not an error (the CLI prints it as one ``warning:`` line)."""

@@ -530,7 +530,9 @@ def _run_tasks(tasks: list[_Task], processes: int, bar: Any) -> list[tuple[np.nd
     """Run the chunks on ``processes`` forked workers (results in task order), or here when that is not possible."""
     if processes > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
         try:
-            pool = multiprocessing.get_context("fork").Pool(min(processes, len(tasks)))
+            # workers ignore Ctrl-C: the main process alone receives it, stops the pool and ends the command
+            # (a worker killed by KeyboardInterrupt used to lose its task while the run went on)
+            pool = multiprocessing.get_context("fork").Pool(min(processes, len(tasks)), initializer=_ignore_sigint)
         except (OSError, ValueError, AssertionError) as err:  # e.g. inside a daemonic worker
             warnings.warn(f"graph convexity runs in one process: cannot fork workers ({err})",
                           ConvexityWarning, stacklevel=4)
@@ -546,6 +548,12 @@ def _run_tasks(tasks: list[_Task], processes: int, bar: Any) -> list[tuple[np.nd
         out.append(_walk_chunk(task))
         bar.update()
     return out
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _euclidean(x: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 4096) -> np.ndarray:

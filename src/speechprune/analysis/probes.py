@@ -1,7 +1,7 @@
 """Per-layer linear probes: how linearly decodable a label is from each state.
 
 Standardised multinomial logistic regression (scaler fitted on the training rows only), evaluated on a given
-split or by cross-validation. When a group column is given (e.g. speaker), folds are group-aware so that no
+split or by cross-validation (folds from :func:`speechprune.data.splits.cv_folds`). When a group column is given (e.g. speaker), folds are group-aware so that no
 speaker appears in both training and test data — otherwise speaker identity leaks into emotion or word scores.
 A label-permutation baseline (labels shuffled within the training rows) gives the chance level next to every
 score.
@@ -9,7 +9,6 @@ score.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 
+from speechprune.data.splits import Split, cv_folds
 from speechprune.errors import SpeechpruneError
-
-Split = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -44,54 +41,6 @@ class ProbeResult:
             "n_train": self.n_train,
             "n_test": self.n_test,
         }
-
-
-def make_splits(
-    labels: Sequence[str],
-    *,
-    groups: Sequence[Any] | None = None,
-    n_splits: int = 5,
-    seed: int = 0,
-    split: Split | None = None,
-) -> list[Split]:
-    """Evaluation splits: the given ``split``, else (group-aware when ``groups`` is given) stratified k-fold.
-
-    Raises a clear error when the data cannot support the requested folds (fewer groups than folds, or a class
-    with fewer examples than folds when there are no groups).
-    """
-    y = np.asarray(labels)
-    if split is not None:
-        train, test = (np.asarray(s, dtype=np.int64) for s in split)
-        if len(train) == 0 or len(test) == 0:
-            raise SpeechpruneError("the probe split has an empty training or test part")
-        missing = sorted(set(y[test]) - set(y[train]))
-        if missing:
-            raise SpeechpruneError(f"classes {missing} occur in the test rows but never in the training rows")
-        return [(train, test)]
-    if n_splits < 2:
-        raise SpeechpruneError(f"cross-validation needs at least 2 folds, got {n_splits}")
-    x_dummy = np.zeros(len(y))
-    if groups is not None:
-        g = np.asarray([str(v) for v in groups])
-        n_groups = len(set(g))
-        if n_groups < n_splits:
-            raise SpeechpruneError(
-                f"group-aware probing with {n_splits} folds needs at least {n_splits} groups; found {n_groups}"
-            )
-        counts = Counter(y.tolist())
-        if min(counts.values()) >= n_splits:
-            cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            return [(tr, te) for tr, te in cv.split(x_dummy, y, g)]
-        return [(tr, te) for tr, te in GroupKFold(n_splits=n_splits).split(x_dummy, y, g)]
-    counts = Counter(y.tolist())
-    rare = sorted(c for c, n in counts.items() if n < n_splits)
-    if rare:
-        raise SpeechpruneError(
-            f"classes {rare[:10]} have fewer than {n_splits} examples; stratified {n_splits}-fold probing needs at "
-            f"least {n_splits} per class (use fewer folds, a given split, or drop those classes)"
-        )
-    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return [(tr, te) for tr, te in cv.split(x_dummy, y)]
 
 
 def linear_probe(
@@ -200,7 +149,7 @@ def probes_by_layer(
     y = feats.labels[label]
     groups = feats.groups if use_groups and all(g is not None for g in feats.groups) else None
     if splits is None:
-        splits = make_splits(y, groups=groups, n_splits=n_splits, seed=seed)
+        splits = cv_folds(y, groups=groups, n_splits=n_splits, seed=seed)
     rows = []
     for state in layers if layers is not None else feats.layers:
         x = feats.layer(state)

@@ -24,6 +24,7 @@ import yaml
 
 from speechprune.cli.common import console
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.checks import check_seed
 from speechprune.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRICS = ("similarity", "convexity", "probes")
@@ -51,6 +52,7 @@ class AnalysisConfig:
     test_groups: list[str] | None = None
     seed: int = 42
     processes: int = 2
+    chunk_seconds: float | None = 30.0  # longer clips are encoded in chunks (speechprune.features.chunking)
 
     def validate(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS]
@@ -63,6 +65,7 @@ class AnalysisConfig:
             raise SpeechpruneError("convexity and probes need at least one --label")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
+        check_seed(self.seed)
 
 
 def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, cache_dir: Path | None = None,
@@ -81,7 +84,8 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
-                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress)
+                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress,
+                             chunk_seconds=cfg.chunk_seconds)
     timings["features"] = round(time.perf_counter() - t, 2)
     result: dict[str, Any] = {
         "model": {k: v for k, v in encoder.describe().items()},
@@ -122,7 +126,7 @@ def _similarity(feats: Any, cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
 
     console.print(f"similarity: {', '.join(cfg.similarity)} over {len(feats.layers)} states")
     mats = similarity_matrices(feats, metrics=tuple(cfg.similarity), k=cfg.knn_k,
-                               baseline_permutations=cfg.permutations, seed=cfg.seed)
+                               baseline_permutations=cfg.permutations, seed=cfg.seed, device=cfg.device)
     res: dict[str, Any] = {}
     blocks_all = {}
     for name in cfg.similarity:
@@ -163,15 +167,15 @@ def _offdiag(m: np.ndarray) -> float:
 
 # --- convexity -------------------------------------------------------------------------------------------------
 def _convexity(feats: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, list[dict[str, Any]]]:
-    from speechprune.analysis.convexity import convexity_by_layer
+    from speechprune.analysis.convexity import convexity_by_labels
 
-    res = {}
-    for label in cfg.labels:
-        console.print(f"convexity: {label} over {len(feats.layers)} states ({cfg.permutations} permutations)")
-        res[label] = convexity_by_layer(
-            feats, label, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
-            max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
-        )
+    console.print(f"convexity: {', '.join(cfg.labels)} over {len(feats.layers)} states "
+                  f"({cfg.permutations} permutations; one kNN graph per state for all labels)")
+    res = convexity_by_labels(
+        feats, cfg.labels, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
+        max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
+        device=cfg.device,
+    )
     _write_rows(out / "convexity.csv", [
         {"label": lab, "state": r["state"], "convexity": r["score"], "std_error": r["std_error"],
          "chance": r.get("chance"), "chance_std": r.get("chance_std"), "n_pairs": r["n_pairs"],
@@ -212,7 +216,8 @@ def _probe_split(feats: Any, dataset: Any, cfg: AnalysisConfig) -> tuple[tuple[n
 def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from speechprune.analysis.probes import make_splits, probes_by_layer
+    from speechprune.analysis.probes import probes_by_layer
+    from speechprune.data.splits import cv_folds
 
     split, how = _probe_split(feats, dataset, cfg)
     all_grouped = all(g is not None for g in feats.groups)
@@ -224,13 +229,13 @@ def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: 
         elif all_grouped and _label_is_group(y, feats.groups):
             # The label *is* the group (speaker ID): a speaker-independent split would leave every test class
             # unseen in training, so this label is probed with stratified folds instead (reported in "split").
-            splits = make_splits(y, n_splits=cfg.probe_folds, seed=cfg.seed)
+            splits = cv_folds(y, n_splits=cfg.probe_folds, seed=cfg.seed)
             label_how = f"{cfg.probe_folds}-fold stratified cross-validation (label = group column)"
         elif split is not None:
             splits, label_how = [split], how
         else:
-            splits = make_splits(y, groups=feats.groups if all_grouped else None, n_splits=cfg.probe_folds,
-                                 seed=cfg.seed)
+            splits = cv_folds(y, groups=feats.groups if all_grouped else None, n_splits=cfg.probe_folds,
+                              seed=cfg.seed)
             label_how = how
         bar = tqdm(total=len(feats.layers), desc=f"probes {label}", disable=not progress)
         res[label] = probes_by_layer(feats, label, splits=splits, seed=cfg.seed,

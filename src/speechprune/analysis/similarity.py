@@ -432,10 +432,11 @@ class StreamingCKA:
         self._filled = 0
 
     def _row_norms2(self, z: torch.Tensor) -> torch.Tensor:
-        sq = z * z
+        """Squared row norms per state (r × S), reduced without a chunk-sized temporary."""
         if len(set(self._dims)) == 1:
-            return sq.view(z.shape[0], self.n_states, self._dims[0]).sum(dim=2)
-        return torch.stack([sq[:, o:o + d].sum(dim=1) for o, d in zip(self._offsets, self._dims, strict=True)], 1)
+            return torch.linalg.vector_norm(z.view(z.shape[0], self.n_states, self._dims[0]), dim=2).square_()
+        return torch.stack([torch.linalg.vector_norm(z[:, o:o + d], dim=1).square_()
+                            for o, d in zip(self._offsets, self._dims, strict=True)], 1)
 
     def _block(self, vec: Any, s: int) -> Any:
         """State s's slice of a vector laid out like Z (numpy or torch)."""

@@ -9,7 +9,6 @@ import sys
 import typer
 
 from speechprune.cli.help_format import install as _install_help_format
-from speechprune.errors import SpeechpruneError
 
 _install_help_format()
 
@@ -73,12 +72,11 @@ for _name in COMMAND_MODULES:
     _mod.register(app)
 
 
-def main() -> None:
-    try:
-        app()
-    except SpeechpruneError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors (exit 2), Ctrl-C → exit 130, never a traceback (see cli.guard)."""
+    from speechprune.cli.guard import run
+
+    sys.exit(run(app, argv))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("fp32", help="fp32 or bf16."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds."),
+        chunk_seconds: float = typer.Option(30.0, min=0.1, help="Clips longer than this are encoded in chunks of it "
+                                            "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut files (for --pooling segment)."),
-        out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Results folder."),
+        out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Results folder (replaced whole when done)."),
+        overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder that analyze did not write."),
         cache_dir: Optional[Path] = typer.Option(None, help="Feature cache root."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         config: Optional[str] = config_option(),
@@ -58,16 +61,19 @@ def register(app: typer.Typer) -> None:
         """
         from speechprune import api
         from speechprune.analysis.runner import AnalysisConfig
+        from speechprune.utils.outputs import output_folder
 
         cfg = AnalysisConfig(
             labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
             layers=parse_states(layers), batch_size=batch_size, dtype=dtype, device=device, knn_k=knn_k,
             convexity_k=convexity_k, max_pairs=max_pairs, permutations=permutations, probe_folds=probe_folds,
             split_column=split_column, test_groups=_split_list(test_groups) or None, seed=seed, processes=processes,
+            chunk_seconds=chunk_seconds,
         )
         cfg.validate()
-        ds = load_dataset_spec(data, list(label), group, segments_dir)
-        result = api.analyze(model, ds, out, cfg, window=window, cache_dir=cache_dir, progress=progress)
+        with output_folder(out, overwrite=overwrite, command="analyze") as tmp:  # all results or none
+            ds = load_dataset_spec(data, list(label), group, segments_dir)
+            result = api.analyze(model, ds, tmp, cfg, window=window, cache_dir=cache_dir, progress=progress)
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):
                 console.print(f"[bold]{lab}[/bold]: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

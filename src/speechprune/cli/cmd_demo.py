@@ -77,7 +77,10 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
     from speechprune.utils.io import write_json_atomic, write_text_atomic
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    from speechprune.utils.outputs import claim_output
+
+    claim_output(out, overwrite=False, command="demo", mark=True,  # a foreign non-empty folder is refused, locked
+                 owned=lambda p: (p / "summary.json").is_file() or (p / "data" / "metadata.csv").is_file())
     steps: dict[str, float] = {}
 
     def step(name: str, started: float) -> None:

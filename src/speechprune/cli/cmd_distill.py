@@ -8,15 +8,14 @@ from typing import List, Optional
 
 import typer
 
+from speechprune.cli.cmd_finetune import saved_split, split_options, split_spec_for
 from speechprune.cli.common import console
 from speechprune.cli.config import config_option
 
 
-def _split_list(values: List[str]) -> List[str]:
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-
 def register(app: typer.Typer) -> None:
+    so = split_options()
+
     @app.command("distill")
     def distill_cmd(
         teacher: str = typer.Argument(..., help="Fine-tuned classifier: a folder written by `finetune` (or any stock "
@@ -42,10 +41,11 @@ def register(app: typer.Typer) -> None:
         patience: Optional[int] = typer.Option(5, help="Early stopping patience in epochs (per stage)."),
         seed: int = typer.Option(0, help="Seed of the mimicker's initialisation and the data order."),
         group: Optional[str] = typer.Option(None, help="Group column (e.g. speaker) for --test-groups."),
-        split_column: Optional[str] = typer.Option(None, help="Column with train/validation/test values."),
-        test_groups: List[str] = typer.Option([], "--test-groups", help="Hold these groups out as the test split."),
-        val_groups: List[str] = typer.Option([], "--val-groups", help="Hold these groups out for validation."),
-        test_fraction: float = typer.Option(0.2, help="Stratified test fraction when no split is given."),
+        split_column: Optional[str] = so["split_column"],
+        test_groups: List[str] = so["test_groups"],
+        val_groups: List[str] = so["val_groups"],
+        test_fraction: float = so["test_fraction"],
+        val_fraction: float = so["val_fraction"],
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (the "
                                                           "teacher's own window is used by default)."),
         latency: bool = typer.Option(True, help="Time teacher and student back-to-back (1 thread) after training."),
@@ -76,7 +76,6 @@ def register(app: typer.Typer) -> None:
         from speechprune import api
         from speechprune.compress.distill.train import DistillConfig
         from speechprune.train.loop import TrainConfig
-        from speechprune.train.splits import SplitSpec
 
         def stage(epochs: int) -> TrainConfig:
             return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant", warmup_ratio=0.0,
@@ -85,18 +84,12 @@ def register(app: typer.Typer) -> None:
         cfg = DistillConfig(mimicker=mimicker, hidden=hidden, blocks=blocks, nhead=nhead, intermediate=intermediate,
                             positions=positions, freeze_mimicker=freeze_mimicker, stage1=stage(stage1_epochs),
                             stage2=stage(stage2_epochs), seed=seed)
-        split = None
-        given = split_column or test_groups or val_groups
-        if given:
-            split = SplitSpec(split_column=split_column, test_groups=_split_list(test_groups),
-                              val_groups=_split_list(val_groups), test_fraction=test_fraction, seed=seed)
-        elif (Path(teacher) / "training.json").is_file():
-            spec = json.loads((Path(teacher) / "training.json").read_text()).get("split_spec")
-            if spec:
-                split = SplitSpec(**spec)
-                console.print(f"splits as in the teacher's training.json: {spec}")
-        if split is None:
-            split = SplitSpec(test_fraction=test_fraction, seed=seed)
+        split = split_spec_for(teacher, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+        if not (split_column or test_groups or val_groups) and saved_split(teacher):
+            console.print(f"splits as in the teacher's training.json: {split.to_dict()}")
+        from speechprune.utils.outputs import check_dir_target
+
+        check_dir_target(out, "--out")  # a usable output folder, before loading anything
         res = api.distill(teacher, data, label, out, cfg, split, group=group, window=window, latency=latency,
                           resume=resume, overwrite=overwrite, cache_dir=cache_dir, progress=progress)
         cost = res["cost"]

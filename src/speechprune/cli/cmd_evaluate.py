@@ -8,17 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.cmd_finetune import make_split_spec, split_options
+from speechprune.cli.cmd_finetune import split_options, split_spec_for
 from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
-
-
-def saved_split(model: str) -> dict | None:
-    """The split a speechprune fine-tuning recorded in the model folder, if any."""
-    path = Path(model) / "training.json"
-    if path.is_file():
-        return json.loads(path.read_text()).get("split_spec")
-    return None
 
 
 def register(app: typer.Typer) -> None:
@@ -49,15 +41,16 @@ def register(app: typer.Typer) -> None:
         the options define the split, and --split all uses every clip."""
         from speechprune.models import load_encoder
         from speechprune.train.evaluate import evaluate_classifier
-        from speechprune.train.splits import SplitSpec, make_splits
+        from speechprune.data.splits import make_splits
         from speechprune.utils.io import write_json_atomic
 
+        if out is not None:
+            from speechprune.utils.outputs import check_file_target
+
+            check_file_target(out, "--out")
         if split not in ("test", "validation", "train", "all"):
             raise typer.BadParameter("choose test, validation, train or all", param_hint="--split")
-        given = split_column or test_groups or val_groups
-        recorded = None if given else saved_split(model)
-        spec = SplitSpec(**recorded) if recorded else make_split_spec(split_column, test_groups, val_groups,
-                                                                        test_fraction, val_fraction, seed)
+        spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
         columns = [label] + ([spec.split_column] if spec.split_column else [])
         ds = load_dataset_spec(data, columns, group or spec.group_column)
         enc = load_encoder(model)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec, parse_states
+
+
+def copy_features(feats, out: Path, *, overwrite: bool) -> None:
+    """features.safetensors, run.json and meta.json (with the labels attached now) into ``out``, replaced whole."""
+    import shutil
+
+    from speechprune.utils.io import write_json_atomic
+    from speechprune.utils.outputs import output_folder
+
+    with output_folder(out, overwrite=overwrite, command="extract") as tmp:
+        for name in ("features.safetensors", "run.json"):
+            shutil.copy2(feats.path / name, tmp / name)
+        write_json_atomic(tmp / "meta.json", feats.meta)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,12 +41,16 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda."),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (drift is reported)."),
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut segment files (for --pooling segment)."),
+        chunk_seconds: float = typer.Option(30.0, min=0.1, help="Clips longer than this are encoded in chunks of it "
+                                            "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
         out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
         to_dataset: Optional[Path] = typer.Option(
             None, help="Also write the features as a Hugging Face datasets folder (load_from_disk): one row per "
             "clip, columns key, labels, group, state_0..state_L."),
+        overwrite: bool = typer.Option(False, help="Replace a non-empty --out / --to-dataset folder that extract "
+                                       "did not write."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Extract every requested state of MODEL for every clip of DATA in one forward pass per batch.
@@ -45,22 +61,24 @@ def register(app: typer.Typer) -> None:
         from speechprune.features import extract_features
         from speechprune.features.window_advice import warn_if_window_too_long
         from speechprune.models import load_encoder
+        from speechprune.utils.outputs import claim_output
 
+        for target in (out, to_dataset):  # before any work: usable, unused (or --overwrite) folders, locked
+            if target is not None:
+                claim_output(target, overwrite=overwrite, command="extract")
         enc = load_encoder(model, window_seconds=window, device=device)
         ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
         warn_if_window_too_long(enc, ds)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
-            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress,
+            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress, chunk_seconds=chunk_seconds,
         )
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            for name in ("features.safetensors", "meta.json", "run.json"):
-                shutil.copy2(feats.path / name, out / name)
+            copy_features(feats, out, overwrite=overwrite)
         if to_dataset is not None:
             from speechprune.features.to_dataset import save_features_dataset
 
-            save_features_dataset(feats, to_dataset, keys=[it.key for it in ds.items])
+            save_features_dataset(feats, to_dataset, keys=[it.key for it in ds.items], overwrite=True)  # claimed above
             console.print(f"[green]datasets folder[/green] → {to_dataset} (datasets.load_from_disk)")
         console.print(
             f"[green]features[/green]: {feats.num_rows} rows × {len(feats.layers)} states × {feats.dim} dims "

@@ -10,6 +10,7 @@ import typer
 
 from speechprune.cli.common import console
 from speechprune.cli.config import config_option
+from speechprune.data.splits import SplitOptions, SplitSpec
 
 
 def split_list(values: List[str] | None) -> List[str]:
@@ -17,22 +18,40 @@ def split_list(values: List[str] | None) -> List[str]:
 
 
 def split_options() -> dict[str, Any]:
-    """Typer options shared by every command that needs train/validation/test splits."""
+    """Typer options shared by every command that needs train/validation/test splits; their defaults are
+    :class:`~speechprune.data.splits.SplitOptions`'s."""
+    d = SplitOptions()
     return dict(
-        split_column=typer.Option(None, help="Column holding train/validation/test (e.g. FSDD's 'split')."),
-        test_groups=typer.Option([], "--test-groups", help="Hold these groups out for test (e.g. 14,15,16)."),
-        val_groups=typer.Option([], "--val-groups", help="Hold these groups out for validation."),
-        test_fraction=typer.Option(0.2, help="Stratified test share when neither a split column nor test groups."),
-        val_fraction=typer.Option(0.1, help="Stratified validation share of the training pool (if not given)."),
+        split_column=typer.Option(d.split_column, help="Column holding train/validation/test (e.g. FSDD's 'split')."),
+        test_groups=typer.Option(list(d.test_groups), "--test-groups", help="Hold these groups out for test (e.g. 14,15,16)."),
+        val_groups=typer.Option(list(d.val_groups), "--val-groups", help="Hold these groups out for validation."),
+        test_fraction=typer.Option(d.test_fraction, help="Stratified test share when neither a split column nor test groups."),
+        val_fraction=typer.Option(d.val_fraction, help="Stratified validation share of the training pool (if not given)."),
     )
 
 
 def make_split_spec(split_column: str | None, test_groups: List[str], val_groups: List[str], test_fraction: float,
-                    val_fraction: float, seed: int) -> Any:
-    from speechprune.train.splits import SplitSpec
+                    val_fraction: float, seed: int) -> SplitSpec:
+    return SplitOptions(split_column=split_column, test_groups=split_list(test_groups),
+                        val_groups=split_list(val_groups), test_fraction=test_fraction,
+                        val_fraction=val_fraction).spec(seed=seed)
 
-    return SplitSpec(split_column=split_column, test_groups=split_list(test_groups), val_groups=split_list(val_groups),
-                     test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+
+def saved_split(model: str) -> dict | None:
+    """The split a speechprune fine-tuning recorded in the model folder, if any."""
+    path = Path(model) / "training.json"
+    if path.is_file():
+        return json.loads(path.read_text()).get("split_spec")
+    return None
+
+
+def split_spec_for(model: str, split_column: str | None, test_groups: List[str], val_groups: List[str],
+                   test_fraction: float, val_fraction: float, seed: int) -> SplitSpec:
+    """The split the options give; without split options, the one recorded in the model's training.json (so a
+    fine-tuned model is evaluated, pruned or distilled on the clips it was tested on), else the defaults."""
+    recorded = None if (split_column or test_groups or val_groups) else saved_split(model)
+    return SplitSpec(**recorded) if recorded else make_split_spec(split_column, test_groups, val_groups,
+                                                                   test_fraction, val_fraction, seed)
 
 
 def register(app: typer.Typer) -> None:

@@ -48,6 +48,9 @@ def register(app: typer.Typer) -> None:
         transformers.WhisperForConditionalGeneration.from_pretrained(OUT).
         """
         from speechprune.models.ct2 import convert_ct2_whisper
+        from speechprune.utils.outputs import claim_output
+
+        claim_output(out, overwrite=overwrite, command="import-ct2")  # usable, unused (or --overwrite), locked
 
         started = time.perf_counter()
         with _Reporter(enabled=progress) as report:

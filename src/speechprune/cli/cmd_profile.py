@@ -60,6 +60,10 @@ def profile_cmd(
 
     if dtype not in ("fp32", "bf16"):
         raise SpeechpruneError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    if json_out is not None:
+        from speechprune.utils.outputs import check_file_target
+
+        check_file_target(json_out, "--json")
     loaded = load_profile_model(model)
     report = profile_model(
         loaded, seconds=seconds, batch_size=batch_size, latency=latency, flop_check=flop_check, warmup=warmup,

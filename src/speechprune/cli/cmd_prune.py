@@ -8,8 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from speechprune.cli.cmd_evaluate import saved_split
-from speechprune.cli.cmd_finetune import make_split_spec, split_list, split_options
+from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
 from speechprune.cli.common import console
 from speechprune.cli.config import config_option
 from speechprune.errors import SpeechpruneError
@@ -74,7 +73,8 @@ def register(app: typer.Typer) -> None:
                                         no_retrain=no_retrain, orders=split_list(order), tolerance=tolerance,
                                         batch_size=batch_size, profile_seconds=profile_seconds,
                                         influence_clips=influence_clips)
-        spec = _spec(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed) if no_retrain else None
+        spec = (split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+                if no_retrain else None)
         res = api.prune_layers(model, out, options, spec, data=data, label=label, group=group, window=window,
                                overwrite=overwrite, progress=progress, log=console.print)
         if no_retrain:
@@ -83,10 +83,3 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(res))
 
 
-def _spec(model: str, split_column: Any, test_groups: Any, val_groups: Any, test_fraction: float,
-          val_fraction: float, seed: int) -> Any:
-    from speechprune.train.splits import SplitSpec
-
-    recorded = None if (split_column or test_groups or val_groups) else saved_split(model)
-    return SplitSpec(**recorded) if recorded else make_split_spec(split_column, test_groups, val_groups, test_fraction,
-                                                                   val_fraction, seed)

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.cmd_finetune import split_list, split_options
-from speechprune.cli.cmd_prune import _spec, prune_app
+from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
+from speechprune.cli.cmd_prune import prune_app
 from speechprune.cli.common import console
 from speechprune.cli.config import config_option
 
@@ -83,7 +83,7 @@ def structured_cmd(
                       freeze_front_end=freeze_front_end, patience=patience, seed=seed, max_seconds=max_seconds,
                       device=device).validate()
     # the split the classifier was fine-tuned with (recorded in its training.json) unless one is given
-    spec = _spec(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+    spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
     res = api.prune_structured(model, data, label, out, opts, cfg, spec, group=group, resume=resume,
                                overwrite=overwrite, progress=progress)
     if "model_dir" not in res:

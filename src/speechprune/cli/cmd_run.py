@@ -15,6 +15,8 @@ def register(app: typer.Typer) -> None:
         args: Optional[List[str]] = typer.Argument(
             None, help="[CONFIG.yaml] then any key=value overrides, e.g. train.epochs=2 compress.removal.enabled=false"),
         progress: bool = typer.Option(True, help="Show progress bars."),
+        overwrite: bool = typer.Option(False, help="Start afresh in OUT, replacing whatever is there (a foreign "
+                                       "non-empty OUT is refused without it; an earlier run's OUT is resumed)."),
     ) -> None:
         """Analyse the layers, pick and build compressed candidates, fine-tune and evaluate them and the unpruned
         baseline, and write OUT/report.html + report.md (table of params, MACs/s, latency, accuracy, retained
@@ -40,6 +42,9 @@ def register(app: typer.Typer) -> None:
         items = list(args or [])
         config = items.pop(0) if items and "=" not in items[0] else None
         cfg = load_run_config(config, items)
+        from speechprune.utils.outputs import claim_run_output
+
+        claim_run_output(cfg.out, overwrite=overwrite)  # usable, ours or --overwrite, locked for the whole run
         res = api.run(cfg, progress=progress, log=lambda m: console.print(m))
         from speechprune.utils.distributed import is_main_process
 

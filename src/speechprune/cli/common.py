@@ -20,13 +20,20 @@ def parse_states(spec: str | None, num_states: int | None = None) -> list[int] |
     for part in spec.split(","):
         part = part.strip()
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
+            lo, sep, hi = part.partition("-")
+            first, last = int(lo), int(hi if sep else lo)
+            if min(first, last) < 0:
+                raise ValueError(part)
         except ValueError as exc:
             raise SpeechpruneError(f"cannot parse layer list {spec!r}: use e.g. 'all', '0,3,6' or '2-5'") from exc
+        if first > last:
+            raise SpeechpruneError(f"layer range {part!r} in {spec!r} runs backwards; write it low-high, e.g. "
+                                   f"'{last}-{first}'")
+        out.extend(range(first, last + 1))
+    if num_states is not None:
+        bad = [i for i in out if i >= num_states]
+        if bad:
+            raise SpeechpruneError(f"state(s) {bad} in {spec!r} do not exist: this model has states 0..{num_states - 1}")
     return sorted(set(out))
 
 

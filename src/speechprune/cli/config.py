@@ -22,7 +22,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SpeechpruneError(f"config file {p} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}  # a BOM (Windows editors) is not a key
+    except UnicodeDecodeError as exc:
+        raise SpeechpruneError(f"config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise SpeechpruneError(f"config file {p} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

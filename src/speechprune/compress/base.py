@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from speechprune.data.splits import SplitSpec
 from speechprune.errors import SpeechpruneError
 
 #: The test metrics every candidate carries (the report's accuracy columns).
@@ -98,7 +99,7 @@ class Task:
 
     dataset: Any  # speechprune.data.types.AudioDataset
     label: str
-    split: Any  # speechprune.train.splits.SplitSpec  # TODO(issue 16, i16b): data.splits.SplitSpec once it moves
+    split: SplitSpec
 
 
 @dataclass

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from speechprune.data.labels import clean_label, warn_near_duplicates
+from speechprune.data.paths import inside
 from speechprune.data.types import TARGET_SAMPLING_RATE, AudioDataset, AudioItem
 from speechprune.errors import DataError
 from speechprune.utils.io import atomic_dir
@@ -65,7 +67,7 @@ def _label_str(value: Any) -> str:
         return str(int(value))
     if isinstance(value, (np.integer, np.floating)):
         return str(value.item())
-    return str(value)
+    return clean_label(str(value))
 
 
 def _resolve_columns(
@@ -121,6 +123,8 @@ def _make_items(
             if lab.get(c, "") == "":
                 raise DataError(f"{source}: row {i + 1} ({key}) has an empty value in column {c!r}")
         items.append(AudioItem(key=key, labels=lab, group=lab[group_column] if group_column else None, path=path))
+    for col in dict.fromkeys([*labels, *([group_column] if group_column else [])]):
+        warn_near_duplicates(source, col, (it.labels.get(col, "") for it in items))
     if missing:
         shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
         raise DataError(f"{source}: {len(missing)} audio file(s) not found: {shown}")
@@ -202,9 +206,7 @@ def load_audiofolder(
     resolved_root = root.resolve()
 
     def resolve(rel: str) -> tuple[str, Path]:
-        if os.path.isabs(rel):
-            raise DataError(f"{source}: {_FILE_COLUMN} must be relative to the folder, got {rel!r}")
-        return rel, resolved_root / rel
+        return rel, inside(resolved_root, rel, source=source, column=_FILE_COLUMN)
 
     items = _make_items(source, rows, _FILE_COLUMN, labels, explicit, group_column, resolve)
     if segments_dir is not None:
@@ -315,6 +317,8 @@ def from_hf_dataset(
         it = AudioItem(key=str(i), labels=lab, group=lab[group_column] if group_column else None)
         _fill_hf_audio(it, audio, source, i)
         items.append(it)
+    for col in dict.fromkeys([*labels, *([group_column] if group_column else [])]):
+        warn_near_duplicates(source, col, (it.labels.get(col, "") for it in items))
     return AudioDataset(items, labels, group_column, source)
 
 

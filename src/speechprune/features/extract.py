@@ -20,13 +20,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from speechprune.data.cliplen import check_min_length
 from speechprune.data.types import AudioDataset, Segment
 from speechprune.errors import SpeechpruneError
 from speechprune.features import store
-from speechprune.features.pooling import POOLINGS, pool_states
+from speechprune.features.chunking import DEFAULT_CHUNK_SECONDS, check_chunkable, pool_batch
+from speechprune.features.pooling import POOLINGS
+from speechprune.features.relabel import attach_labels
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.utils.fingerprint import hash_json
 from speechprune.utils.io import write_json_atomic
+from speechprune.utils.locks import PathLock
+from speechprune.utils.outputs import check_dir_target
 
 
 def default_cache_root() -> Path:
@@ -61,6 +66,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     stop_after_batches: int | None = None,
+    chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
 ) -> store.LayerFeatures:
     """Features of ``layers`` (state indices, default all 0..L) for every clip of ``dataset``.
 
@@ -81,11 +87,27 @@ def extract_features(
         "device": torch.device(device).type,
         "final_norm": final_norm,
     }
+    if check_chunkable(dataset, encoder, pooling, chunk_seconds):  # in the key only where a clip is chunked
+        options["chunk_seconds"] = chunk_seconds
     key, request = request_key(encoder, dataset, options)
-    entry = store.entry_dir(Path(cache_dir) if cache_dir else default_cache_root(), dataset.name, key)
+    root = check_dir_target(Path(cache_dir) if cache_dir else default_cache_root(), "feature cache")
+    entry = store.entry_dir(root, dataset.name, key)
     if store.is_complete(entry):
-        return store.load_features(entry)
+        return attach_labels(store.load_features(entry), dataset)
+    with PathLock(entry, "feature cache entry"):  # "in use by pid N" while another process fills it
+        if store.is_complete(entry):
+            return attach_labels(store.load_features(entry), dataset)
+        feats = _fill_entry(encoder, dataset, entry, key, request, options, states, device, progress,
+                            stop_after_batches)
+    return attach_labels(feats, dataset)
+
+
+def _fill_entry(encoder: SpeechEncoder, dataset: AudioDataset, entry: Path, key: str, request: dict[str, Any],
+                options: dict[str, Any], states: list[int], device: str, progress: bool,
+                stop_after_batches: int | None) -> store.LayerFeatures:
+    batch_size = options["batch_size"]
     _preflight(dataset)
+    check_min_length(dataset, encoder)
     entry.mkdir(parents=True, exist_ok=True)
     write_json_atomic(entry / "request.json", request)
 
@@ -141,12 +163,8 @@ def _run_batches(
         if stop_after is not None and count >= stop_after:
             break
         batch_no = idx[0] // bs
-        inputs = encoder.prepare(waves)
-        hs = encoder.hidden_states(
-            inputs, layers=states, dtype=options["dtype"], device=options["device"], final_norm=options["final_norm"]
-        )
         segs = [dataset.items[i].segments for i in idx] if options["pooling"] == "segment" else None
-        pooled = pool_states(hs, inputs.frame_lengths, options["pooling"], encoder.frame_rate, segs)
+        pooled = pool_batch(encoder, waves, {**options, "layers": states}, segs)  # long clips in chunks
         global_index = np.asarray(idx, dtype=np.int64)[pooled.item_index.numpy()]
         tensors = {"states": store.as_numpy(pooled.states), "item_index": global_index}
         extra = None

@@ -116,8 +116,12 @@ def load_features(entry: str | Path) -> LayerFeatures:
     entry = Path(entry)
     if not is_complete(entry):
         raise CacheError(f"{entry} is not a complete feature cache entry (no meta.json / features.safetensors)")
-    meta = json.loads((entry / "meta.json").read_text())
-    tensors = load_numpy(str(entry / "features.safetensors"))
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        tensors = load_numpy(str(entry / "features.safetensors"))
+    except Exception as exc:  # truncated or corrupt files (SafetensorError, JSONDecodeError, ...)
+        raise CacheError(f"feature cache entry {entry} is damaged ({type(exc).__name__}: {exc}); delete that folder "
+                         "to extract again") from exc
     return LayerFeatures(
         states=tensors["states"],
         layers=list(meta["layers"]),

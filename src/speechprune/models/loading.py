@@ -74,12 +74,18 @@ def _load_pretrained(spec: str, attn_implementation: str | None) -> SpeechEncode
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if getattr(config, "speechprune_structure", None):  # structured-pruned, not describable by the stock config
-        from speechprune.compress.structured import load_pruned
+    cls = None if getattr(config, "speechprune_structure", None) else _model_class(config, spec)
+    try:
+        if cls is None:  # structured-pruned, not describable by the stock config
+            from speechprune.compress.structured import load_pruned
 
-        model = load_pruned(spec, **kwargs)
-    else:
-        model = _model_class(config).from_pretrained(spec, **kwargs)
+            model = load_pruned(spec, **kwargs)
+        else:
+            model = cls.from_pretrained(spec, **kwargs)
+    except SpeechpruneError:
+        raise
+    except Exception as exc:  # truncated/corrupt safetensors, shape mismatches, missing files: name the folder
+        raise SpeechpruneError(f"cannot load the weights of model {spec!r}: {type(exc).__name__}: {exc}") from exc
     try:
         fe = transformers.AutoFeatureExtractor.from_pretrained(spec)
     except (OSError, ValueError):
@@ -87,9 +93,22 @@ def _load_pretrained(spec: str, attn_implementation: str | None) -> SpeechEncode
     return wrap_model(model, fe, source=spec)
 
 
-def _model_class(config: Any) -> type:
-    for arch in getattr(config, "architectures", None) or []:
+def _model_class(config: Any, spec: str = "model") -> type:
+    """The class named in ``config.architectures`` (unknown names fall back to ``AutoModel``); an entry that is not
+    a class name, or names a class of another model family, is an error naming it."""
+    archs = getattr(config, "architectures", None) or []
+    if isinstance(archs, str) or not isinstance(archs, (list, tuple)):
+        raise SpeechpruneError(f"{spec}/config.json: 'architectures' must be a list of class names, got {archs!r}")
+    for arch in archs:
+        if not isinstance(arch, str):
+            raise SpeechpruneError(f"{spec}/config.json: 'architectures' entry {arch!r} is not a class name")
         cls = getattr(transformers, arch, None)
-        if cls is not None:
-            return cls
+        if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+            continue
+        wanted = getattr(cls, "config_class", None)
+        if wanted is not None and not isinstance(config, wanted):
+            raise SpeechpruneError(
+                f"{spec}/config.json: 'architectures' entry {arch!r} is a {getattr(wanted, 'model_type', '?')} class "
+                f"but model_type is {config.model_type!r}; fix or remove the entry")
+        return cls
     return transformers.AutoModel

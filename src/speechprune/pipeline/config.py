@@ -16,25 +16,12 @@ from typing import Any
 
 import yaml
 
+from speechprune.data.splits import SplitOptions
 from speechprune.errors import SpeechpruneError
 
 
 class ConfigError(SpeechpruneError):
     """A bad ``run`` configuration (unknown key, wrong type, missing path or label)."""
-
-
-@dataclass
-class SplitConfig:
-    """``split``: :class:`~speechprune.train.splits.SplitSpec` without the seed (the run's).
-
-    TODO(issue 16, i16b): use the split module's spec itself once it lives in ``data/splits``; until then
-    tests/test_option_defaults.py keeps the two in step."""
-
-    split_column: str | None = None
-    test_groups: list[str] = field(default_factory=list)
-    val_groups: list[str] = field(default_factory=list)
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
 
 
 #: Where the run's training defaults differ from :class:`~speechprune.train.loop.TrainConfig`'s (those of
@@ -101,7 +88,7 @@ class RunConfig:
     profile_seconds: float = 1.0
     latency_repeats: int = 20
     recommend_min_retained: float = 0.99
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitOptions = field(default_factory=SplitOptions)
     train: TrainSection = field(default_factory=TrainSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     compress: CompressSection = field(default_factory=default_compress)
@@ -130,6 +117,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         _apply_override(data, item)
     cfg = _build(RunConfig, data, "")
     _check_semantics(cfg)
+    from speechprune.pipeline.preflight import check_run_config
+
+    check_run_config(cfg)  # every stage's options, validated as the stage will, before any work
     return cfg
 
 
@@ -265,10 +255,10 @@ def _data_columns(path: Path) -> list[str] | None:
 
     meta = path / "metadata.csv" if path.is_dir() else path
     if meta.suffix == ".csv" and meta.is_file():
-        with open(meta, newline="") as f:
+        with open(meta, newline="", encoding="utf-8-sig") as f:  # as the loaders read it: a BOM is not a column
             return next(csv.reader(f), [])
     if meta.suffix in (".jsonl", ".json") and meta.is_file():
-        with open(meta) as f:
+        with open(meta, encoding="utf-8-sig") as f:
             line = f.readline()
         return list(json.loads(line)) if line.strip() else []
     if path.is_dir() and (path / "metadata.jsonl").is_file():

@@ -57,11 +57,7 @@ class Run:
         return self._encoder
 
     def split_spec(self) -> Any:
-        from speechprune.train.splits import SplitSpec
-
-        s = self.cfg.split
-        return SplitSpec(split_column=s.split_column, test_groups=list(s.test_groups), val_groups=list(s.val_groups),
-                         test_fraction=s.test_fraction, val_fraction=s.val_fraction, seed=self.cfg.seed)
+        return self.cfg.split.spec(seed=self.cfg.seed)
 
     def task(self) -> Any:
         from speechprune.compress.base import Task
@@ -139,9 +135,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
         write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
         import yaml
 
-        from speechprune.utils.io import write_text_atomic
+        from speechprune.utils.outputs import write_owned_text
 
-        write_text_atomic(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        # never replaces a config.yaml that run did not write (e.g. the input config kept in OUT)
+        write_owned_text(run.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                         "# written by speechprune run (the resolved configuration)")
     distributed.barrier()
     base = run.base_deps()
     if cfg.analysis.enabled:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from speechprune.data.batching import iter_batches
+from speechprune.data.cliplen import check_max_length, check_min_length
 from speechprune.data.types import AudioDataset
 from speechprune.errors import DataError
 from speechprune.models.adapter import SpeechEncoder
@@ -33,6 +34,8 @@ def predict_logits(
     if not idx:
         raise DataError(f"{dataset.name}: nothing to evaluate (empty split)")
     cut = None if max_seconds is None else int(round(max_seconds * 16_000))
+    check_min_length(dataset, encoder, idx)
+    check_max_length(dataset, encoder, idx, max_seconds)
     out = []
     batches = iter_batches(dataset, batch_size, idx)
     if progress:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from speechprune.data.splits import _natural
+from speechprune.data.cliplen import check_max_length, check_min_length
+from speechprune.data.splits import SplitSpec, _natural, make_splits
 from speechprune.data.types import AudioDataset
 from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
@@ -22,8 +23,8 @@ from speechprune.models.classifier import add_classification_head, class_names, 
 from speechprune.train.data import ClassifierCollate, ClipDataset
 from speechprune.train.evaluate import evaluate_classifier
 from speechprune.train.loop import TrainConfig, Trainer, copy_logs
-from speechprune.train.splits import SplitSpec, make_splits
 from speechprune.utils.distributed import is_main_process
+from speechprune.utils.outputs import claim_output
 
 
 def work_dir_for(out: str | Path) -> Path:
@@ -34,6 +35,7 @@ def work_dir_for(out: str | Path) -> Path:
 def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path:
     """Check the output and checkpoint folders before any work, and return the checkpoint folder."""
     work = work_dir_for(out)
+    claim_output(out, overwrite=True, command="finetune")  # usable path + lock; non-empty is checked below
     if overwrite:
         shutil.rmtree(work, ignore_errors=True)
     elif out.exists() and any(out.iterdir()):
@@ -82,6 +84,8 @@ def finetune(
     out = Path(out)
     work = prepare_output(out, resume=resume, overwrite=overwrite)
     parts = make_splits(dataset, label, split)
+    check_min_length(dataset, encoder)  # a too-short or too-long clip is named before training starts
+    check_max_length(dataset, encoder, max_seconds=cfg.max_seconds)
     classes = classes_for(dataset, label, parts["train"])
     if is_classifier(encoder) and class_names(encoder) == classes:
         model_enc = encoder

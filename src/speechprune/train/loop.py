@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechprune.errors import SpeechpruneError
 from speechprune.train.data import EpochShuffleSampler, split_model_inputs
-from speechprune.utils.io import replace_dir, write_json_atomic
+from speechprune.train.guards import DivergedError, check_loss, check_numbers, check_weights, discard_run
+from speechprune.utils.io import recover_swap, replace_dir, write_json_atomic
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 TRACKERS = ("none", "tensorboard", "wandb")
@@ -89,6 +90,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise SpeechpruneError(msg)
+        check_numbers(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +177,10 @@ class Trainer:
             raise SpeechpruneError("the training split is empty")
         if len(val_set) == 0:
             raise SpeechpruneError("the validation split is empty: model selection and early stopping need one")
+        from speechprune.utils.distributed import is_main_process
+
+        if is_main_process():  # a crash between the two renames of the checkpoint swap: resume from either copy
+            recover_swap(self.checkpoint_dir, self.checkpoint_dir.with_name("checkpoint.tmp"), STATE_FILE)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -240,6 +246,7 @@ class Trainer:
                 for batch in train_loader:
                     with accel.accumulate(model):
                         loss, _ = self.loss_fn(model, batch)
+                        check_loss(loss, epoch=state.epoch + 1, step=state.global_step, lr=cfg.lr)
                         accel.backward(loss)
                         if accel.sync_gradients and cfg.max_grad_norm:
                             accel.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
@@ -268,6 +275,10 @@ class Trainer:
                 epochs_this_call += 1
                 if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                     break
+        except DivergedError:
+            if accel.is_main_process:  # keep nothing of a diverged run: no checkpoint to resume into garbage
+                discard_run(self.work_dir)
+            raise
         finally:
             bar.close()
             if tracking:
@@ -275,6 +286,12 @@ class Trainer:
         accel.wait_for_everyone()
         if state.epoch >= cfg.epochs or state.stopped_early:
             self._load_best(accel, model)
+            try:
+                check_weights(accel.unwrap_model(model))
+            except DivergedError:
+                if accel.is_main_process:
+                    discard_run(self.work_dir)
+                raise
         self.model = accel.unwrap_model(model)
         accel.free_memory()
         return TrainResult(state, cfg, len(self.train_set), len(self.val_set), accel.num_processes, trainable)

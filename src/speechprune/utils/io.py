@@ -27,6 +27,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; results are ordinary files
     try:
         yield tmp_path
+        if tmp_path.exists():  # writers such as safetensors re-create the file 0600: give it the umask's mode
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
@@ -57,11 +59,44 @@ def replace_dir(src: Path, dest: Path) -> None:
     import shutil
 
     old = dest.with_name(f".{dest.name}.old")
+    apply_umask(src)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)
     src.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swap(dest: Path, src: Path, complete: str) -> bool:
+    """Finish or undo a :func:`replace_dir` that a crash interrupted between its two renames, where ``dest`` is
+    missing while the old copy (``.<dest>.old``) and/or the new one (``src``) are on disk. The new copy is taken
+    when it holds the file ``complete`` (written last), else the old one. Returns whether anything was recovered."""
+    import shutil
+
+    dest, src = Path(dest), Path(src)
+    old = dest.with_name(f".{dest.name}.old")
+    if dest.exists():
+        return False
+    if (src / complete).is_file():
+        src.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+    if (old / complete).is_file():
+        old.rename(dest)
+        return True
+    return False
+
+
+def apply_umask(folder: Path) -> None:
+    """Give a finished folder the permissions the user's umask asks for (0644/0755 with umask 022): libraries such
+    as safetensors create their files 0600, which made models and features unreadable to the rest of a group."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for f in files:
+            path = os.path.join(root, f)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
 
 
 def _umask() -> int:

@@ -90,7 +90,19 @@ def teacher_targets(
         "max_seconds": max_seconds,
     }
     key = hash_json(request)
-    entry = Path(cache_dir or default_targets_root()) / f"{dataset.name}-{key[:16]}"
+    from speechprune.utils.locks import PathLock
+    from speechprune.utils.outputs import check_dir_target
+
+    root = check_dir_target(Path(cache_dir or default_targets_root()), "teacher target cache")
+    entry = root / f"{dataset.name}-{key[:16]}"
+    with PathLock(entry, "teacher target cache entry"):  # "in use by pid N" while another process fills it
+        return _cached_or_computed(teacher, dataset, entry, request, key, intermediate, batch_size, max_seconds,
+                                   progress)
+
+
+def _cached_or_computed(teacher: SpeechEncoder, dataset: AudioDataset, entry: Path, request: dict[str, Any],
+                        key: str, intermediate: int | None, batch_size: int, max_seconds: float | None,
+                        progress: bool) -> TeacherTargets:
     have: list[int] = []
     if (entry / "meta.json").exists():
         import json

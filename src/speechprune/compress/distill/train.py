@@ -32,13 +32,13 @@ from speechprune.compress.distill.student import (
     teacher_stack_params,
 )
 from speechprune.compress.distill.targets import FrameCollate, FrameDataset, teacher_targets
+from speechprune.data.splits import SplitSpec, make_splits
 from speechprune.data.types import AudioDataset
 from speechprune.errors import DataError
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.classifier import class_names
 from speechprune.train.finetune import prepare_output
 from speechprune.train.loop import TrainConfig, Trainer
-from speechprune.train.splits import SplitSpec, make_splits
 from speechprune.utils import distributed
 from speechprune.utils.io import write_json_atomic
 

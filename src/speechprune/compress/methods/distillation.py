@@ -53,8 +53,19 @@ class Distillation(Compression):
     trains = True
 
     def validate(self, options: DistillOptions) -> None:
+        from speechprune.compress.distill.mimickers import KINDS
+
+        if not options.mimickers:
+            raise SpeechpruneError("mimickers: none given (e.g. mlp:64:1)")
         for spec in options.mimickers:
-            parse_mimicker(spec)
+            opts = parse_mimicker(spec)
+            if opts["mimicker"] not in KINDS:
+                raise SpeechpruneError(f"mimicker {spec!r}: kind must be one of {', '.join(KINDS)}")
+            if opts["hidden"] < 1 or opts["blocks"] not in (1, 2):
+                raise SpeechpruneError(f"mimicker {spec!r}: hidden must be >= 1 and blocks 1 or 2")
+        for key in ("stage1_epochs", "stage2_epochs"):
+            if getattr(options, key) < 1:
+                raise SpeechpruneError(f"{key} must be >= 1, got {getattr(options, key)}")
 
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: DistillOptions
             ) -> list[Candidate]:

@@ -35,10 +35,12 @@ class Removal(Compression):
 
     def validate(self, options: RemovalOptions) -> None:
         from speechprune.compress.layers import ORDERS
+        from speechprune.utils.checks import check_finite
 
         bad = [o for o in options.orders if o not in ORDERS]
         if bad:
             raise SpeechpruneError(f"orders: unknown {bad}; allowed: {', '.join(ORDERS)}")
+        check_finite(options.min_retained, "min_retained", low=0.0, high=1.0, low_open=True)
 
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: RemovalOptions
             ) -> list[Candidate]:
@@ -75,7 +77,7 @@ def removal_curves(enc: Any, task: Task, orders: list[str], folder: Path, *, bat
     influence per order (``{order: {layer: score}}``; measured on ``influence_clips`` training clips drawn with
     ``seed``, for the orders that need it)."""
     from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-    from speechprune.train.splits import make_splits
+    from speechprune.data.splits import make_splits
     from speechprune.utils.io import atomic_path
 
     parts = make_splits(task.dataset, task.label, task.split)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechprune.compress.base import Candidate, Compression, Task, Teacher, Workspace, metrics_of, resumable
+from speechprune.errors import SpeechpruneError
 
 
 @dataclass
@@ -48,8 +49,16 @@ class Structured(Compression):
     def validate(self, options: StructuredOptions) -> None:
         from speechprune.compress.structured.budget import parse_budget
 
+        from speechprune.compress.structured.train import PruneOptions
+
+        if not options.budgets:
+            raise SpeechpruneError("budgets: none given (e.g. macs=0.5)")
+        if options.epochs < 1:
+            raise SpeechpruneError(f"epochs must be >= 1, got {options.epochs}")
         for budget in options.budgets:
             parse_budget(budget)
+            PruneOptions(budgets=budget, p0_keep=options.p0_keep, gate_lr=options.gate_lr, reg_lr=options.reg_lr,
+                         target_warmup=options.target_warmup, finetune_epochs=options.finetune_epochs).validate()
 
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: StructuredOptions
             ) -> list[Candidate]:

@@ -24,6 +24,11 @@ class Truncation(Compression):
     inputs = ("data", "train", "analysis")
     trains = True
 
+    def validate(self, options: TruncateOptions) -> None:
+        from speechprune.utils.checks import check_finite
+
+        check_finite(options.tolerance, "tolerance", low=0.0)
+
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: TruncateOptions
             ) -> list[Candidate]:
         from speechprune.compress.layers import choose_depth

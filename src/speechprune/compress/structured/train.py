@@ -247,7 +247,7 @@ class _Prepared:
 
 def _prepare(encoder: Any, dataset: Any, label: str, opts: PruneOptions, split: Any) -> _Prepared:
     from speechprune.models.classifier import class_names, is_classifier
-    from speechprune.train.splits import make_splits
+    from speechprune.data.splits import make_splits
 
     budgets = parse_budget(opts.budgets)
     if not is_classifier(encoder):
@@ -294,7 +294,7 @@ def prune_structured(
     ``budgets`` (e.g. ``"macs=0.5"``: keep half the MACs) while training on ``label``, and save it to ``out``.
 
     ``cfg`` is a :class:`~speechprune.train.loop.TrainConfig` (epochs, lr, head_lr, batch size, seed, …),
-    ``split`` a :class:`~speechprune.train.splits.SplitSpec`; pruning options come from ``options`` and/or
+    ``split`` a :class:`~speechprune.data.splits.SplitSpec`; pruning options come from ``options`` and/or
     keyword overrides (``target_warmup``, ``gate_lr``, ``reg_lr``, ``distill_weight``, ``distill_layers``,
     ``finetune_epochs``, ``structures``, ``tolerance``). Returns the summary that is also written to
     ``training.json``. Bad input (budget outside (0, 1), unreachable budget, unsupported family, a model without
@@ -306,7 +306,7 @@ def prune_structured(
     from speechprune.train.evaluate import evaluate_classifier
     from speechprune.train.finetune import prepare_output, work_dir_for
     from speechprune.train.loop import TrainConfig, Trainer
-    from speechprune.train.splits import SplitSpec
+    from speechprune.data.splits import SplitSpec
     from speechprune.utils.distributed import is_main_process
 
     opts = copy.deepcopy(options) if options is not None else PruneOptions()
