@@ -31,8 +31,10 @@ COMMANDS: dict[str, tuple[dict[str, str], set[str]]] = {
                                       "overwrite", "progress", "config"}),
     "analyze": ({"label": "analysis.labels", **{f: f"analysis.{f}" for f in (
         "metrics", "similarity", "pooling", "layers", "batch_size", "dtype", "device", "knn_k", "convexity_k",
-        "max_pairs", "permutations", "probe_folds", "split_column", "test_groups", "seed", "processes")}},
-                {"model", "data", "group", "window", "segments_dir", "out", "cache_dir", "progress", "config"}),
+        "max_pairs", "permutations", "probe_folds", "split_column", "test_groups", "seed", "processes",
+        "chunk_seconds")}},
+                {"model", "data", "group", "window", "segments_dir", "out", "cache_dir", "overwrite", "progress",
+                 "config"}),
     "prune layers": ({**SPLIT, "order": "layers.orders", **{f: f"layers.{f}" for f in (
         "by", "keep", "drop", "no_retrain", "tolerance", "batch_size", "profile_seconds", "influence_clips")}},
                      {"model", "out", "data", "label", "group", "window", "overwrite", "progress", "config"}),
@@ -43,7 +45,7 @@ COMMANDS: dict[str, tuple[dict[str, str], set[str]]] = {
              "structures", "p0_keep", "gate_lr", "reg_lr", "reg_update", "target_warmup", "distill_weight",
              "finetune_epochs", "calibrate", "tolerance")}},
         {"model", "data", "label", "out", "group", "resume", "overwrite", "progress", "config"}),
-    "distill": ({**{k: v for k, v in SPLIT.items() if k not in ("val_fraction", "seed")},
+    "distill": ({**{k: v for k, v in SPLIT.items() if k != "seed"},
                  **{f: f"distill.{f}" for f in ("mimicker", "hidden", "blocks", "nhead", "intermediate", "positions",
                                                  "freeze_mimicker", "seed")},
                  "stage1_epochs": "distill.stage1.epochs", "stage2_epochs": "distill.stage2.epochs",
@@ -51,7 +53,7 @@ COMMANDS: dict[str, tuple[dict[str, str], set[str]]] = {
                  "patience": "distill.stage1.patience", "device": "distill.stage1.device"},
                 {"teacher", "data", "label", "group", "window", "latency", "out", "resume", "overwrite", "cache_dir",
                  "progress", "config"}),
-    "run": ({}, {"args", "progress"}),  # everything else is the RunConfig, read from YAML / key=value
+    "run": ({}, {"args", "overwrite", "progress"}),  # everything else is the RunConfig, read from YAML / key=value
 }
 #: Commands outside issue 16's API (no options dataclass of their own yet).
 WITHOUT_OPTIONS = {"info", "extract", "evaluate", "profile", "import-ct2", "demo"}
