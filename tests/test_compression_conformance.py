@@ -21,7 +21,7 @@ TRAIN = TrainConfig(epochs=2, batch_size=4, lr=2e-3, freeze_front_end=False, war
 #: Per method, options that keep the check short (other fields: the method's defaults).
 FAST = {
     "truncate": {"tolerance": 100.0},  # the shallowest depth, so there is a candidate
-    "removal": {"orders": ["backward"], "min_retained": 0.0},
+    "removal": {"orders": ["backward"], "min_retained": 0.01},
     "distill": {"mimickers": ["mlp:16:1"], "stage1_epochs": 1, "stage2_epochs": 1},
     "structured": {"budgets": ["macs=0.5"], "epochs": 2, "finetune_epochs": 0},
 }
