@@ -44,3 +44,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def second_device():
+    """A second torch device on a CPU-only machine, to catch tensors created on the wrong device the way CUDA
+    does: torch's lazy-tensor TorchScript backend (``lazy``) computes on the CPU but refuses to mix its tensors
+    with ordinary CPU tensors in one op ("Input tensor is not a lazy tensor"). Skipped where torch lacks it."""
+    import torch
+
+    try:
+        import torch._lazy
+        import torch._lazy.ts_backend
+
+        torch._lazy.ts_backend.init()
+        probe = torch.ones(2, device="lazy") + 1
+        probe.cpu()
+    except Exception as exc:  # pragma: no cover - depends on the torch build
+        pytest.skip(f"torch's lazy TorchScript backend is unavailable here ({exc}): no second device on the CPU")
+    return torch.device("lazy", 0)

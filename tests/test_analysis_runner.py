@@ -55,3 +55,37 @@ def test_analyze_bad_requests(tmp_path: Path, words) -> None:
         run_analysis(enc, words, AnalysisConfig(labels=["word"], metrics=["probes"], test_groups=["nobody"]),
                      tmp_path / "o", cache_dir=tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*/shards"))
+
+
+def test_speaker_label_with_two_clips_per_class_adapts_the_folds(tmp_path: Path) -> None:
+    """`analyze -l speaker` where every speaker has 2 clips: folds shrink to 2 (stratified; the label is the group
+    column) instead of failing after the work; word (6 per class, 6 speakers) runs its 5 group-aware folds."""
+    ds = synthesize_words(words=("yes", "no"), speakers=6, takes=1)
+    enc = load_encoder("tiny:wav2vec2")
+    cfg = AnalysisConfig(labels=["speaker", "word"], metrics=["probes"], permutations=1, probe_folds=5, processes=1)
+    res = run_analysis(enc, ds, cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    assert res["probes"]["speaker"][0]["split"].startswith("2-fold stratified") and len(res["probes"]["speaker"]) == 5
+    assert res["probes"]["word"][0]["n_folds"] == 5
+
+
+def test_a_label_that_cannot_be_probed_is_skipped_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    import speechprune.features as features
+
+    ds = synthesize_words(words=("yes", "no"), speakers=3, takes=1)
+    ds = ds.subset(list(range(len(ds) - 1)))  # the last speaker keeps a single clip
+    enc = load_encoder("tiny:wav2vec2")
+    cfg = AnalysisConfig(labels=["speaker", "word"], metrics=["probes"], permutations=1, probe_folds=5, processes=1)
+
+    def stop(*_a, **_k):
+        raise RuntimeError("feature extraction started")
+
+    monkeypatch.setattr(features, "extract_features", stop)
+    with pytest.raises(RuntimeError, match="extraction started"):
+        run_analysis(enc, ds, cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "probes speaker: skipped: class(es) ['s02'] have a single example" in said  # the warning came first
+    monkeypatch.undo()
+    res = run_analysis(enc, ds, cfg, tmp_path / "out", cache_dir=tmp_path / "cache", progress=False)
+    assert "speaker" not in res["probes"] and "single example" in res["probes_skipped"]["speaker"]
+    assert res["probes"]["word"][0]["n_folds"] == 3  # leave-one-speaker-out: 3 speakers
+    assert "leave-one-group-out" in res["probes"]["word"][0]["split"]

@@ -55,3 +55,24 @@ def test_distill_cli(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "out of range" in str(bad.exception)
     help_ = runner.invoke(app, ["distill", "--help"], terminal_width=200)
     assert "mimicker" in help_.output and "stage 2" in help_.output.lower()
+
+
+def test_distill_cli_split_column(tmp_path: Path) -> None:
+    """Issue 12: ``--split-column split`` (and a split column recorded in the teacher's training.json) failed with
+    "no label column 'split'": only the label column was loaded."""
+    data = _audiofolder(tmp_path / "data")
+    rows = (data / "metadata.csv").read_text().splitlines()
+    (data / "metadata.csv").write_text("\n".join([rows[0] + ",split"] + [
+        r + ("," + ("test" if i % 4 == 3 else "train")) for i, r in enumerate(rows[1:])]) + "\n")
+    teacher = add_classification_head(load_encoder("tiny:whisper", window_seconds=0.5), ["w0", "w1"])
+    teacher.save_pretrained(tmp_path / "teacher")
+    common = ["--label", "word", "--hidden", "8", "--blocks", "1", "--stage1-epochs", "1", "--stage2-epochs", "1",
+              "--batch-size", "8", "--no-latency", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    res = runner.invoke(app, ["distill", str(tmp_path / "teacher"), str(data), *common, "--split-column", "split",
+                              "--out", str(tmp_path / "s1")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((tmp_path / "s1" / "distill.json").read_text())["splits"]["test"] == 6
+    (tmp_path / "teacher" / "training.json").write_text(json.dumps({"split_spec": {"split_column": "split"}}))
+    res = runner.invoke(app, ["distill", str(tmp_path / "teacher"), str(data), *common, "--out", str(tmp_path / "s2")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((tmp_path / "s2" / "distill.json").read_text())["splits"]["test"] == 6

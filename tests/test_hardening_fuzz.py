@@ -6,7 +6,6 @@ Commands run in this process through the real entry point (``cli.guard.run``) wi
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 
@@ -156,6 +155,7 @@ def _cases(world: dict) -> list[tuple[str, list[str], str, dict]]:
     return cases
 
 
+@pytest.mark.slow
 def test_every_command_fails_cleanly_on_bad_input(world: dict) -> None:
     root = world["root"]
     watched = [root / "good", root / "cache", root / "out", root / "a-file", *(p for p, _ in world["data"].values())]

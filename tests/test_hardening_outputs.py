@@ -197,6 +197,7 @@ def test_checkpoint_swap_interrupted_between_the_renames_resumes_from_either_cop
     assert not recover_swap(dest, tmp, STATE_FILE)  # nothing to do when the checkpoint is in place
 
 
+@pytest.mark.slow
 def test_finetune_resume_after_a_crash_between_the_renames(tmp_path: Path) -> None:
     from speechprune.data.sources import load_data
     from speechprune.models import load_encoder
@@ -214,3 +215,15 @@ def test_finetune_resume_after_a_crash_between_the_renames(tmp_path: Path) -> No
     res = finetune(load_encoder("tiny:wav2vec2"), ds, "word", out, cfg, resume=True, progress=False,
                    evaluate_test=False)
     assert res["training"]["epochs_run"] == 2 and (out / "training.json").is_file()
+
+
+def test_run_with_its_input_config_in_out_neither_refuses_nor_deletes_it(tmp_path: Path) -> None:
+    from speechprune.utils.outputs import claim_run_output
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = out / "config.yaml"
+    config.write_text("# mine\n")
+    claim_run_output(out, overwrite=False, config=config).release()
+    claim_run_output(out, overwrite=True, config=config).release()
+    assert config.read_text() == "# mine\n"

@@ -34,7 +34,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def overrides(data: Path, out: Path, *extra: str) -> list[str]:
     return ["model=tiny:wav2vec2", f"data={data}", "label=word", "labels=speaker", "group=speaker",
-            "split.test_groups=4", "train.epochs=2", "train.lr=2e-3", "train.freeze_front_end=false",
+            "split.test_groups=4", "split.val_fraction=0.3", "train.epochs=2", "train.lr=2e-3", "train.freeze_front_end=false",
             f"out={out}", "latency_repeats=2", "analysis.metrics=similarity,convexity", "analysis.permutations=1",
             "compress.removal.orders=backward,block-influence", "compress.distill.enabled=true",
             "compress.distill.mimickers=mlp:16:1", "compress.distill.stage1_epochs=2",
@@ -69,6 +69,15 @@ def test_yaml_file_and_overrides(data: Path, tmp_path: Path) -> None:
         load_run_config(cfg_file)
 
 
+def test_run_accepts_the_analysis_options(data: Path, tmp_path: Path) -> None:
+    cfg = load_run_config(None, overrides(data, tmp_path / "o", "analysis.probe_folds=3", "analysis.knn_k=4",
+                                          "analysis.convexity_k=6", "analysis.processes=1"))
+    a = cfg.analysis
+    assert (a.probe_folds, a.knn_k, a.convexity_k, a.processes) == (3, 4, 6, 1)
+    with pytest.raises(ConfigError, match="probe_folds must be at least 2"):
+        load_run_config(None, overrides(data, tmp_path / "o", "analysis.probe_folds=1"))
+
+
 def test_run_caches_stages_and_recovers_from_a_crash(data: Path, tmp_path: Path, monkeypatch) -> None:
     quiet = lambda _m: None  # noqa: E731
     full = run_pipeline(load_run_config(None, overrides(data, tmp_path / "a")), progress=False, log=quiet)
@@ -84,7 +93,7 @@ def test_run_caches_stages_and_recovers_from_a_crash(data: Path, tmp_path: Path,
     # changing the removal orders reruns removal (and profile) only
     changed = run_pipeline(load_run_config(None, overrides(data, tmp_path / "a", "compress.removal.orders=backward")),
                            progress=False, log=quiet)
-    assert set(changed["stages_run"]) == {"removal", "profile"}
+    assert set(changed["stages_run"]) == {"removal", "evaluate", "profile"}  # the candidates changed
 
     # crash in the middle (after baseline and truncation), then re-run: finished stages are not redone
     def boom(*_args):
@@ -114,8 +123,17 @@ def test_report_renders_in_headless_chromium(data: Path, tmp_path: Path) -> None
     marker = dom.stdout.split('data-render-check="', 1)[1].split('"', 1)[0]
     plots, rows = marker.split(";")
     done, total = map(int, plots.removeprefix("plots=").split("/"))
-    assert total >= 4 and done == total, marker  # similarity, layer curves, removal, Pareto
+    assert total >= 5 and done == total, marker  # similarity, layer curves, removal, confusion matrices, Pareto
     assert int(rows.removeprefix("rows=")) >= 3
+    # the evidence (issue 14): test n and 95 % intervals in the table, confusion matrices, and a block outline only
+    # where the permutation test found blocks (otherwise a note with the p-value)
+    text = dom.stdout
+    assert "test n" in text and "test accuracy [95 % CI]" in text and " [0." in text
+    assert "Confusion matrices per candidate" in text and "How to read this" in text
+    blocks = json.loads((tmp_path / "r" / "analysis" / "blocks.json").read_text())
+    for name, b in blocks.items():
+        if name != "provenance" and not b["has_blocks"]:
+            assert f"{name}: no block structure beyond distance decay (p = " in text and "no outline drawn" in text
     shot = tmp_path / "report.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,3000", html.as_uri()],
                    capture_output=True, timeout=120, check=True)

@@ -40,7 +40,8 @@ from speechprune.errors import SpeechpruneError
 
 DEFAULT_BLOCK = 2048
 # At or below this many rows the dense row-block scan is used: the symmetric scheme's extra top-k along columns
-# and its merges cost more than the GEMM half they save (measured in benchmarks/analysis_knn.py).
+# and its merges pay off only once the GEMM half they save is large. A first choice (3 row blocks of 2 048), not
+# tuned on an idle machine: the benchmarks of issue 18 ran at load 20–30 (benchmarks/results/analysis_kernels.md).
 DENSE_MAX_ROWS = 6144
 _U32 = 2.0**-24
 

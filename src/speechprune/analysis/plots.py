@@ -106,6 +106,10 @@ def _draw(fig: Figure, ax: Any, matrix: SimilarityMatrix, blocks: BlocksLike, ti
                     shade = (values[i, j] - lo) / (hi - lo) if hi > lo else 0.0
                     ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="black" if shade > 0.6 else "white")
+    if isinstance(blocks, BlockResult) and not blocks.has_blocks:
+        # a block split that failed the permutation test is not drawn: the picture would claim what the test denies
+        ax.set_title(f"{ax.get_title()}\nno significant blocks (p = {blocks.p_value:.2g} ≥ α = {blocks.alpha:g}): "
+                     "none outlined", fontsize=9)
     for a, b in _positions(blocks, states):
         ax.add_patch(Rectangle((a - 0.5, a - 0.5), b - a + 1, b - a + 1, fill=False, edgecolor="red", linewidth=2))
         if a > 0:
@@ -115,8 +119,8 @@ def _draw(fig: Figure, ax: Any, matrix: SimilarityMatrix, blocks: BlocksLike, ti
 
 def _positions(blocks: BlocksLike, states: list[int]) -> list[tuple[int, int]]:
     """Block state ranges → matrix positions (the matrix may not start at state 0)."""
-    if blocks is None:
-        return []
+    if blocks is None or (isinstance(blocks, BlockResult) and not blocks.has_blocks):
+        return []  # only significant blocks are outlined (see _draw)
     ranges = blocks.blocks if isinstance(blocks, BlockResult) else list(blocks)
     out = []
     for a, b in ranges:

@@ -42,7 +42,7 @@ class AnalysisConfig:
     layers: list[int] | None = None
     batch_size: int = 8
     dtype: str = "fp32"
-    device: str = "cpu"
+    device: str = "auto"  # extraction and the similarity/convexity kernels: auto | cpu | cuda | cuda:N
     knn_k: int = 10
     convexity_k: int = 10
     max_pairs: int = 5000
@@ -72,13 +72,19 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
                  progress: bool = True) -> dict[str, Any]:
     """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content."""
     from speechprune.features import extract_features
+    from speechprune.utils.device import resolve_device
 
     cfg.validate()
+    cfg.device = str(resolve_device(cfg.device))  # "auto" → cuda/cpu, for extraction and the analysis kernels
     missing = [lab for lab in cfg.labels if lab not in dataset.label_columns]
     if missing:
         raise SpeechpruneError(
             f"label column(s) {missing} not in the data; available: {', '.join(dataset.label_columns)}"
         )
+    plans = plan_probes(dataset, cfg) if "probes" in cfg.metrics else {}
+    for label, plan in plans.items():  # said before minutes of feature extraction, not after
+        if plan.note:
+            console.print(f"[yellow]probes {label}: {plan.note}[/yellow]")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     timings: dict[str, float] = {}
@@ -105,7 +111,10 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
         timings["convexity"] = round(time.perf_counter() - t, 2)
     if "probes" in cfg.metrics:
         t = time.perf_counter()
-        result["probes"] = _probes(feats, dataset, cfg, out, progress)
+        result["probes"] = _probes(feats, dataset, cfg, out, progress, plans)
+        skipped = {lab: p.note for lab, p in plans.items() if not p.ok}
+        if skipped:
+            result["probes_skipped"] = skipped
         timings["probes"] = round(time.perf_counter() - t, 2)
     if "convexity" in cfg.metrics or "probes" in cfg.metrics:
         from speechprune.analysis.curves import plot_layer_curves
@@ -213,7 +222,44 @@ def _probe_split(feats: Any, dataset: Any, cfg: AnalysisConfig) -> tuple[tuple[n
     return None, f"{cfg.probe_folds}-fold stratified cross-validation"
 
 
-def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, Any]:
+def plan_probes(dataset: Any, cfg: AnalysisConfig) -> dict[str, Any]:
+    """How each label will be probed, from the dataset's labels and groups alone (no features needed), so that a
+    label that cannot be probed is reported — and skipped — before any work. Folds adapt to the data
+    (:func:`speechprune.analysis.probes.plan_folds`); a given split is checked for test classes unseen in training.
+    """
+    from speechprune.analysis.probes import FoldPlan, plan_folds
+
+    groups = dataset.groups()
+    all_grouped = bool(groups) and all(g is not None for g in groups)
+    plans: dict[str, Any] = {}
+    for label in cfg.labels:
+        y = dataset.labels(label)
+        label_is_group = all_grouped and _label_is_group(y, groups)
+        if cfg.split_column or (cfg.test_groups and not label_is_group):
+            if cfg.split_column:
+                values = [str(v) for v in dataset.labels(cfg.split_column)] if cfg.split_column in \
+                    dataset.label_columns else []
+                train = {y[i] for i, v in enumerate(values) if v == "train"}
+                test = {y[i] for i, v in enumerate(values) if v == "test"}
+            else:
+                held = {str(g) for g in cfg.test_groups}
+                train = {y[i] for i, g in enumerate(groups) if str(g) not in held}
+                test = {y[i] for i, g in enumerate(groups) if str(g) in held}
+            unseen = sorted(test - train)
+            plans[label] = FoldPlan(1, False) if not unseen else FoldPlan(  # 1 = the given split
+                0, False, f"skipped: class(es) {unseen[:10]} occur only in the probe test split")
+            continue
+        # The label *is* the group (speaker ID): a speaker-independent split would leave every test class unseen in
+        # training, so this label is probed with stratified folds instead (reported in "split").
+        plan = plan_folds(y, None if (label_is_group or not all_grouped) else groups, cfg.probe_folds)
+        if not plan.ok:
+            plan.note = f"skipped: {plan.note}"
+        plans[label] = plan
+    return plans
+
+
+def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: bool,
+            plans: dict[str, Any] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from speechprune.analysis.probes import probes_by_layer
@@ -221,22 +267,26 @@ def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: 
 
     split, how = _probe_split(feats, dataset, cfg)
     all_grouped = all(g is not None for g in feats.groups)
+    plans = plans if plans is not None else plan_probes(dataset, cfg)
     res: dict[str, Any] = {}
     for label in cfg.labels:
+        plan = plans[label]
+        if plan.n_splits == 0:
+            continue  # reported before the work began
         y = feats.labels[label]
+        k = plan.n_splits
         if split is not None and cfg.split_column:
             splits, label_how = [split], how
         elif all_grouped and _label_is_group(y, feats.groups):
-            # The label *is* the group (speaker ID): a speaker-independent split would leave every test class
-            # unseen in training, so this label is probed with stratified folds instead (reported in "split").
-            splits = cv_folds(y, n_splits=cfg.probe_folds, seed=cfg.seed)
-            label_how = f"{cfg.probe_folds}-fold stratified cross-validation (label = group column)"
+            splits = cv_folds(y, n_splits=k, seed=cfg.seed)
+            label_how = f"{k}-fold stratified cross-validation (label = group column)"
         elif split is not None:
             splits, label_how = [split], how
         else:
-            splits = cv_folds(y, groups=feats.groups if all_grouped else None, n_splits=cfg.probe_folds,
-                              seed=cfg.seed)
-            label_how = how
+            splits = cv_folds(y, groups=feats.groups if all_grouped else None, n_splits=k, seed=cfg.seed)
+            label_how = how.replace(f"{cfg.probe_folds}-fold", f"{k}-fold")
+            if plan.grouped and k == len(set(map(str, feats.groups))):
+                label_how = f"leave-one-group-out cross-validation ({dataset.group_column}, {k} groups)"
         bar = tqdm(total=len(feats.layers), desc=f"probes {label}", disable=not progress)
         res[label] = probes_by_layer(feats, label, splits=splits, seed=cfg.seed,
                                      n_permutations=cfg.permutations, progress=lambda: bar.update(1))
@@ -264,6 +314,8 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         out.setdefault(label, {})["convexity_peak_state"] = best["state"]
         out[label]["convexity_peak"] = best["score"]
     for label, rows in (result.get("probes") or {}).items():
+        if not rows:
+            continue
         best = max(rows, key=lambda r: r["accuracy"])
         out.setdefault(label, {})["probe_peak_state"] = best["state"]
         out[label]["probe_peak_accuracy"] = best["accuracy"]

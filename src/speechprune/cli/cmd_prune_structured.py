@@ -10,8 +10,9 @@ import typer
 
 from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
 from speechprune.cli.cmd_prune import prune_app
-from speechprune.cli.common import console
+from speechprune.cli.common import console, load_dataset_spec
 from speechprune.cli.config import config_option
+from speechprune.utils.device import DEVICE_HELP
 
 _so = split_options()
 
@@ -53,7 +54,8 @@ def structured_cmd(
     max_seconds: Optional[float] = typer.Option(None, help="Cut clips to their first N seconds."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder and any interrupted run."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    mixed_precision: str = typer.Option("no", help="Training precision: no | bf16 | fp16 (autocast)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     config: Optional[str] = config_option(),
 ) -> None:
@@ -71,8 +73,9 @@ def structured_cmd(
 
         speechprune prune structured runs/fsdd-word data/fsdd -l word --split-column split --budget macs=0.5 -o runs/fsdd-hj50
     """
-    from speechprune import api
-    from speechprune.compress.structured.train import PruneOptions
+    from speechprune.compress.structured.train import PruneOptions, prune_structured
+    from speechprune.models import load_encoder
+    from speechprune.train.finetune import prepare_output
     from speechprune.train.loop import TrainConfig
 
     opts = PruneOptions(budgets=budget, structures=tuple(split_list(structures)), target_warmup=target_warmup,
@@ -81,11 +84,15 @@ def structured_cmd(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, head_lr=head_lr,
                       weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
                       freeze_front_end=freeze_front_end, patience=patience, seed=seed, max_seconds=max_seconds,
-                      device=device).validate()
+                      device=device, mixed_precision=mixed_precision).validate()
+    prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
     # the split the classifier was fine-tuned with (recorded in its training.json) unless one is given
     spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-    res = api.prune_structured(model, data, label, out, opts, cfg, spec, group=group, resume=resume,
-                               overwrite=overwrite, progress=progress)
+    enc = load_encoder(model)
+    ds = load_dataset_spec(data, [label] + ([spec.split_column] if spec.split_column else []),
+                           group or spec.group_column)
+    res = prune_structured(enc, ds, label, out, cfg=cfg, split=spec, options=opts, resume=resume,
+                           overwrite=overwrite, progress=progress)
     if "model_dir" not in res:
         return
     for name, b in res["budgets"].items():

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         Keys (YAML or dotted overrides): model, data, label, labels, group, window, out, seed, batch_size,
         profile_seconds, latency_repeats, recommend_min_retained; split.{split_column,test_groups,val_groups,
         test_fraction,val_fraction}; train.{epochs,batch_size,lr,head_lr,schedule,warmup_ratio,freeze_front_end,
-        patience,max_seconds,mixed_precision}; analysis.{enabled,metrics,similarity,permutations,max_pairs};
+        patience,max_seconds,mixed_precision}; analysis.{enabled,metrics,similarity,permutations,max_pairs,probe_folds,knn_k,convexity_k,pooling,processes};
         compress.truncate.{enabled,tolerance}; compress.removal.{enabled,orders,min_retained};
         compress.distill.{enabled,mimickers,stage1_epochs,stage2_epochs}; compress.structured.{enabled,budgets,epochs,p0_keep,gate_lr,reg_lr,target_warmup,finetune_epochs}.
 
@@ -36,16 +36,15 @@ def register(app: typer.Typer) -> None:
             speechprune run run.yaml train.epochs=2
             speechprune run model=models/whisper-base data=../shared/data/emodb label=emotion group=speaker split.test_groups=14,15,16 window=2 out=runs/emodb
         """
-        from speechprune import api
-        from speechprune.pipeline import load_run_config
+        from speechprune.pipeline import load_run_config, run_pipeline
 
         items = list(args or [])
         config = items.pop(0) if items and "=" not in items[0] else None
         cfg = load_run_config(config, items)
         from speechprune.utils.outputs import claim_run_output
 
-        claim_run_output(cfg.out, overwrite=overwrite)  # usable, ours or --overwrite, locked for the whole run
-        res = api.run(cfg, progress=progress, log=lambda m: console.print(m))
+        claim_run_output(cfg.out, overwrite=overwrite, config=config)  # usable, ours or --overwrite; locked
+        res = run_pipeline(cfg, progress=progress, log=lambda m: console.print(m))
         from speechprune.utils.distributed import is_main_process
 
         if not is_main_process():

@@ -101,6 +101,21 @@ class Task:
     label: str
     split: SplitSpec
 
+    def parts(self) -> dict[str, Any]:
+        """Index arrays ``{"train", "validation", "test"}`` into :attr:`dataset`."""
+        from speechprune.data.splits import make_splits
+
+        return make_splits(self.dataset, self.label, self.split)
+
+    def selection_pool(self) -> Any:
+        """The training + validation clips as a dataset — everything a *choice* may look at (never the test
+        clips: the three-way discipline of issue 14, checked by ``tests/test_pipeline_discipline.py``)."""
+        import numpy as np
+
+        parts = self.parts()
+        pool = np.sort(np.concatenate([parts["train"], parts["validation"]]))
+        return self.dataset.subset([int(i) for i in pool])
+
 
 @dataclass
 class Teacher:
@@ -129,6 +144,7 @@ class Workspace:
     batch_size: int = 8  # clips per forward pass outside training
     profile_seconds: float = 1.0  # clip length for MACs computed inside a method
     progress: bool = True
+    device: str = "auto"  # where work outside training runs (training follows the TrainConfig's device)
     details: dict[str, Any] = field(default_factory=dict)
 
     def model_dir(self, name: str) -> Path:
@@ -136,6 +152,12 @@ class Workspace:
 
     def folder(self, name: str) -> Path:
         return self.root / name
+
+    def torch_device(self) -> Any:
+        """:attr:`device` resolved (:func:`speechprune.utils.device.resolve_device`)."""
+        from speechprune.utils.device import resolve_device
+
+        return resolve_device(self.device)
 
 
 class Compression:
@@ -172,6 +194,23 @@ class Compression:
         from speechprune.train.evaluate import model_cost
 
         return model_cost(self.load(candidate), seconds=seconds, latency_repeats=latency_repeats)
+
+    def forward(self, candidate: Candidate, seconds: float) -> Callable[[], Any]:
+        """A zero-argument callable running one inference forward on a random clip of ``seconds`` (the profile
+        stage times all candidates' forwards interleaved)."""
+        from speechprune.profile.latency import model_forward
+
+        return model_forward(self.load(candidate).model, seconds)
+
+    def predict(self, model: Any, dataset: Any, indices: Any, batch_size: int = 8) -> list[str]:
+        """Predicted class names of ``model`` (from :meth:`load`) for ``dataset[indices]``."""
+        from speechprune.models.classifier import class_names
+        from speechprune.train.evaluate import predict_logits
+
+        if len(indices) == 0:
+            return []
+        classes = class_names(model)
+        return [classes[k] for k in predict_logits(model, dataset, indices, batch_size=batch_size).argmax(1)]
 
 
 class _Baseline(Compression):

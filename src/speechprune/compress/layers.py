@@ -107,13 +107,13 @@ def block_influence(
     for _, wavs in iter_batches(dataset, batch_size, indices):
         prepared = encoder.prepare(wavs)
         states = encoder.hidden_states(prepared)
-        mask = valid_frame_mask(prepared.frame_lengths, states[0].shape[1]).unsqueeze(-1).float()
+        mask = valid_frame_mask(prepared.frame_lengths.to(states[0].device), states[0].shape[1]).unsqueeze(-1).float()
         flat = [(s * mask).flatten(1) for s in states]
         for i in range(1, L + 1):
             cos_sum[i] += torch.nn.functional.cosine_similarity(flat[i - 1], flat[i], dim=1).sum().item()
         counts = mask.sum(1).clamp(min=1)
         for i, s in enumerate(states):
-            pooled[i].append(((s * mask).sum(1) / counts).numpy())
+            pooled[i].append(((s * mask).sum(1) / counts).cpu().numpy())
         n += len(wavs)
     bi = {i: float(1.0 - cos_sum[i] / n) for i in range(1, L + 1)}
     feats = [np.concatenate(p) for p in pooled]
@@ -172,8 +172,24 @@ def removal_curve(
     return rows
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def coinciding(rows: Sequence[dict[str, Any]], key: str) -> list[tuple[str, str]]:
+    """Pairs of orders whose curves of ``key`` against removed layers are identical (one would hide the other)."""
+    orders = list(dict.fromkeys(r["order"] for r in rows))
+    curve = {o: [(r["removed"], round(float(r[key]), 9)) for r in rows if r["order"] == o] for o in orders}
+    return [(a, b) for i, a in enumerate(orders) for b in orders[i + 1:] if curve[a] == curve[b]]
+
+
 def plot_removal_curves(rows: Sequence[dict[str, Any]], path: Any, title: str = "") -> Any:
-    """Retained capacity against removed layers and against MACs, one line per order."""
+    """Retained capacity against removed layers, one line per order (distinct markers, small horizontal offsets so
+    that identical curves stay visible, and a note naming the curves that coincide).
+
+    Rows with ``val_retained`` / ``test_retained`` (``speechprune run``) give two panels: validation — what the
+    depth is chosen on — and test, reported only. Rows with ``retained`` alone give retained capacity against
+    removed layers and against MACs.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,20 +198,35 @@ def plot_removal_curves(rows: Sequence[dict[str, Any]], path: Any, title: str = 
     from speechprune.analysis.plots import _save
 
     orders = list(dict.fromkeys(r["order"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for name in orders:
-        rs = [r for r in rows if r["order"] == name]
-        axes[0].plot([r["removed"] for r in rs], [r["retained"] for r in rs], marker="o", label=name)
-        axes[1].plot([r["macs_fraction"] for r in rs], [r["retained"] for r in rs], marker="o", label=name)
-    axes[0].set_xlabel("layers removed (no retraining)")
-    axes[1].set_xlabel("MACs (fraction of the unpruned model)")
-    axes[1].invert_xaxis()
-    axes[0].set_ylabel("retained capacity (accuracy ÷ unpruned accuracy)")
-    for ax in axes:
+    split = "val_retained" in rows[0]
+    panels = ([("val_retained", "removed", "validation (the depth is chosen here)"),
+               ("test_retained", "removed", "test (reported only)")] if split else
+              [("retained", "removed", ""), ("retained", "macs_fraction", "")])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3), sharey=True)
+    width = 0.08 * (len(orders) - 1)
+    notes = []
+    for ax, (key, xkey, sub) in zip(axes, panels):
+        for j, name in enumerate(orders):
+            rs = [r for r in rows if r["order"] == name]
+            dx = (j * 0.08 - width / 2) if xkey == "removed" else 0.0
+            ax.plot([r[xkey] + dx for r in rs], [r[key] for r in rs], marker=MARKERS[j % len(MARKERS)],
+                    ms=5, lw=1.2, alpha=0.85, label=name)
+        if sub:
+            ax.set_title(sub, fontsize=10)
+        same = coinciding(rows, key)
+        if same:
+            notes.append(f"{sub.split(' ')[0] if sub else key}: " + "; ".join(f"{a} = {b}" for a, b in same))
         ax.axhline(0.95, color="grey", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
+        ax.set_xlabel("layers removed (no retraining; orders offset slightly)" if xkey == "removed"
+                      else "MACs (fraction of the unpruned model)")
+    if not split:
+        axes[1].invert_xaxis()
+    axes[0].set_ylabel("retained capacity (accuracy ÷ unpruned accuracy)")
     axes[0].legend(fontsize=8)
+    if notes:
+        fig.text(0.01, 0.01, "identical curves: " + " | ".join(notes), fontsize=7, color="#444")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 if notes else 0, 1, 1))
     return _save(fig, path, 120)

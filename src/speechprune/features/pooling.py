@@ -34,8 +34,8 @@ class PooledBatch:
 
 
 def valid_frame_mask(frame_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """``B × T`` boolean mask of frames that hold speech."""
-    return torch.arange(num_frames)[None, :] < frame_lengths[:, None]
+    """``B × T`` boolean mask of frames that hold speech (on the device of ``frame_lengths``)."""
+    return torch.arange(num_frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
 
 
 def pool_states(
@@ -45,12 +45,13 @@ def pool_states(
     frame_rate: float,
     segments: Sequence[Sequence[Segment] | None] | None = None,
 ) -> PooledBatch:
-    """Pool each ``B × T × D`` state the same way and stack them to ``S × R × D``."""
+    """Pool each ``B × T × D`` state the same way and stack them to ``S × R × D`` (on the states' device;
+    ``frame_lengths`` may live on the CPU, ``item_index`` always does)."""
     if pooling not in POOLINGS:
         raise SpeechpruneError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     stacked = torch.stack(list(states))  # S × B × T × D
     s, b, t, d = stacked.shape
-    lengths = frame_lengths.clamp(max=t)
+    lengths = frame_lengths.to(stacked.device).clamp(max=t)
     if pooling == "mean-all":
         return PooledBatch(stacked.mean(dim=2), torch.arange(b))
     if pooling == "mean":
@@ -62,7 +63,7 @@ def pool_states(
     if pooling == "frames":
         mask = valid_frame_mask(lengths, t)
         rows = stacked[:, mask]  # S × R × D, clip-major then time
-        return PooledBatch(rows, torch.arange(b).repeat_interleave(lengths))
+        return PooledBatch(rows, torch.arange(b).repeat_interleave(lengths.cpu()))
     return _pool_segments(stacked, lengths, frame_rate, segments)
 
 

@@ -58,9 +58,14 @@ class EncoderInputs:
     sample_lengths: torch.Tensor
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def to(self, device: torch.device | str) -> "EncoderInputs":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "EncoderInputs":
+        """Model inputs moved to ``device`` (floating-point ones cast to ``dtype`` if given); the length
+        bookkeeping stays on the CPU."""
+        def move(v: torch.Tensor) -> torch.Tensor:
+            return v.to(device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
+
         return EncoderInputs(
-            {k: v.to(device) for k, v in self.model_kwargs.items()},
+            {k: move(v) for k, v in self.model_kwargs.items()},
             self.frame_lengths,
             self.sample_lengths,
             self.extras,
@@ -163,13 +168,20 @@ class SpeechEncoder(ABC):
         """Return the L+1 states (each ``B × T × D``, float32) from one forward pass.
 
         ``layers`` (state indices) limits what is returned; the list then follows the requested order.
-        ``dtype="bf16"`` runs under autocast (about 2× faster on CPUs with AMX,
-        validate before trusting analyses made with it).
+        ``dtype="bf16"`` runs under autocast when the weights are fp32 (about 2× faster on CPUs with AMX,
+        validate before trusting analyses made with it); when the weights are already bf16 (what
+        ``dtype="bf16"`` means on CUDA, see :func:`speechprune.utils.device.bf16_weights`) the inputs are cast to
+        bf16 and no autocast runs. Inputs go to the model's device (``device`` only names it: ``"cuda"`` for a
+        model on ``cuda:1`` means ``cuda:1``).
         """
         if not isinstance(inputs, EncoderInputs):
             inputs = self.prepare(inputs)
-        device = torch.device(device) if device is not None else next(self.model.parameters()).device
-        inputs = inputs.to(device)
+        param = next(self.model.parameters())
+        device = param.device if device is None or torch.device(device).type == param.device.type \
+            else torch.device(device)
+        inputs = inputs.to(device, dtype=param.dtype if param.dtype != torch.float32 else None)
+        if param.dtype == torch.bfloat16:
+            dtype = "fp32"  # bf16 weights: plain bf16 compute, no autocast
         wanted = None if layers is None else [self.check_state_index(i) for i in layers]
         captured: dict[int, torch.Tensor] = {}
         hooks = self._install_hooks(captured)
@@ -211,9 +223,9 @@ class SpeechEncoder(ABC):
         """The model's own last output (``last_hidden_state``, final norm included), for comparisons."""
         if not isinstance(inputs, EncoderInputs):
             inputs = self.prepare(inputs)
-        device = next(self.model.parameters()).device
+        param = next(self.model.parameters())
         with torch.inference_mode():
-            return self._run_encoder(inputs.to(device)).last_hidden_state
+            return self._run_encoder(inputs.to(param.device, param.dtype)).last_hidden_state
 
     # --- surgery ---------------------------------------------------------------------------------------------
     def keep_layers(self, k: int) -> "SpeechEncoder":

@@ -95,7 +95,7 @@ class WhisperEncoderAdapter(SpeechEncoder):
         new = copy.deepcopy(self)
         enc = new.encoder_module
         old = enc.embed_positions
-        table = nn.Embedding(positions, old.embedding_dim)
+        table = nn.Embedding(positions, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
         table.weight.data.copy_(old.weight.data[:positions])
         table.requires_grad_(False)
         enc.embed_positions = table

@@ -54,6 +54,12 @@ class AnalysisSection:
     similarity: list[str] = field(default_factory=lambda: ["cosine", "cka", "mutual_knn"])
     permutations: int = 2
     max_pairs: int = 5000
+    # probe folds: an upper bound; they adapt to the smallest class / the number of groups (analysis.probes.plan_folds)
+    probe_folds: int = 5
+    knn_k: int = 10
+    convexity_k: int = 10
+    pooling: str = "mean"
+    processes: int = 2
 
 
 class CompressSection(dict):
@@ -83,6 +89,7 @@ class RunConfig:
     window: float | None = None
     out: str = "speechprune-run"
     cache_dir: str | None = None
+    device: str = "auto"  # every computing stage: auto (CUDA when available) | cpu | cuda | cuda:N
     seed: int = 0
     batch_size: int = 8
     profile_seconds: float = 1.0
@@ -244,6 +251,14 @@ def _check_semantics(cfg: RunConfig) -> None:
             raise ConfigError(f"compress.{name}: {exc}") from exc
     if cfg.split.test_groups and not cfg.group:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
+    if cfg.analysis.probe_folds < 2:
+        raise ConfigError(f"analysis.probe_folds must be at least 2, got {cfg.analysis.probe_folds}")
+    from speechprune.utils.device import DeviceError, check_device
+
+    try:
+        cfg.device = check_device(cfg.device)
+    except DeviceError as exc:
+        raise ConfigError(f"device: {exc}") from exc
     if not 0 < cfg.recommend_min_retained <= 1:
         raise ConfigError(f"recommend_min_retained must be in (0, 1], got {cfg.recommend_min_retained}")
 

@@ -56,6 +56,14 @@ class Run:
             self._encoder = load_encoder(self.cfg.model, window_seconds=self.cfg.window)
         return self._encoder
 
+    @property
+    def device(self) -> Any:
+        """The resolved ``device`` of the run (a :class:`torch.device`; TF32 enabled on CUDA). In a multi-process
+        launch the training stages follow the launcher's device per process instead."""
+        from speechprune.utils.device import resolve_device
+
+        return resolve_device(self.cfg.device)
+
     def split_spec(self) -> Any:
         return self.cfg.split.spec(seed=self.cfg.seed)
 
@@ -64,11 +72,15 @@ class Run:
 
         return Task(self.dataset, self.cfg.label, self.split_spec())
 
+    def selection_pool(self) -> Any:
+        """The training and validation clips (never the test clips), as a dataset: what choices may look at."""
+        return self.task().selection_pool()
+
     def workspace(self) -> Any:
         from speechprune.compress.base import Workspace
 
         return Workspace(self.out, batch_size=self.cfg.batch_size, profile_seconds=self.cfg.profile_seconds,
-                         progress=self.progress)
+                         progress=self.progress, device=self.cfg.device)
 
     def train_config(self, **changes: Any) -> Any:
         from speechprune.train.loop import TrainConfig
@@ -76,7 +88,8 @@ class Run:
         t = self.cfg.train
         options = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
                        warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
-                       seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds)
+                       seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
+                       device=self.cfg.device)
         return TrainConfig(**{**options, **changes}).validate()
 
     # --- stage bookkeeping -------------------------------------------------------------------------------------
@@ -128,8 +141,14 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
     from speechprune.pipeline import stages
     from speechprune.utils import distributed
 
+    from speechprune.utils.provenance import set_context
+
     main = distributed.is_main_process()
     run = Run(cfg, progress and main, log if main else (lambda _msg: None))
+    from speechprune.utils.device import resolve_device
+
+    # seed, resolved device and config go into every JSON the run writes
+    set_context(seed=cfg.seed, config=cfg.to_dict(), device=str(resolve_device(cfg.device)))
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run.out / "config.resolved.json", cfg.to_dict())
@@ -157,6 +176,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
         result = run.stage(method.name, {**depends, method.name: options.__dict__},
                            lambda: stages.compress(run, method, options), all_processes=method.trains)
         candidates += [Candidate.from_dict(c, method.name) for c in result.get("candidates", [])]
+    # every final candidate predicted once on validation (choices) and test (reported only): intervals, chance guard
+    run.stage("evaluate", {**base, "candidates": [(c.name, run.keys.get(c.method)) for c in candidates],
+                           "min_retained": cfg.recommend_min_retained},
+              lambda: stages.evaluate(run, candidates))
     run.stage("profile", {"candidates": [(c.name, run.keys.get(c.method)) for c in candidates],
                           "seconds": cfg.profile_seconds, "repeats": cfg.latency_repeats},
               lambda: stages.profile(run, candidates))

@@ -18,17 +18,16 @@ def analysis(run: Any) -> dict[str, Any]:
     from speechprune.analysis.runner import AnalysisConfig, run_analysis
 
     c = run.cfg
-    groups = {g for g in run.dataset.groups() if g is not None}
-    folds = min(5, len(groups)) if groups else 5  # group-aware folds cannot outnumber the groups
-    if groups and folds < 2:
-        folds = 2
-    acfg = AnalysisConfig(probe_folds=folds, labels=c.analysis_labels, metrics=list(c.analysis.metrics),
-                          similarity=list(c.analysis.similarity), permutations=c.analysis.permutations,
-                          max_pairs=c.analysis.max_pairs, batch_size=c.batch_size,
-                          split_column=c.split.split_column, test_groups=list(c.split.test_groups) or None,
-                          seed=42)
+    a = c.analysis
+    # probe folds adapt to the data (smallest class, number of groups) inside the analysis
+    acfg = AnalysisConfig(probe_folds=a.probe_folds, labels=c.analysis_labels, metrics=list(a.metrics),
+                          similarity=list(a.similarity), permutations=a.permutations, max_pairs=a.max_pairs,
+                          knn_k=a.knn_k, convexity_k=a.convexity_k, pooling=a.pooling, processes=a.processes,
+                          batch_size=c.batch_size, seed=42,  # probes cross-validate on the pool (no test clips)
+                          device=str(run.device))
     acfg.validate()
-    res = run_analysis(run.encoder, run.dataset, acfg, run.out / "analysis", progress=run.progress,
+    # on the training + validation clips only: the truncation depth is chosen from these convexity scores
+    res = run_analysis(run.encoder, run.selection_pool(), acfg, run.out / "analysis", progress=run.progress,
                        cache_dir=Path(c.cache_dir) if c.cache_dir else None)
     return {"folder": str(run.out / "analysis"), "summary": res.get("summary", {}),
             "convexity": _convexity_scores(run.out / "analysis", c.label)}
@@ -60,18 +59,48 @@ def compress(run: Any, method: Compression, options: Any) -> dict[str, Any]:
     return {"candidates": [c.to_dict() for c in cands], **out.details}
 
 
-def profile(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
-    """Cost of every candidate, measured back to back in one process so that latencies are comparable."""
-    from speechprune.utils.hardware import cpu_model
+def evaluate(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
+    from speechprune.pipeline.evidence import evaluate_candidates
 
-    costs = {c.name: c.cost(run.cfg.profile_seconds, run.cfg.latency_repeats) for c in candidates}
+    return evaluate_candidates(run, candidates)
+
+
+def profile(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
+    """Cost of every candidate: parameters and MACs (exact), and latency timed *interleaved* in one process — all
+    candidates in rounds (A B C … repeated), median of round medians with the spread, flagged and re-measured once
+    when the machine disturbed it (:func:`speechprune.profile.latency.interleaved_latency`). Latency ratios to the
+    baseline (paired per round) are checked against MAC ratios."""
+    import math
     import os
     import platform
 
     import torch
 
-    return {"costs": costs, "hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                                         "load_avg": os.getloadavg()[0], "platform": platform.platform()}}
+    from speechprune.compress.base import compression_for
+    from speechprune.profile.latency import interleaved_latency, latency_mac_check, paired_ratios
+    from speechprune.utils.hardware import cpu_model
+
+    seconds, repeats = run.cfg.profile_seconds, run.cfg.latency_repeats
+    costs = {c.name: c.cost(seconds, 0) for c in candidates}  # parameters and MACs; latency below
+    latency: dict[str, Any] | None = None
+    checks: dict[str, Any] = {}
+    if repeats > 0 and candidates:
+        forwards = {c.name: compression_for(c.method).forward(c, seconds) for c in candidates}
+        latency = interleaved_latency(forwards, rounds=max(3, math.ceil(repeats / 3)), repeats=3, warmup=2,
+                                      threads=1)
+        for name, m in latency["models"].items():
+            costs[name].update(latency_ms_median=m["median_ms"], latency_spread=m["spread"], latency_threads=1,
+                               latency_flagged=latency["flagged"])
+        base = next((c.name for c in candidates if c.method == BASELINE), None)
+        if base in latency["models"]:
+            checks = latency_mac_check({k: v["median_ms"] for k, v in latency["models"].items()},
+                                       {k: v["macs_per_clip"] for k, v in costs.items()}, base,
+                                       ratios=paired_ratios(latency, base))
+    load = os.getloadavg()
+    return {"costs": costs, "latency": latency, "latency_checks": checks,
+            "hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+                         "latency_threads": 1, "load_avg": round(load[0], 2),
+                         "load_avg_1_5_15": [round(x, 2) for x in load], "platform": platform.platform()}}
 
 
 def report(run: Any, candidates: list[Candidate]) -> dict[str, Any]:

@@ -102,11 +102,13 @@ def evaluate_classifier(
 
 
 def model_cost(encoder: SpeechEncoder, *, seconds: float = 1.0, latency_repeats: int = 10) -> dict[str, Any]:
-    """Parameters, MACs per second of audio and measured latency (0 repeats: no latency)."""
+    """Parameters, MACs per second of audio and measured latency (0 repeats: no latency) on the device the model
+    is on (it is not moved)."""
     from speechprune.profile.report import profile_model
+    from speechprune.utils.device import model_device
 
     rep = profile_model(encoder.model, seconds=seconds, latency=latency_repeats > 0, repeats=max(latency_repeats, 1),
-                        warmup=2)
+                        warmup=2, device=str(model_device(encoder.model)))
     lat = rep["latency"]
     return {
         "params_total": rep["params"]["total"],
@@ -118,5 +120,6 @@ def model_cost(encoder: SpeechEncoder, *, seconds: float = 1.0, latency_repeats:
         "latency_ms_median": None if lat is None else lat["ms_per_batch"]["median"],
         "latency_ms_p90": None if lat is None else lat["ms_per_batch"]["p90"],
         "latency_threads": None if lat is None else lat["settings"]["threads"],
+        "latency_device": None if lat is None else lat["settings"]["device"],
         "num_layers": encoder.num_layers,
     }

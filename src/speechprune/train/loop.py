@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -35,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.precision import to_accelerate
 from speechprune.train.data import EpochShuffleSampler, split_model_inputs
 from speechprune.train.guards import DivergedError, check_loss, check_numbers, check_weights, discard_run
 from speechprune.utils.io import recover_swap, replace_dir, write_json_atomic
@@ -72,6 +74,9 @@ class TrainConfig:
     report_to: str = "none"
 
     def validate(self) -> "TrainConfig":
+        from speechprune.utils.precision import normalize_precision
+
+        self.mixed_precision = normalize_precision(self.mixed_precision, "mixed_precision")  # no/fp32, bf16, fp16
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -81,16 +86,16 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.mixed_precision in ("no", "bf16", "fp16"),
-             f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
             (self.max_seconds is None or self.max_seconds > 0, f"max_seconds must be > 0, got {self.max_seconds}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise SpeechpruneError(msg)
         check_numbers(self)
+        from speechprune.utils.device import check_device
+
+        self.device = check_device(self.device)  # auto | cpu | cuda | cuda:N; CUDA without CUDA fails here
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,11 +206,17 @@ class Trainer:
 
             if not cpu_has_fast_bf16():
                 warnings.warn("bf16 on a CPU without native bf16 is far slower than fp32", RuntimeWarning, stacklevel=2)
-        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        from speechprune.utils.device import resolve_device
+
+        dev = resolve_device(cfg.device)  # TF32 on CUDA
+        cpu = dev.type == "cpu"
+        if dev.type == "cuda" and dev.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            torch.cuda.set_device(dev)  # cuda:N in a single process (a launcher assigns one GPU per process)
+        fresh_accelerator_state(to_accelerate(cfg.mixed_precision), cpu)
         tracking = cfg.report_to != "none"
         if tracking:
             _check_tracker(cfg.report_to)
-        accel = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu,
+        accel = Accelerator(mixed_precision=to_accelerate(cfg.mixed_precision), gradient_accumulation_steps=cfg.grad_accum, cpu=cpu,
                             log_with=cfg.report_to if tracking else None,
                             project_config=_project_config(self.work_dir) if tracking else None)
         if tracking:
@@ -362,6 +373,22 @@ class Trainer:
         path = self.checkpoint_dir / BEST_FILE
         if path.exists():
             load_model(accel.unwrap_model(model), str(path))
+
+
+def fresh_accelerator_state(mixed_precision: str, cpu: bool) -> None:
+    """Let one process train several times with different precisions or devices (a ``run`` stage after another, a
+    Python session, tests): accelerate keeps one global state and refuses an ``Accelerator`` whose
+    ``mixed_precision`` or ``cpu`` differs from the first one. In a single process the stale state is dropped; a
+    multi-process launch keeps it (every process there trains with the same options)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if not state or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    device = state.get("device") or PartialState._shared_state.get("device")
+    device_changed = device is not None and (device.type == "cpu") != cpu
+    if state.get("_mixed_precision") != mixed_precision or device_changed:
+        AcceleratorState._reset_state(reset_partial_state=device_changed)
 
 
 def default_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

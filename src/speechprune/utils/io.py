@@ -110,7 +110,14 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, provenance: bool = True) -> None:
+    """Write ``obj`` as JSON atomically. A mapping gets a ``"provenance"`` record (versions, git commit, seed,
+    device, config: :mod:`speechprune.utils.provenance`) unless it has one or ``provenance=False`` (files that
+    another loader reads as a strict schema)."""
+    if provenance and isinstance(obj, dict) and "provenance" not in obj:
+        from speechprune.utils.provenance import provenance as record
+
+        obj = {**obj, "provenance": record()}
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 

@@ -106,16 +106,21 @@ def claim_output(
     return lock
 
 
-def clear_output(path: str | os.PathLike[str]) -> None:
+def clear_output(path: str | os.PathLike[str], keep: str | os.PathLike[str] | None = None) -> None:
     """Empty a claimed folder for ``--overwrite`` of a command that fills it step by step: the old content is renamed
-    away in one step (so no mix of old and new files can appear), then deleted."""
+    away in one step (so no mix of old and new files can appear), then deleted — except ``keep`` (the command's own
+    input file, e.g. a run config kept in OUT), which is moved back."""
     import shutil
 
     p = Path(path)
     if p.is_dir() and any(p.iterdir()):
+        kept = Path(keep).resolve() if keep is not None else None
+        inside = kept is not None and kept.parent == p.resolve()
         old = p.with_name(f".{p.name}.replaced-{os.getpid()}")
         p.rename(old)
         p.mkdir()
+        if inside and (old / kept.name).exists():
+            (old / kept.name).rename(p / kept.name)
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -140,15 +145,23 @@ def is_run_folder(p: Path) -> bool:
     return (p / "stages").is_dir() or (p / "config.resolved.json").is_file()
 
 
-def claim_run_output(out: str | os.PathLike[str], *, overwrite: bool, command: str = "run") -> PathLock:
-    """``run``/``demo`` fill OUT stage by stage and resume in it: an earlier run's folder is theirs; anything else
-    non-empty needs ``--overwrite``, which starts afresh (the old content is replaced, not mixed in)."""
+def claim_run_output(out: str | os.PathLike[str], *, overwrite: bool, command: str = "run",
+                     config: str | os.PathLike[str] | None = None) -> PathLock:
+    """``run`` fills OUT stage by stage and resumes in it: an earlier run's folder is its own, and so is a folder that
+    holds nothing but the run's input ``config``; anything else non-empty needs ``--overwrite``, which starts afresh
+    (the old content is replaced, not mixed in; the input config is kept)."""
     from speechprune.utils.distributed import is_main_process
 
-    lock = claim_output(out, overwrite=overwrite, command=command, owned=is_run_folder)
+    only_config = None if config is None else Path(config).resolve()
+
+    def owned(p: Path) -> bool:
+        return is_run_folder(p) or (only_config is not None and
+                                    all(q.resolve() == only_config or q.name.startswith(".") for q in p.iterdir()))
+
+    lock = claim_output(out, overwrite=overwrite, command=command, owned=owned)
     if is_main_process():
         if overwrite:
-            clear_output(out)
+            clear_output(out, keep=config)
         claim_output(out, overwrite=True, command=command, mark=True)
     return lock
 

@@ -33,6 +33,7 @@ from speechprune.data.types import AudioDataset
 from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import EncoderInputs, SpeechEncoder
 from speechprune.models.classifier import classifier_inputs
+from speechprune.utils.device import model_device, to_device
 from speechprune.utils.fingerprint import hash_json
 from speechprune.utils.io import atomic_dir, write_json_atomic
 
@@ -75,8 +76,6 @@ def teacher_targets(
     ``last`` is the teacher's state L as its head sees it (final LayerNorm applied where the model has one);
     ``intermediate`` the raw state ``intermediate`` (1..L−1) if asked.
     """
-    from safetensors.torch import load_file
-
     if intermediate is not None:
         teacher.check_layer_index(intermediate)
     if len(dataset) == 0:
@@ -103,6 +102,8 @@ def teacher_targets(
 def _cached_or_computed(teacher: SpeechEncoder, dataset: AudioDataset, entry: Path, request: dict[str, Any],
                         key: str, intermediate: int | None, batch_size: int, max_seconds: float | None,
                         progress: bool) -> TeacherTargets:
+    from safetensors.torch import load_file
+
     have: list[int] = []
     if (entry / "meta.json").exists():
         import json
@@ -129,7 +130,8 @@ def _teacher_pass(teacher: SpeechEncoder, dataset: AudioDataset, intermediates: 
     from speechprune.data.batching import iter_batches
 
     started = time.perf_counter()
-    front_end = front_end_of(teacher).eval()
+    device = model_device(teacher.model)
+    front_end = front_end_of(teacher).to(device).eval()  # the student's input, computed where the teacher runs
     teacher.model.eval()
     whisper = teacher.family == "whisper"
     cut = None if max_seconds is None else int(round(max_seconds * 16_000))
@@ -150,13 +152,15 @@ def _teacher_pass(teacher: SpeechEncoder, dataset: AudioDataset, intermediates: 
         frames = teacher.frame_lengths(samples)
         hs = teacher.hidden_states(EncoderInputs(dict(kwargs), frames, samples), final_norm=True, layers=states)
         with torch.inference_mode():
+            on_device = to_device(kwargs, device)
             if whisper:
-                fr = front_end(kwargs["input_features"])
+                fr = front_end(on_device["input_features"])
             else:
-                fr, _ = front_end(kwargs["input_values"], kwargs.get("attention_mask"))
+                fr, _ = front_end(on_device["input_values"], on_device.get("attention_mask"))
+            fr, hs = fr.float().cpu(), [h.cpu() for h in hs]  # the cache (and the training sets) live on the CPU
         for b in range(len(waves)):
             n = fr.shape[1] if whisper else int(frames[b])
-            fronts.append(fr[b, :n].float().clone())  # clone outside inference mode: an ordinary tensor
+            fronts.append(fr[b, :n].clone())  # clone outside inference mode: an ordinary tensor
             for j in range(len(states)):
                 outs[j].append(hs[j][b, :n].clone())
             lengths.append(n)

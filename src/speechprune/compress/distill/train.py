@@ -40,6 +40,7 @@ from speechprune.models.classifier import class_names
 from speechprune.train.finetune import prepare_output
 from speechprune.train.loop import TrainConfig, Trainer
 from speechprune.utils import distributed
+from speechprune.utils.device import model_device, to_device
 from speechprune.utils.io import write_json_atomic
 
 STAGE1_DONE = "stage1.safetensors"
@@ -265,9 +266,10 @@ def distill(
 def _stage1_mse(student: StudentClassifier, ds: FrameDataset, pool_all: bool) -> float:
     collate = FrameCollate(pool_all, regression=True)
     student.eval()
+    device = model_device(student)  # after training the student is wherever the trainer put it (e.g. CUDA)
     total, count = 0.0, 0
     for start in range(0, len(ds), 64):
-        batch = collate([ds[k] for k in range(start, min(start + 64, len(ds)))])
+        batch = to_device(collate([ds[k] for k in range(start, min(start + 64, len(ds)))]), device)
         loss, _ = stage1_loss(student, batch)
         n = batch["front"].shape[0]
         total += float(loss) * n

@@ -73,11 +73,13 @@ class Distillation(Compression):
         from speechprune.train.loop import TrainConfig
 
         enc = teacher.load()
+        enc.model.to(out.torch_device())  # the teacher pass runs where training does
         candidates = []
         for spec in options.mimickers:
             opts = parse_mimicker(spec)
             stage = lambda n: TrainConfig(epochs=n, batch_size=out.batch_size, lr=1e-3, schedule="constant",  # noqa: E731
-                                          warmup_ratio=0.0, max_grad_norm=None, patience=5, seed=train.seed)
+                                          warmup_ratio=0.0, max_grad_norm=None, patience=5, seed=train.seed,
+                                          device=train.device, mixed_precision=train.mixed_precision)
             cfg = DistillConfig(**opts, stage1=stage(options.stage1_epochs), stage2=stage(options.stage2_epochs),
                                 seed=train.seed)
             name = "distill-" + spec.replace(":", "-")
@@ -118,3 +120,24 @@ class Distillation(Compression):
                 "macs_per_second": cost["macs_per_clip"] / seconds, "clip_seconds": seconds,
                 "latency_ms_median": float(np.median(times)) if times else None,
                 "latency_threads": torch.get_num_threads(), "num_layers": 0}
+
+    def forward(self, candidate: Candidate, seconds: float) -> Any:
+        import torch
+
+        from speechprune.compress.distill.evaluate import dummy_student_inputs
+
+        student = self.load(candidate).eval()
+        x = dummy_student_inputs(student, seconds)
+
+        def run() -> None:
+            with torch.inference_mode():
+                student(**x)
+
+        return run
+
+    def predict(self, model: Any, dataset: Any, indices: Any, batch_size: int = 8) -> list[str]:
+        from speechprune.compress.distill.evaluate import student_logits
+
+        if len(indices) == 0:
+            return []
+        return [model.classes[k] for k in student_logits(model, dataset, indices, batch_size=batch_size).argmax(1)]

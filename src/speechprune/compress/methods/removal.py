@@ -1,12 +1,12 @@
 """Layer removal without retraining: from the fine-tuned baseline, remove layers one at a time in each order,
-evaluate after each step (retained-accuracy curves, ``removal/removal.csv`` + ``.png``), and keep per order the
-model with the most layers removed that still retains ``min_retained`` of the accuracy."""
+evaluate after each step on validation and on test (retained-accuracy curves, ``removal/removal.csv`` + ``.png``),
+and keep per order the model with the most layers removed that still retains ``min_retained`` of the *validation*
+accuracy (test is recorded and reported, never read to choose)."""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ class Removal(Compression):
     name = "removal"
     options = RemovalOptions
     inputs = ("baseline",)
-    figures = (("Layer removal without retraining", "removal/removal.png"),)
+    figures = (("Layer removal without retraining: validation (chooses) and test (reported)", "removal/removal.png"),)
 
     def validate(self, options: RemovalOptions) -> None:
         from speechprune.compress.layers import ORDERS
@@ -44,57 +44,56 @@ class Removal(Compression):
 
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: RemovalOptions
             ) -> list[Candidate]:
+        from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
+        from speechprune.data.splits import make_splits
+
         enc = teacher.load()
+        enc.model.to(out.torch_device())
+        parts = make_splits(task.dataset, task.label, task.split)
         orders = list(options.orders)
+        influence = None
+        if any("influence" in o for o in orders):
+            rng = np.random.default_rng(train.seed)
+            probe = np.sort(rng.choice(parts["train"], size=min(200, len(parts["train"])), replace=False))
+            influence = block_influence(enc, task.dataset, probe, batch_size=out.batch_size)
+        rows: list[dict[str, Any]] = []
+        for order in orders:
+            seq = removal_order(order, enc.num_layers, (influence or {}).get(order))
+            curves = {split: removal_curve(enc, task.dataset, task.label, seq, parts[split], batch_size=out.batch_size,
+                                           profile_seconds=out.profile_seconds, order_name=order,
+                                           progress=out.progress)
+                      for split in ("validation", "test")}
+            for v, t in zip(curves["validation"], curves["test"]):
+                rows.append({**{k: v[k] for k in ("order", "removed", "removed_layers", "kept_layers", "macs",
+                                                    "macs_fraction")},
+                             "val_accuracy": v["accuracy"], "val_macro_f1": v["macro_f1"],
+                             "val_retained": v["retained"], "test_accuracy": t["accuracy"],
+                             "test_macro_f1": t["macro_f1"], "test_retained": t["retained"],
+                             "n_validation": len(parts["validation"]), "n_test": len(parts["test"])})
         folder = out.folder(self.name)
-        rows, influence = removal_curves(enc, task, orders, folder, batch_size=out.batch_size,
-                                         profile_seconds=out.profile_seconds, seed=train.seed, progress=out.progress,
-                                         title="layer removal without retraining")
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "removal.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        plot_removal_curves(rows, folder / "removal.png", title="layer removal without retraining")
         candidates = []
         for order in orders:
-            ok = [r for r in rows if r["order"] == order and r["retained"] >= options.min_retained and r["removed"] > 0]
+            ok = [r for r in rows if r["order"] == order and r["val_retained"] >= options.min_retained
+                  and r["removed"] > 0]
             if not ok:
                 continue
-            best = max(ok, key=lambda r: r["removed"])
+            best = max(ok, key=lambda r: r["removed"])  # chosen on validation
             drop = [int(x) for x in best["removed_layers"].split()]
             name = f"removal-{order}-r{best['removed']}"
             pruned = enc.drop_layers(drop)
             pruned.save_pretrained(out.model_dir(name), metadata={"removed_layers": drop, "order": order})
             candidates.append(Candidate(
                 name, f"removal without retraining ({order}, {best['removed']} layers)", str(out.model_dir(name)),
-                {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"]},
-                {"num_layers": pruned.num_layers, "kept_layers": pruned.kept_layers, "train_seconds": 0.0}, self.name))
-        out.details.update({"csv": str(folder / "removal.csv"), "plot": str(folder / "removal.png"), "rows": rows,
-                            "influence": influence})
+                {"accuracy": best["test_accuracy"], "macro_f1": best["test_macro_f1"]},
+                {"num_layers": pruned.num_layers, "kept_layers": pruned.kept_layers, "train_seconds": 0.0,
+                 "val_accuracy": best["val_accuracy"]}, self.name))
+        out.details.update({
+            "csv": str(folder / "removal.csv"), "plot": str(folder / "removal.png"), "rows": rows,
+            "influence": {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()}})
         return candidates
-
-
-def removal_curves(enc: Any, task: Task, orders: list[str], folder: Path, *, batch_size: int = 8,
-                   profile_seconds: float = 1.0, influence_clips: int = 200, seed: int = 0, progress: bool = True,
-                   title: str = "layer removal without retraining") -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Remove layers of the classifier ``enc`` one at a time in each order and evaluate on ``task``'s test split
-    after each step; writes ``folder/removal.csv`` and ``removal.png`` and returns the rows and the block
-    influence per order (``{order: {layer: score}}``; measured on ``influence_clips`` training clips drawn with
-    ``seed``, for the orders that need it)."""
-    from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-    from speechprune.data.splits import make_splits
-    from speechprune.utils.io import atomic_path
-
-    parts = make_splits(task.dataset, task.label, task.split)
-    influence = None
-    if any("influence" in o for o in orders):
-        rng = np.random.default_rng(seed)
-        probe = np.sort(rng.choice(parts["train"], size=min(influence_clips, len(parts["train"])), replace=False))
-        influence = block_influence(enc, task.dataset, probe, batch_size=batch_size)
-    rows: list[dict[str, Any]] = []
-    for order in orders:
-        seq = removal_order(order, enc.num_layers, (influence or {}).get(order))
-        rows += removal_curve(enc, task.dataset, task.label, seq, parts["test"], batch_size=batch_size,
-                              profile_seconds=profile_seconds, order_name=order, progress=progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "removal.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    plot_removal_curves(rows, folder / "removal.png", title=title)
-    return rows, {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()}

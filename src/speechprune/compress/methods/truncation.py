@@ -46,12 +46,13 @@ class Truncation(Compression):
 
 
 def pretrained_convexity(teacher: Teacher, task: Task, out: Workspace) -> dict[str, float]:
-    """Convexity per state of the pretrained model's mean-pooled features (when the analysis stage did not run)."""
+    """Convexity per state of the pretrained model's mean-pooled features (when the analysis stage did not run), on
+    the training + validation clips only: the depth is a choice, and choices never read test labels."""
     from speechprune.analysis.convexity import convexity_by_layer
     from speechprune.features.extract import extract_features
     from speechprune.utils.distributed import main_process_first
 
     with main_process_first():  # in a multi-process run the main process fills the feature cache, the others read it
-        feats = extract_features(teacher.pretrained(), task.dataset, pooling="mean", batch_size=out.batch_size,
-                                 progress=out.progress)
+        feats = extract_features(teacher.pretrained(), task.selection_pool(), pooling="mean",
+                                 batch_size=out.batch_size, device=str(out.torch_device()), progress=out.progress)
     return {str(r["state"]): r["score"] for r in convexity_by_layer(feats, task.label)}

@@ -135,7 +135,7 @@ class BudgetLagrangian(nn.Module):
         self.last: dict[str, dict[str, float]] = {}
 
     def forward(self, gated: GatedModel, step: int) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float64)
+        total = self.lambda1.new_zeros(())  # on the multipliers' device
         for i, (b, sched) in enumerate(zip(self.budgets, self.schedules)):
             expected = gated.expected_cost(b.kind, b.part, self.num_samples)
             full = float(gated.full_cost(b.kind, b.part, self.num_samples))

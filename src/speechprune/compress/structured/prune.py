@@ -32,11 +32,12 @@ STRUCTURE_KEY = "speechprune_structure"
 STRUCTURE_FORMAT = 1
 
 
-def _kept(mask: torch.Tensor | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kept(mask: torch.Tensor | None, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the kept units and their soft mask values, both on the mask's device (``device`` without one)."""
     if mask is None:
-        return torch.arange(n), torch.ones(n)
+        return torch.arange(n, device=device), torch.ones(n, device=device)
     idx = torch.nonzero(mask != 0).flatten()
-    return idx, mask.detach().float().cpu()[idx]
+    return idx, mask.detach().float()[idx]
 
 
 def plan_structure(sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def _units(masks: dict[str, torch.Tensor], unit: str, layer: str, n: int, size: 
     if lg is None and um is None:
         return None
     g = 1.0 if lg is None else float(lg[0])
-    idx, s = _kept(um, size)
+    idx, s = _kept(um, size, None if lg is None else lg.device)
     return (idx[:0], s[:0], g) if g == 0.0 else (idx, s, g)
 
 
@@ -192,7 +193,7 @@ def _prune_layer(site: Any, masks: dict[str, torch.Tensor], sd: dict[str, torch.
     att = _units(masks, "head", "attlayer", n, site.num_heads)
     if att is not None:
         heads, s, g = att
-        unit = (heads[:, None] * dh + torch.arange(dh)[None, :]).flatten()
+        unit = (heads[:, None] * dh + torch.arange(dh, device=heads.device)[None, :]).flatten()
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
             rows(proj, unit)
         cols(attn.out_proj, unit, s.repeat_interleave(dh) * g)

@@ -177,7 +177,7 @@ class PruningModule(nn.Module):
         total = loss + self.reg(self.gated, self.step)
         if self.sgd_reg_lr is not None:  # plain ascent: ∂L/∂λ1 = ŝ − t, ∂L/∂λ2 = (ŝ − t)²; applied next call
             d = torch.tensor([self.reg.last[b.name]["target_keep"] - self.reg.last[b.name]["expected_keep"]
-                              for b in self.reg.budgets], dtype=torch.float64)
+                              for b in self.reg.budgets], dtype=torch.float64, device=self.pending.device)
             self.pending.copy_(torch.stack([d, d * d]) * (self.sgd_reg_lr / self.grad_accum))
         self.calls += 1
         return total, logits
