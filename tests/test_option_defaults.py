@@ -37,10 +37,10 @@ COMMANDS: dict[str, tuple[dict[str, str], set[str]]] = {
                  "config"}),
     "prune layers": ({**SPLIT, "order": "layers.orders", **{f: f"layers.{f}" for f in (
         "by", "keep", "drop", "no_retrain", "tolerance", "batch_size", "profile_seconds", "influence_clips")}},
-                     {"model", "out", "data", "label", "group", "window", "overwrite", "progress", "config"}),
+                     {"model", "out", "data", "label", "group", "window", "device", "overwrite", "progress",
+                      "config"}),
     "prune structured": (
-        {**{k: v for k, v in SPLIT.items()}, **{k: v for k, v in TRAIN.items() if k not in ("freeze_encoder",
-                                                                                          "mixed_precision")},
+        {**{k: v for k, v in SPLIT.items()}, **{k: v for k, v in TRAIN.items() if k != "freeze_encoder"},
          "budget": "prune.budgets", **{f: f"prune.{f}" for f in (
              "structures", "p0_keep", "gate_lr", "reg_lr", "reg_update", "target_warmup", "distill_weight",
              "finetune_epochs", "calibrate", "tolerance")}},
@@ -50,7 +50,8 @@ COMMANDS: dict[str, tuple[dict[str, str], set[str]]] = {
                                                  "freeze_mimicker", "seed")},
                  "stage1_epochs": "distill.stage1.epochs", "stage2_epochs": "distill.stage2.epochs",
                  "lr": "distill.stage1.lr", "batch_size": "distill.stage1.batch_size",
-                 "patience": "distill.stage1.patience", "device": "distill.stage1.device"},
+                 "patience": "distill.stage1.patience", "device": "distill.stage1.device",
+                 "mixed_precision": "distill.stage1.mixed_precision"},
                 {"teacher", "data", "label", "group", "window", "latency", "out", "resume", "overwrite", "cache_dir",
                  "progress", "config"}),
     "run": ({}, {"args", "overwrite", "progress"}),  # everything else is the RunConfig, read from YAML / key=value
