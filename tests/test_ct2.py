@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from speechprune.errors import ConversionError, SpeechpruneError
-from speechprune.models import ct2
-from speechprune.models.ct2 import (
+from speechprune.importers import ct2
+from speechprune.importers.ct2 import (
     ChainedReader,
     MissingWeightsError,
     convert_ct2_whisper,
@@ -52,7 +52,7 @@ def write_ct2(
         if dtype == "bfloat16":
             raw = (np.asarray(array, dtype="<f4").view("<u4") >> 16).astype("<u2").tobytes()
         else:
-            raw = np.ascontiguousarray(array, dtype=ct2._DTYPES[DTYPE_IDS[dtype]][1]).tobytes()
+            raw = np.ascontiguousarray(array, dtype=ct2.reader._DTYPES[DTYPE_IDS[dtype]][1]).tobytes()
         out += _str(name) + struct.pack("<B", array.ndim) + b"".join(struct.pack("<I", d) for d in array.shape)
         out += struct.pack("<BI", DTYPE_IDS[dtype], len(raw)) + raw
     aliases = aliases or {}
@@ -383,7 +383,7 @@ def _hide_module(monkeypatch, hidden: str) -> None:
     def fake(name, *args, **kwargs):
         return None if name == hidden else real(name, *args, **kwargs)
 
-    monkeypatch.setattr(ct2.importlib.util, "find_spec", fake)
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
 
 
 @pytest.mark.parametrize(
@@ -479,7 +479,7 @@ def test_real_checkpoint_converts_and_reloads_identically(request, name: str, sh
     assert tokenizer.convert_ids_to_tokens(expected["eos"]) == "<|endoftext|>"
     record = json.loads((folder / "speechprune_import.json").read_text())
     assert record["source"] == name
-    assert record["packages"] and all(v == ct2._dist_version(k) != "unknown" for k, v in record["packages"].items())
+    assert record["packages"] and all(v == ct2.sources._dist_version(k) != "unknown" for k, v in record["packages"].items())
 
     in_memory = load_ct2_whisper(name).model
     wav, sr = sf.read(shared_data / "librivox" / "sense_and_sensibility_01_austen_64kb-0880.wav", dtype="float32")

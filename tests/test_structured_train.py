@@ -19,13 +19,13 @@ from test_train import tone_dataset  # noqa: E402
 from speechprune.compress.structured import BudgetError  # noqa: E402
 from speechprune.compress.methods.structured import Structured, StructuredOptions, candidate_name  # noqa: E402
 from speechprune.compress.structured.train import prune_structured  # noqa: E402
+from speechprune.data.splits import SplitSpec, make_splits  # noqa: E402
 from speechprune.errors import SpeechpruneError, UnsupportedModelError  # noqa: E402
 from speechprune.models import load_encoder  # noqa: E402
 from speechprune.models.classifier import add_classification_head  # noqa: E402
 from speechprune.train.evaluate import evaluate_classifier  # noqa: E402
 from speechprune.train.finetune import work_dir_for  # noqa: E402
 from speechprune.train.loop import TrainConfig  # noqa: E402
-from speechprune.data.splits import SplitSpec, make_splits  # noqa: E402
 
 CFG = TrainConfig(epochs=3, batch_size=4, lr=2e-3, freeze_front_end=False, seed=0, warmup_ratio=0.0)
 

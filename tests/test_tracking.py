@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from speechprune.data.splits import SplitSpec
 from speechprune.errors import SpeechpruneError
 from speechprune.models import load_encoder
 from speechprune.train.finetune import finetune
 from speechprune.train.loop import TrainConfig
-from speechprune.data.splits import SplitSpec
 from tests.test_train import tone_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+from speechprune.data.splits import SplitSpec, make_splits
 from speechprune.data.types import AudioDataset, AudioItem
 from speechprune.errors import DataError, SpeechpruneError
 from speechprune.models import load_encoder
@@ -18,7 +19,6 @@ from speechprune.models.classifier import add_classification_head, class_names, 
 from speechprune.train.evaluate import classification_metrics, evaluate_classifier, predict_logits
 from speechprune.train.finetune import finetune, work_dir_for
 from speechprune.train.loop import TrainConfig
-from speechprune.data.splits import SplitSpec, make_splits
 
 FAST = TrainConfig(epochs=3, batch_size=8, lr=2e-3, freeze_front_end=False, seed=0, warmup_ratio=0.0)
 

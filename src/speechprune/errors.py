@@ -34,3 +34,7 @@ class CacheError(SpeechpruneError):
 
 class SpeechpruneWarning(UserWarning):
     """Something the user should know that is not an error (the CLI prints it as one ``warning:`` line)."""
+
+
+class ConfigError(SpeechpruneError):
+    """A bad ``run`` configuration (unknown key, wrong type, missing path or label)."""

@@ -2,7 +2,7 @@
 
 A class region is *graph convex* when the shortest path between two members of the class, taken through a kNN
 graph of all points, stays inside the class. The score (in %) is the mean, over sampled same-class pairs, of the
-share of interior path vertices that carry the class label; see ``shared/docs/methods.md`` section 0 for the exact
+share of interior path vertices that carry the class label; see ``docs/methods.md`` §0 for the exact
 definition this module implements.
 
 Protocol (as the reference ``nnconvexity`` 0.1.1):
@@ -15,7 +15,7 @@ Protocol (as the reference ``nnconvexity`` 0.1.1):
    share of interior vertices labelled c.
 4. Layer score = mean over all sampled pairs pooled across classes × 100; per-class score = mean of its pairs × 100.
 
-Why it is fast (``shared/docs/cpu-performance.md`` §5.3, ``benchmarks/results/analysis_convexity.md``):
+Why it is fast (``docs/methods.md`` §5.3, ``benchmarks/results/analysis_convexity.md``):
 
 * The graph is exact-kNN sparse (never N × N), from :func:`speechprune.analysis.knn.knn`: fp32 GEMM blocks on and
   above the diagonal only (each product serves both blocks' rows), top-k, and a float64 check of the rows whose
@@ -45,6 +45,9 @@ Known differences from the reference (none changes the definition):
   where i is a position in ``set(labels)``, which is only right for labels 0..C−1.
 * The reference draws pairs with the global, unseeded ``np.random``; here one seeded generator per class
   (``SeedSequence(seed).spawn``), so a result is reproducible and independent of ``processes``.
+
+Why one module of over 400 lines: sampling, the path search dispatch and scoring share one prepared graph and
+one set of options per state, and the compiled path kernel already lives apart (:mod:`speechprune.analysis.paths`).
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from speechprune.cli.common import console
 from speechprune.errors import SpeechpruneError
 from speechprune.utils.checks import check_seed
+from speechprune.utils.console import console
 from speechprune.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 METRICS = ("similarity", "convexity", "probes")

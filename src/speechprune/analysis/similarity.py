@@ -4,7 +4,7 @@ Rows are clips (pooled features) or frames (``pooling="frames"``); the result is
 states, labelled with their state indices (state 0 = input to the first transformer layer, state i = output
 of layer i).
 
-Why the implementation looks the way it does (measurements in ``docs/cpu-performance.md`` §5):
+Why the implementation looks the way it does (measurements in ``docs/methods.md`` §5):
 
 * **Linear CKA** is computed in its *feature-space* form by :class:`StreamingCKA`: rows are staged in fixed
   chunks with the states side by side (Z), and each chunk is reduced with *triangular block GEMMs* — per state a,
@@ -33,6 +33,11 @@ Why the implementation looks the way it does (measurements in ``docs/cpu-perform
 Undefined values: a state with zero variance (all rows equal) has no CKA with anything, and a row with zero
 norm has no cosine. Those entries are **NaN and a** :class:`SimilarityWarning` **is issued** (the rest of the
 matrix is still valid); NaN/inf *features* are an error (:class:`~speechprune.errors.SpeechpruneError`).
+
+Why one module of over 400 lines: the three measures share the row staging, the finiteness checks, the
+state bookkeeping of :class:`SimilarityMatrix` and one pass over the data (:func:`similarity_matrices` feeds
+CKA and collects the kNN views together); the kernels themselves already live apart
+(:mod:`speechprune.analysis.knn`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ generation-config fields (language tables, timestamp rules, long-form settings) 
 transformers releases. Proving that a converted or pruned model still *recognises speech* only needs the plain
 OpenAI greedy recipe: a fixed decoder prompt, argmax each step, the checkpoint's token suppression lists, stop at
 end-of-text. The prompt and end token come from ``generation_config.decoder_prompt_ids`` / ``eos_token_id``,
-written by :func:`speechprune.models.ct2.convert_ct2_whisper`.
+written by :func:`speechprune.importers.ct2.convert_ct2_whisper`.
 """
 
 from __future__ import annotations

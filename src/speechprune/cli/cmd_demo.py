@@ -44,7 +44,7 @@ def ensure_whisper(model: str, models_root: Path | None = None) -> Path:
     """An HF folder for ``model``: used as is if it is a folder, else converted once from the PyPI package and
     kept under ``$SPEECHPRUNE_CACHE/models``."""
     from speechprune.features.extract import default_cache_root
-    from speechprune.models.ct2 import convert_ct2_whisper
+    from speechprune.importers.ct2 import convert_ct2_whisper
 
     if Path(model).is_dir():
         return Path(model)

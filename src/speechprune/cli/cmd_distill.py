@@ -105,8 +105,11 @@ def register(app: typer.Typer) -> None:
         test = res.get("test", {})
         if latency:
             from speechprune.compress.distill import load_student
-            from speechprune.compress.distill.evaluate import (compare_latency, dummy_student_inputs,
-                                                               teacher_latency_inputs)
+            from speechprune.compress.distill.evaluate import (
+                compare_latency,
+                dummy_student_inputs,
+                teacher_latency_inputs,
+            )
             from speechprune.utils.io import write_json_atomic
 
             student = load_student(out)

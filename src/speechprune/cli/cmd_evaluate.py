@@ -42,9 +42,9 @@ def register(app: typer.Typer) -> None:
         """Evaluate a classifier on a split of DATA. Without split options, a model fine-tuned by speechprune is
         evaluated on the split recorded in its training.json (so `evaluate` sees the same test clips); otherwise
         the options define the split, and --split all uses every clip."""
+        from speechprune.data.splits import make_splits
         from speechprune.models import load_encoder
         from speechprune.train.evaluate import evaluate_classifier
-        from speechprune.data.splits import make_splits
         from speechprune.utils.io import write_json_atomic
 
         if out is not None:

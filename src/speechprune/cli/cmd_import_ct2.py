@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
-
+from speechprune.utils.console import console
 
 #: The converter's own names for the precisions of the one CLI vocabulary (fp32 | bf16 | fp16).
 _CT2_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -45,7 +43,7 @@ def register(app: typer.Typer) -> None:
         It reloads offline with plain
         transformers.WhisperForConditionalGeneration.from_pretrained(OUT).
         """
-        from speechprune.models.ct2 import convert_ct2_whisper
+        from speechprune.importers.ct2 import convert_ct2_whisper
         from speechprune.utils.precision import normalize_precision
 
         weights = _CT2_DTYPE[normalize_precision(dtype, "--dtype")]

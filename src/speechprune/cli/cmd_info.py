@@ -48,13 +48,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _state_meanings(enc) -> list[str]:
-    if enc.family == "whisper":
-        first = "input to layer 1: conv1 → GELU → conv2 → GELU → + sinusoidal positions"
-    elif enc.final_norm is not None:
-        first = "input to layer 1: CNN → feature projection → + positional conv (pre-norm variant: no LayerNorm)"
-    else:
-        first = "input to layer 1: CNN → feature projection → + positional conv → encoder LayerNorm"
-    out = [first]
+    out = [enc.state_zero_meaning()]
     for i in range(1, enc.num_layers + 1):
         note = ""
         if i == enc.num_layers and enc.final_norm is not None:

@@ -38,7 +38,7 @@ def load_profile_model(name: str) -> nn.Module:
     from speechprune.models import load_encoder
 
     enc = load_encoder(name)
-    return enc.encoder_module.eval() if enc.family == "whisper" else enc.model.eval()
+    return enc.profiled_module.eval()
 
 
 def profile_cmd(

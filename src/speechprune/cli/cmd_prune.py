@@ -129,8 +129,8 @@ def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: lis
     import numpy as np
 
     from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-    from speechprune.models.classifier import class_names
     from speechprune.data.splits import make_splits
+    from speechprune.models.classifier import class_names
     from speechprune.utils.io import write_json_atomic
 
     class_names(enc)  # a clear error for a model without a head, before any work

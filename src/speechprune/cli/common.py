@@ -1,15 +1,13 @@
-"""Helpers shared by subcommands: parsing layer lists, loading data from a CLI spec, printing."""
+"""Helpers shared by subcommands: parsing layer lists; the console and the data loader the commands use
+(defined in :mod:`speechprune.utils.console` and :mod:`speechprune.data.sources`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-
+from speechprune.data.sources import load_dataset_spec
 from speechprune.errors import SpeechpruneError
+from speechprune.utils.console import console
 
-console = Console(stderr=True)
+__all__ = ["AUDIO_COLUMN_HELP", "DATA_HELP", "console", "load_dataset_spec", "parse_states"]
 
 
 def parse_states(spec: str | None, num_states: int | None = None) -> list[int] | None:
@@ -35,20 +33,6 @@ def parse_states(spec: str | None, num_states: int | None = None) -> list[int] |
         if bad:
             raise SpeechpruneError(f"state(s) {bad} in {spec!r} do not exist: this model has states 0..{num_states - 1}")
     return sorted(set(out))
-
-
-def load_dataset_spec(
-    data: str, labels: list[str] | None, group: str | None, segments_dir: str | None = None,
-    audio_column: str | None = None,
-) -> Any:
-    """Load a dataset from a CLI argument (audiofolder, CSV/JSONL manifest, ``save_to_disk`` folder with optional
-    ``:SPLIT``, or ``hf:NAME[:CONFIG][:SPLIT]``)."""
-    from speechprune.data.sources import load_data
-
-    kwargs: dict[str, Any] = {}
-    if segments_dir:
-        kwargs["segments_dir"] = Path(segments_dir)
-    return load_data(data, label_columns=labels or None, group_column=group, audio_column=audio_column, **kwargs)
 
 
 DATA_HELP = ("An audiofolder (folder with metadata.csv), a CSV/JSONL manifest, a datasets save_to_disk folder "

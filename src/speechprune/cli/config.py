@@ -8,28 +8,11 @@ once with a message naming the key and what is allowed, before any model is load
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
-from speechprune.errors import SpeechpruneError
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise SpeechpruneError(f"config file {p} not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}  # a BOM (Windows editors) is not a key
-    except UnicodeDecodeError as exc:
-        raise SpeechpruneError(f"config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except yaml.YAMLError as exc:
-        raise SpeechpruneError(f"config file {p} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SpeechpruneError(f"config file {p} must hold a mapping of option names to values")
-    return data
+from speechprune.utils.io import load_yaml
 
 
 def _apply_config(ctx: Any, _param: Any, value: str | None) -> str | None:

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from speechprune.data.types import TARGET_SAMPLING_RATE, AudioItem
 from speechprune.errors import AudioError
 
-__all__ = ["decode_audio", "to_mono_16k", "load_item_audio", "validate_audio", "pcm_to_float"]
+__all__ = ["TARGET_SAMPLING_RATE", "decode_audio", "to_mono_16k", "load_item_audio", "validate_audio",
+           "pcm_to_float"]
+
+#: The one sampling rate every model input has (all supported encoders were trained on 16 kHz).
+TARGET_SAMPLING_RATE = 16_000
 
 # Multi-channel arrays are (frames, channels), as soundfile returns them. An array whose first axis is this
 # small and whose second is longer is taken to be (channels, frames) instead (torch / librosa convention).
@@ -121,8 +125,8 @@ def validate_audio(samples: np.ndarray, source_name: str) -> np.ndarray:
     return samples
 
 
-def load_item_audio(item: AudioItem) -> np.ndarray:
-    """Decode one item to validated float32 mono 16 kHz samples.
+def load_item_audio(item: Any) -> np.ndarray:
+    """Decode one item (an :class:`~speechprune.data.types.AudioItem`) to validated float32 mono 16 kHz samples.
 
     Works for file-backed items (``item.path``) and in-memory items (``item.array`` + ``item.sampling_rate``).
     Validation runs both before conversion (so a NaN is reported against the original file) and after (so a

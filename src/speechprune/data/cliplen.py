@@ -57,7 +57,7 @@ def check_max_length(dataset: Any, encoder: Any, indices: Iterable[int] | None =
                      max_seconds: float | None = None) -> None:
     """Refuse, before any work, a clip that training or evaluation would encode whole although it is longer than
     :data:`MAX_WHOLE_CLIP_SECONDS` (memory grows with the square of its length) unless ``--max-seconds`` cuts it."""
-    if max_seconds is not None or getattr(encoder, "family", "") == "whisper":
+    if max_seconds is not None or getattr(encoder, "has_fixed_window", False):
         return
     limit = int(MAX_WHOLE_CLIP_SECONDS * TARGET_SAMPLING_RATE)
     for i in range(len(dataset)) if indices is None else indices:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from speechprune.data.audio import TARGET_SAMPLING_RATE, load_item_audio
 from speechprune.errors import DataError
 
-TARGET_SAMPLING_RATE = 16_000
+__all__ = ["TARGET_SAMPLING_RATE", "AudioDataset", "AudioItem", "Segment"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,6 @@ class AudioDataset:
 
     def load_audio(self, index: int) -> np.ndarray:
         """Decode clip ``index`` to float32 mono at 16 kHz, validated (see :func:`speechprune.data.audio.load_item_audio`)."""
-        from speechprune.data.audio import load_item_audio
-
         return load_item_audio(self.items[index])
 
     def labels(self, column: str) -> list[str]:

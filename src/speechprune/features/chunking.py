@@ -38,7 +38,7 @@ def chunk_limit(encoder: Any, chunk_seconds: float | None) -> int | None:
     """Longest clip (samples) encoded in one pass; ``None`` = no limit."""
     limit = None if chunk_seconds is None else int(round(float(chunk_seconds) * SR))
     window = getattr(encoder, "window_seconds", None)
-    if encoder.family == "whisper" and window:
+    if getattr(encoder, "has_fixed_window", False) and window:
         w = int(round(float(window) * SR))
         limit = w if limit is None else min(limit, w)
     return limit

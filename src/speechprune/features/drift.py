@@ -22,7 +22,7 @@ def window_drift(
 ) -> list[dict[str, float]]:
     """Per state: mean cosine between full- and short-window states over valid frames, the cosine of the
     clip means, and the relative L2 error of the clip means. Clips must fit in the short window."""
-    if encoder.family != "whisper":
+    if not encoder.has_fixed_window:
         raise SpeechpruneError("window drift applies to Whisper encoders only")
     short = encoder.with_window(window_seconds)  # type: ignore[attr-defined]
     too_long = [i for i, w in enumerate(waveforms) if len(w) > window_seconds * 16_000]

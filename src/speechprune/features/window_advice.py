@@ -38,7 +38,7 @@ def clip_seconds(dataset: Any, limit: int = 200) -> list[float]:
 def whisper_window_advice(encoder: Any, dataset: Any) -> str | None:
     """The warning text, or None when the encoder is no Whisper or its window fits the clips."""
     window = getattr(encoder, "window_seconds", None)
-    if getattr(encoder, "family", None) != "whisper" or not window:
+    if not getattr(encoder, "has_fixed_window", False) or not window:
         return None
     seconds = clip_seconds(dataset)
     if not seconds:

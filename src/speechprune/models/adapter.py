@@ -40,9 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechprune.errors import LayerIndexError, SpeechpruneError, UnsupportedModelError
+from speechprune.errors import LayerIndexError, SpeechpruneError
 
-SUPPORTED_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 SAMPLING_RATE = 16_000
 
 
@@ -126,6 +125,19 @@ class SpeechEncoder(ABC):
     def final_norm(self) -> nn.Module | None:
         """The LayerNorm applied after the last layer (stable-layer-norm variants, Whisper), else ``None``."""
         return None
+
+    #: Whether the encoder always sees a fixed input window (Whisper), which ``with_window`` can shorten.
+    has_fixed_window: bool = False
+
+    @property
+    def profiled_module(self) -> nn.Module:
+        """What ``speechprune profile`` measures: the whole model (head included), or for an encoder-decoder
+        family the encoder alone."""
+        return self.model
+
+    def state_zero_meaning(self) -> str:
+        """What state 0 is for this model, in words (``speechprune info``)."""
+        return "input to layer 1"
 
     def check_state_index(self, index: int) -> int:
         """Validate a state index (0..L) and return it; negative indices count from the end like Python."""
@@ -339,11 +351,3 @@ class _autocast:
         if self._ctx is not None:
             self._ctx.__exit__(*exc)
 
-
-def check_family(model_type: str) -> str:
-    """Return the family for a ``config.model_type`` or raise a clear :class:`UnsupportedModelError`."""
-    if model_type not in SUPPORTED_FAMILIES:
-        raise UnsupportedModelError(
-            f"model type {model_type!r} is not supported; speechprune supports: {', '.join(SUPPORTED_FAMILIES)}"
-        )
-    return model_type

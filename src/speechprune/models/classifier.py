@@ -29,16 +29,9 @@ from torch import nn
 
 from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
+from speechprune.models.registry import family_for
 
 PROJECTOR_SIZE = 256
-
-_HEAD_CLASSES = {
-    "wav2vec2": "Wav2Vec2ForSequenceClassification",
-    "hubert": "HubertForSequenceClassification",
-    "wavlm": "WavLMForSequenceClassification",
-    "data2vec-audio": "Data2VecAudioForSequenceClassification",
-    "whisper": "WhisperForAudioClassification",
-}
 
 
 def is_classifier(encoder: SpeechEncoder) -> bool:
@@ -71,7 +64,8 @@ def add_classification_head(
         raise SpeechpruneError(f"a classifier needs at least 2 classes, got {labels}")
     if len(set(labels)) != len(labels):
         raise SpeechpruneError("class names must be unique")
-    cls = getattr(transformers, _HEAD_CLASSES[encoder.family])
+    fam = family_for(encoder.family)
+    cls = getattr(transformers, fam.classifier_class(encoder.family))
     config = copy.deepcopy(encoder.config)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
@@ -79,20 +73,15 @@ def add_classification_head(
     config.classifier_proj_size = projector_size
     config.use_weighted_layer_sum = False
     config.architectures = [cls.__name__]
-    if encoder.family != "whisper":
-        config.layerdrop = 0.0  # layerdrop would make per-layer surgery and resumable training non-deterministic
+    fam.classifier_config(config)
     torch.manual_seed(seed)
     model = cls(config)
-    body = model.encoder if encoder.family == "whisper" else model.base_model
+    body = fam.resolve(model).base
     missing, unexpected = body.load_state_dict(encoder.encoder_module.state_dict(), strict=False)
     bad = [k for k in missing if "masked_spec_embed" not in k]
     if bad or unexpected:
         raise SpeechpruneError(f"encoder weights do not fit the classification model: missing {bad}, unexpected {unexpected}")
-    fe = copy.deepcopy(encoder.feature_extractor)
-    if encoder.family != "whisper":
-        if fe is None:  # save one, so that a reload prepares inputs exactly as training did
-            fe = transformers.Wav2Vec2FeatureExtractor(do_normalize=bool(getattr(encoder, "do_normalize", False)))
-        fe.return_attention_mask = True
+    fe = fam.classifier_feature_extractor(encoder, copy.deepcopy(encoder.feature_extractor))
     new = wrap_model(model.eval(), fe, source=encoder.source)
     new.kept_layers = encoder.kept_layers
     return new
@@ -103,7 +92,7 @@ def classifier_inputs(encoder: SpeechEncoder, waveforms: Sequence[np.ndarray]) -
     head pools over valid frames."""
     prepared = encoder.prepare(waveforms)
     kwargs = dict(prepared.model_kwargs)
-    if encoder.family != "whisper" and "attention_mask" not in kwargs:
+    if "input_values" in kwargs and "attention_mask" not in kwargs:
         lengths = prepared.sample_lengths
         width = kwargs["input_values"].shape[1]
         kwargs["attention_mask"] = (torch.arange(width)[None, :] < lengths[:, None]).long()

@@ -8,23 +8,21 @@ numbering, window), because the stock config has no place for provenance.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from speechprune.utils.io import atomic_dir, write_json_atomic
-
-if TYPE_CHECKING:
-    from speechprune.models.adapter import SpeechEncoder
 
 SIDE_FILE = "speechprune.json"
 
 
 def save_encoder(
-    encoder: "SpeechEncoder",
+    encoder: Any,
     path: str | Path,
     metadata: dict[str, Any] | None = None,
     extra_json: dict[str, Any] | None = None,
 ) -> Path:
-    """Save into ``path`` atomically; ``extra_json`` maps file names to objects written beside the model (a run's
+    """Save ``encoder`` (a :class:`~speechprune.models.adapter.SpeechEncoder`; this module sits below the adapter
+    and takes it as it comes) into ``path`` atomically; ``extra_json`` maps file names to objects written beside the model (a run's
     ``training.json``, ``metrics.json``) so that they appear together with it or not at all."""
     dest = Path(path)
     with atomic_dir(dest) as tmp:

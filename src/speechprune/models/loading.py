@@ -15,19 +15,13 @@ import transformers
 from torch import nn
 
 from speechprune.errors import SpeechpruneError
-from speechprune.models.adapter import SpeechEncoder, check_family
+from speechprune.models.adapter import SpeechEncoder
+from speechprune.models.registry import check_family, family_of
 
 
 def wrap_model(model: nn.Module, feature_extractor: Any | None = None, source: str | None = None) -> SpeechEncoder:
     """Wrap an already-built transformers model of a supported family."""
-    family = check_family(getattr(model.config, "model_type", type(model).__name__))
-    if family == "whisper":
-        from speechprune.models.whisper import WhisperEncoderAdapter
-
-        return WhisperEncoderAdapter(model, feature_extractor, source)
-    from speechprune.models.wav2vec2_family import Wav2Vec2FamilyEncoder
-
-    return Wav2Vec2FamilyEncoder(model, feature_extractor, source)
+    return family_of(model).adapter_class()(model, feature_extractor, source)
 
 
 def load_encoder(
@@ -57,9 +51,9 @@ def load_encoder(
         else:
             enc = _load_pretrained(spec, attn_implementation)
     if window_seconds is not None:
-        if enc.family != "whisper":
+        if not enc.has_fixed_window:
             raise SpeechpruneError(f"--window applies to Whisper only; this is a {enc.family} model")
-        enc = enc.with_window(window_seconds)  # type: ignore[attr-defined]
+        enc = enc.with_window(window_seconds)
     enc.model.to(device)
     return enc
 
@@ -77,7 +71,7 @@ def _load_pretrained(spec: str, attn_implementation: str | None) -> SpeechEncode
     cls = None if getattr(config, "speechprune_structure", None) else _model_class(config, spec)
     try:
         if cls is None:  # structured-pruned, not describable by the stock config
-            from speechprune.compress.structured import load_pruned
+            from speechprune.models.pruned import load_pruned
 
             model = load_pruned(spec, **kwargs)
         else:

@@ -15,42 +15,14 @@ import torch
 import transformers
 from torch import nn
 
-from speechprune.errors import UnsupportedModelError
-from speechprune.models.adapter import SUPPORTED_FAMILIES
-
-_CONFIG_CLASSES = {
-    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
-    "hubert": ("HubertConfig", "HubertModel"),
-    "wavlm": ("WavLMConfig", "WavLMModel"),
-    "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioModel"),
-    "whisper": ("WhisperConfig", "WhisperModel"),
-}
+from speechprune.models.registry import family_for
 
 
 def tiny_config(family: str, *, num_layers: int = 4, stable_layer_norm: bool = False, **overrides: Any) -> Any:
     """A tiny config of ``family``; ``stable_layer_norm=True`` gives the pre-norm ("large") variant."""
     cfg_name, _ = _classes(family)
     cls = getattr(transformers, cfg_name)
-    if family == "whisper":
-        kw: dict[str, Any] = dict(
-            d_model=32, encoder_layers=num_layers, encoder_attention_heads=2, encoder_ffn_dim=64,
-            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
-            max_source_positions=150, max_target_positions=32, vocab_size=64,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-            suppress_tokens=[], begin_suppress_tokens=[],
-        )
-    else:
-        kw = dict(
-            hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=64,
-            conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-            vocab_size=32, layerdrop=0.0,
-        )
-        if family == "data2vec-audio":
-            kw.update(num_conv_pos_embeddings=3, conv_pos_kernel_size=5)
-        if stable_layer_norm:
-            kw.update(do_stable_layer_norm=True, feat_extract_norm="layer")
-        if family == "wavlm":
-            kw.update(num_buckets=32, max_bucket_distance=64)
+    kw = family_for(family).tiny_config_kwargs(family, num_layers, stable_layer_norm)
     kw.update(overrides)
     return cls(**kw)
 
@@ -86,8 +58,4 @@ def parse_builtin(spec: str) -> Any | None:
 
 
 def _classes(family: str) -> tuple[str, str]:
-    if family not in _CONFIG_CLASSES:
-        raise UnsupportedModelError(
-            f"model type {family!r} is not supported; speechprune supports: {', '.join(SUPPORTED_FAMILIES)}"
-        )
-    return _CONFIG_CLASSES[family]
+    return family_for(family).config_classes(family)

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechprune.errors import AudioError, SpeechpruneError
+from speechprune.errors import AudioError, SpeechpruneError, UnsupportedModelError
 from speechprune.models.adapter import EncoderInputs, SpeechEncoder
+from speechprune.models.family import ConvPart, Family, LayerPart, ModelParts, ModuleMap
 
 MEL_HOP = 160  # samples per log-mel frame
 SAMPLES_PER_POSITION = 2 * MEL_HOP  # conv2 has stride 2
@@ -30,6 +31,7 @@ class WhisperEncoderAdapter(SpeechEncoder):
     ``WhisperForAudioClassification`` (or a bare ``WhisperEncoder``)."""
 
     family = "whisper"
+    has_fixed_window = True
 
     def __init__(self, model: nn.Module, feature_extractor: Any | None = None, source: str | None = None) -> None:
         if feature_extractor is None:
@@ -51,6 +53,13 @@ class WhisperEncoderAdapter(SpeechEncoder):
     @property
     def layers(self) -> nn.ModuleList:
         return self.encoder_module.layers
+
+    @property
+    def profiled_module(self) -> nn.Module:
+        return self.encoder_module
+
+    def state_zero_meaning(self) -> str:
+        return "input to layer 1: conv1 → GELU → conv2 → GELU → + sinusoidal positions"
 
     @property
     def front_end(self) -> nn.Module:
@@ -151,6 +160,84 @@ class WhisperEncoderAdapter(SpeechEncoder):
         self._slice_layer_weights(keep)
         enc.layers = nn.ModuleList([old[i - 1] for i in keep])
         self.config.encoder_layers = len(keep)
+
+
+class WhisperFamily(Family):
+    """Whisper's module map: ``conv1 → GELU → conv2 → GELU → + sinusoidal table`` (a frozen parameter, so a
+    positional part without MACs), pre-norm layers (``self_attn``, ``fc1``/``fc2``) and a final LayerNorm; only
+    the encoder of a ``WhisperModel``/``…ForConditionalGeneration`` is ever used (the decoder is excluded).
+
+    Only ``conv1``'s channels can be pruned: ``conv2`` outputs ``d_model``, to which the positions are added.
+    A stock config has no field for ``conv1``'s width (it is ``d_model``), so fewer channels need the pruned
+    class's :meth:`reshape_front_end`."""
+
+    name = "whisper"
+    model_types = ("whisper",)
+    input_kind = "log_mel"
+    num_layers_key = "encoder_layers"
+    ffn_size_key = "encoder_ffn_dim"
+
+    def adapter_class(self) -> type:
+        return WhisperEncoderAdapter
+
+    def config_classes(self, model_type: str) -> tuple[str, str]:
+        return "WhisperConfig", "WhisperModel"
+
+    def classifier_class(self, model_type: str) -> str:
+        return "WhisperForAudioClassification"
+
+    def tiny_config_kwargs(self, model_type: str, num_layers: int, stable_layer_norm: bool) -> dict[str, Any]:
+        return dict(
+            d_model=32, encoder_layers=num_layers, encoder_attention_heads=2, encoder_ffn_dim=64,
+            decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
+            max_source_positions=150, max_target_positions=32, vocab_size=64,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+            suppress_tokens=[], begin_suppress_tokens=[],
+        )
+
+    def resolve(self, model: nn.Module) -> ModelParts:
+        cls = type(model).__name__
+        if hasattr(model, "conv1") and hasattr(model, "layers"):  # a bare WhisperEncoder
+            return ModelParts(self.name, model, model, model, None, {}, None, ())
+        encoder = getattr(model, "encoder", None)
+        if encoder is None:
+            encoder = getattr(getattr(model, "model", None), "encoder", None)
+        if encoder is None or not hasattr(encoder, "conv1"):
+            raise UnsupportedModelError(f"cannot find the Whisper encoder inside {cls}")
+        if cls == "WhisperForAudioClassification":
+            head = {"projector": model.projector, "classifier": model.classifier}
+            return ModelParts(self.name, model, model, encoder, "sequence_classification", head, None, ())
+        excluded = tuple(m for n, m in model.named_children() if m is not encoder and n != "encoder")
+        inner = getattr(model, "model", None)
+        if inner is not None and hasattr(inner, "decoder"):
+            excluded = (inner.decoder,) + tuple(m for m in excluded if m is not inner)
+        return ModelParts(self.name, model, encoder, encoder, None, {}, cls if excluded else None, excluded)
+
+    def module_map(self, base: nn.Module) -> ModuleMap:
+        return ModuleMap(
+            family=self.name, base=base, front_end=[base.conv1, base.conv2],
+            convs=[ConvPart(0, base.conv1), ConvPart(1, base.conv2)], gatable_convs=[0],
+            layers=[LayerPart(i + 1, layer, "self_attn", layer, ("fc1", "fc2")) for i, layer in enumerate(base.layers)],
+            positional=[base.embed_positions], positional_kind="sinusoidal_table",
+            encoder_norm=base.layer_norm, norm_position="after_layers",
+        )
+
+    def window_positions(self, base: nn.Module) -> int | None:
+        return int(base.config.max_source_positions)
+
+    def set_conv_channels(self, config: Any, channels: list[int]) -> bool:
+        return int(channels[0]) == int(config.d_model)
+
+    def reshape_front_end(self, base: nn.Module, channels: list[int]) -> None:
+        c1 = int(channels[0])
+        if c1 != base.conv1.out_channels:
+            ref = base.conv1.weight
+            kw = {"device": ref.device, "dtype": ref.dtype}
+            base.conv1 = nn.Conv1d(base.conv1.in_channels, c1, 3, padding=1, **kw)
+            base.conv2 = nn.Conv1d(c1, base.conv2.out_channels, 3, stride=2, padding=1, **kw)
+
+
+WHISPER = WhisperFamily()
 
 
 def whisper_valid_frames(seconds: float) -> int:

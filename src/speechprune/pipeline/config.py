@@ -17,11 +17,7 @@ from typing import Any
 import yaml
 
 from speechprune.data.splits import SplitOptions
-from speechprune.errors import SpeechpruneError
-
-
-class ConfigError(SpeechpruneError):
-    """A bad ``run`` configuration (unknown key, wrong type, missing path or label)."""
+from speechprune.errors import ConfigError, SpeechpruneError
 
 
 #: Where the run's training defaults differ from :class:`~speechprune.train.loop.TrainConfig`'s (those of
@@ -112,7 +108,7 @@ class RunConfig:
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read ``path`` (YAML; optional), apply ``key.sub=value`` overrides, and validate everything."""
-    from speechprune.cli.config import load_yaml
+    from speechprune.utils.io import load_yaml
 
     data: dict[str, Any] = {}
     if path is not None:

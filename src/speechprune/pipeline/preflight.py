@@ -10,13 +10,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from speechprune.errors import SpeechpruneError
+from speechprune.errors import ConfigError, SpeechpruneError
 
 
 @contextlib.contextmanager
 def _key(name: str) -> Iterator[None]:
-    from speechprune.pipeline.config import ConfigError
-
     try:
         yield
     except ConfigError:

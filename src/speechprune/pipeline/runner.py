@@ -41,7 +41,7 @@ class Run:
     @property
     def dataset(self) -> Any:
         if self._dataset is None:
-            from speechprune.cli.common import load_dataset_spec
+            from speechprune.data.sources import load_dataset_spec
 
             c = self.cfg
             cols = list(dict.fromkeys([*c.analysis_labels, *([c.split.split_column] if c.split.split_column else [])]))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from speechprune.errors import UnsupportedModelError
-from speechprune.profile.arch import PARTS, SUPPORTED_FAMILIES, ArchSpec, from_model
+from speechprune.profile.arch import PARTS, SUPPORTED_FAMILIES, ArchSpec, from_model, resolve_modules
 from speechprune.profile.flops import flop_counter_macs
 from speechprune.profile.latency import measure_latency
 from speechprune.profile.macs import (
@@ -63,4 +63,4 @@ def build_config_model(spec: str) -> nn.Module:
         raise UnsupportedModelError(f"unknown config model {spec!r}; choose one of: {', '.join(config_model_names())}")
     with torch.random.fork_rng(devices=[]):
         model = build_model(parse_builtin(spec), seed=0)
-    return model.get_encoder().eval() if family == "whisper" else model
+    return resolve_modules(model).root.eval()  # Whisper: the encoder alone

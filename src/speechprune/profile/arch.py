@@ -5,23 +5,28 @@ smaller FFN in some layers, or fewer layers. Reading ``nn.Conv1d``/``nn.Linear``
 describes such a model correctly, so the analytic MAC count (:mod:`speechprune.profile.macs`) stays exact for it.
 
 :class:`ArchSpec` is plain data (ints, strings, tuples) so it can be written to JSON and compared in tests.
-:func:`resolve_modules` finds the module objects behind each part; params and FLOP counting use it too, which keeps
-the three views (spec, params, FlopCounter) aligned on the same part boundaries.
+:func:`resolve_modules` finds the module objects behind each part — it asks the model's family
+(:mod:`speechprune.models.family`), which holds the module map — and params and FLOP counting use it too, which
+keeps the three views (spec, params, FlopCounter) aligned on the same part boundaries.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from speechprune.errors import UnsupportedModelError
+from speechprune.models.family import Family, LayerPart, ModelParts
+from speechprune.models.registry import SUPPORTED_FAMILIES, family_for
 
-SUPPORTED_FAMILIES: tuple[str, ...] = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
-SSL_FAMILIES: tuple[str, ...] = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
+__all__ = ["PARTS", "SUPPORTED_FAMILIES", "ArchSpec", "ModelParts", "dummy_inputs", "from_model", "part_modules",
+           "resolve_modules", "spec_from_parts"]
+
 SAMPLE_RATE = 16_000
 #: Whisper's log-mel front end: hop 160 samples at 16 kHz = 100 frames per second.
 WHISPER_MEL_FRAMES_PER_SECOND = 100
@@ -186,23 +191,7 @@ class ArchSpec:
         return spec_from_parts(resolve_modules(model))
 
 
-class ModelParts(NamedTuple):
-    """The modules found inside a model. ``root`` is what gets profiled and called (the full model when its head is
-    described, otherwise the base model or the Whisper encoder); ``base`` is the speech encoder; ``head`` maps the
-    head's attribute names to its Linears; ``excluded`` holds modules of the given model that are not profiled
-    (Whisper decoder, undescribed heads). :func:`part_modules` groups these by part."""
-
-    family: str
-    model: nn.Module
-    root: nn.Module
-    base: nn.Module
-    head_kind: str | None
-    head: dict[str, nn.Module]
-    ignored_head: str | None
-    excluded: tuple[nn.Module, ...]
-
-
-def _family(model: nn.Module) -> str:
+def _family(model: nn.Module) -> Family:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_FAMILIES:
@@ -210,51 +199,19 @@ def _family(model: nn.Module) -> str:
             f"cannot profile {type(model).__name__} (model_type={model_type!r}); supported model types: "
             f"{', '.join(SUPPORTED_FAMILIES)}"
         )
-    return str(model_type)
+    return family_for(str(model_type))
 
 
 def resolve_modules(model: nn.Module) -> ModelParts:
-    """Find the speech encoder and the head inside ``model``.
+    """Find the speech encoder and the head inside ``model`` (the family's :meth:`~speechprune.models.family.
+    Family.resolve`).
 
     Accepts ``Wav2Vec2Model``/``HubertModel``/``WavLMModel``/``Data2VecAudioModel`` and their ``For*`` variants (base
     found via ``model.base_model``), and ``WhisperModel``/``WhisperForConditionalGeneration``/
     ``WhisperForAudioClassification``/``WhisperEncoder`` (only the encoder is profiled). Heads described: CTC
     (``lm_head``), sequence classification (``projector`` + ``classifier``), frame classification (``classifier``).
     """
-    family = _family(model)
-    cls = type(model).__name__
-    if family == "whisper":
-        if hasattr(model, "conv1") and hasattr(model, "layers"):
-            return ModelParts(family, model, model, model, None, {}, None, ())
-        encoder = getattr(model, "encoder", None)
-        if encoder is None:
-            encoder = getattr(getattr(model, "model", None), "encoder", None)
-        if encoder is None or not hasattr(encoder, "conv1"):
-            raise UnsupportedModelError(f"cannot find the Whisper encoder inside {cls}")
-        if cls == "WhisperForAudioClassification":
-            head = {"projector": model.projector, "classifier": model.classifier}
-            return ModelParts(family, model, model, encoder, "sequence_classification", head, None, ())
-        excluded = tuple(m for n, m in model.named_children() if m is not encoder and n != "encoder")
-        inner = getattr(model, "model", None)
-        if inner is not None and hasattr(inner, "decoder"):
-            excluded = (inner.decoder,) + tuple(m for m in excluded if m is not inner)
-        return ModelParts(family, model, encoder, encoder, None, {}, cls if excluded else None, excluded)
-
-    base = model.base_model if hasattr(model, "base_model") else model
-    if not hasattr(base, "feature_extractor") or not hasattr(base, "encoder"):
-        raise UnsupportedModelError(f"{cls} has no feature_extractor/encoder; cannot profile it")
-    if base is model:
-        return ModelParts(family, model, model, base, None, {}, None, ())
-    if cls.endswith("ForCTC"):
-        kind, head = "ctc", {"lm_head": model.lm_head}
-    elif cls.endswith("ForSequenceClassification"):
-        kind, head = "sequence_classification", {"projector": model.projector, "classifier": model.classifier}
-    elif cls.endswith("ForAudioFrameClassification"):
-        kind, head = "frame_classification", {"classifier": model.classifier}
-    else:
-        excluded = tuple(m for m in model.children() if m is not base)
-        return ModelParts(family, model, base, base, None, {}, cls, excluded)
-    return ModelParts(family, model, model, base, kind, head, None, ())
+    return _family(model).resolve(model)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,77 +298,54 @@ def _ffn(fc1: nn.Module | None, fc2: nn.Module | None, names: dict[int, str]) ->
     return FFNSpec(d_model=a.d_in, d_ff=a.d_out, fc1=a, fc2=b)
 
 
-def _layer(i: int, layer: nn.Module, names: dict[int, str]) -> LayerSpec:
-    if hasattr(layer, "self_attn"):  # Whisper
-        attn = _attention(layer.self_attn, names)
-        ffn = _ffn(getattr(layer, "fc1", None), getattr(layer, "fc2", None), names)
-    else:
-        attn = _attention(getattr(layer, "attention", None), names)
-        ff = getattr(layer, "feed_forward", None)
-        ffn = _ffn(getattr(ff, "intermediate_dense", None), getattr(ff, "output_dense", None), names) if ff else None
+def _layer(part: LayerPart, names: dict[int, str]) -> LayerSpec:
+    layer = part.layer
+    attn = _attention(part.attn, names)
+    ffn = _ffn(part.fc1, part.fc2, names)
     extra: tuple[LinearSpec, ...] = ()
     adapter = getattr(layer, "adapter_layer", None)
     if adapter is not None:
         extra = (_linear(adapter.linear_1, names), _linear(adapter.linear_2, names))
-    return LayerSpec(i, names.get(id(layer), ""), attn, ffn, extra)
+    return LayerSpec(part.number - 1, names.get(id(layer), ""), attn, ffn, extra)
 
 
 def spec_from_parts(mp: ModelParts) -> ArchSpec:
     """Build the :class:`ArchSpec` of already-resolved modules (callers that also need ``mp`` avoid resolving twice)."""
     names = _names(mp.root)
-    base = mp.base
+    fam = family_for(mp.family)
+    mm = fam.module_map(mp.base)
     notes: list[str] = []
     if mp.ignored_head:
         notes.append(f"{mp.ignored_head}: only the speech encoder is profiled; its other modules are excluded")
-    if mp.family == "whisper":
-        enc = base
-        c1, c2 = _conv(enc.conv1, names), _conv(enc.conv2, names)
-        msp = int(enc.config.max_source_positions)
-        mel_frames = msp * c1.stride * c2.stride
-        window = WhisperWindow(c1.c_in, msp, mel_frames, mel_frames / WHISPER_MEL_FRAMES_PER_SECOND)
+    front = tuple(_conv(c.conv, names, _norm_kind(c.norm)) for c in mm.convs)
+    proj = _linear(mm.projection, names) if mm.projection is not None else None
+    d_model = proj.d_out if proj is not None else front[-1].c_out
+    window = None
+    positions = fam.window_positions(mp.base)
+    if positions is not None:
+        mel_frames = positions * int(np.prod([c.stride for c in front]))
+        window = WhisperWindow(front[0].c_in, positions, mel_frames, mel_frames / WHISPER_MEL_FRAMES_PER_SECOND)
         notes.append(
-            f"Whisper always encodes its fixed {window.seconds:g} s window ({mel_frames} mel frames → {msp} "
+            f"Whisper always encodes its fixed {window.seconds:g} s window ({mel_frames} mel frames → {positions} "
             "positions); the cost does not depend on the clip length"
         )
-        layers = tuple(_layer(i, layer, names) for i, layer in enumerate(enc.layers))
-        norms = (NormSpec(names.get(id(enc.layer_norm), ""), "layer", c2.c_out, "after_layers"),)
-        return ArchSpec(
-            family=mp.family, model_class=type(mp.model).__name__, input_kind="log_mel", d_model=c2.c_out,
-            front_end=(c1, c2), feature_projection=None, feature_projection_norm=False,
-            positional="sinusoidal_table", pos_convs=(), layers=layers, encoder_norms=norms,
-            head=_head(mp, names), ignored_head=mp.ignored_head, whisper_window=window, notes=tuple(notes),
-        )
-
-    front = tuple(
-        _conv(cl.conv, names, _norm_kind(getattr(cl, "layer_norm", None))) for cl in base.feature_extractor.conv_layers
-    )
-    fp = base.feature_projection
-    proj = _linear(fp.projection, names)
-    enc = base.encoder
-    pce = enc.pos_conv_embed
-    if hasattr(pce, "layers"):  # data2vec-audio: a stack of convs, each followed by a non-affine LayerNorm
-        pos = tuple(_conv(pl.conv, names, _norm_kind(getattr(pl, "layer_norm", None))) for pl in pce.layers)
-    else:
-        pos = (_conv(pce.conv, names, _norm_kind(getattr(pce, "batch_norm", None))),)
-    stable = "StableLayerNorm" in type(enc).__name__
     norms: tuple[NormSpec, ...] = ()
-    if getattr(enc, "layer_norm", None) is not None:
-        ln = enc.layer_norm
-        norms = (NormSpec(names.get(id(ln), ""), _norm_kind(ln), int(ln.normalized_shape[0]),
-                          "after_layers" if stable else "before_layers"),)
+    if mm.encoder_norm is not None:
+        ln = mm.encoder_norm
+        norms = (NormSpec(names.get(id(ln), ""), _norm_kind(ln), int(ln.normalized_shape[0]), mm.norm_position),)
     adapter = None
-    if getattr(base, "adapter", None) is not None:
-        ad = base.adapter
+    if mm.adapter is not None:
+        ad = mm.adapter
         adapter = AdapterSpec(
             proj=_linear(ad.proj, names) if getattr(ad, "proj", None) is not None else None,
             convs=tuple(_conv(al.conv, names) for al in ad.layers),
         )
     return ArchSpec(
-        family=mp.family, model_class=type(mp.model).__name__, input_kind="waveform", d_model=proj.d_out,
-        front_end=front, feature_projection=proj, feature_projection_norm=getattr(fp, "layer_norm", None) is not None,
-        positional="conv", pos_convs=pos, layers=tuple(_layer(i, layer, names) for i, layer in enumerate(enc.layers)),
-        encoder_norms=norms, adapter=adapter, head=_head(mp, names), ignored_head=mp.ignored_head,
-        notes=tuple(notes),
+        family=mp.family, model_class=type(mp.model).__name__, input_kind=fam.input_kind, d_model=d_model,
+        front_end=front, feature_projection=proj, feature_projection_norm=mm.projection_norm is not None,
+        positional=mm.positional_kind, pos_convs=tuple(_conv(c, names, _norm_kind(n)) for c, n in mm.pos_convs),
+        layers=tuple(_layer(p, names) for p in mm.layers), encoder_norms=norms, adapter=adapter,
+        head=_head(mp, names), ignored_head=mp.ignored_head, whisper_window=window, notes=tuple(notes),
     )
 
 
@@ -434,22 +368,17 @@ def part_modules(mp: ModelParts) -> dict[str, list[nn.Module]]:
     ``layers`` lists the transformer layers in order. Anything not listed (e.g. ``masked_spec_embed``,
     ``layer_weights``) falls into ``other``.
     """
-    base = mp.base
+    mm = family_for(mp.family).module_map(mp.base)
     out: dict[str, list[nn.Module]] = {p: [] for p in PARTS}
-    if mp.family == "whisper":
-        out["front_end"] = [base.conv1, base.conv2]
-        out["positional"] = [base.embed_positions]
-        out["layers"] = list(base.layers)
-        out["final_norms"] = [base.layer_norm]
-    else:
-        out["front_end"] = [base.feature_extractor]
-        out["feature_projection"] = [base.feature_projection]
-        out["positional"] = [base.encoder.pos_conv_embed]
-        out["layers"] = list(base.encoder.layers)
-        if getattr(base.encoder, "layer_norm", None) is not None:
-            out["final_norms"] = [base.encoder.layer_norm]
-        if getattr(base, "adapter", None) is not None:
-            out["adapter"] = [base.adapter]
+    out["front_end"] = list(mm.front_end)
+    if mm.feature_projection is not None:
+        out["feature_projection"] = [mm.feature_projection]
+    out["positional"] = list(mm.positional)
+    out["layers"] = [p.layer for p in mm.layers]
+    if mm.encoder_norm is not None:
+        out["final_norms"] = [mm.encoder_norm]
+    if mm.adapter is not None:
+        out["adapter"] = [mm.adapter]
     out["head"] = list(mp.head.values())
     return out
 

@@ -1,6 +1,6 @@
 """Measured MACs from ``torch.utils.flop_counter.FlopCounterMode``: the cross-check for :mod:`.macs`.
 
-Two traps (docs/cpu-performance.md §4) are handled here so callers cannot fall into them:
+Two traps (docs/methods.md §4.2) are handled here so callers cannot fall into them:
 
 * FlopCounterMode fails under ``torch.inference_mode()`` on the weight-norm parametrized positional conv, so the
   forward runs under ``torch.no_grad()``;

@@ -2,7 +2,7 @@
 
 Timing: ``warmup`` untimed forwards, then ``repeats`` timed ones (``time.perf_counter``; on CUDA bracketed by
 ``torch.cuda.synchronize``). We report median, p90, min, mean and max, because this 2-core VM is noisy
-(docs/cpu-performance.md §8: single outliers up to +30 %, some processes 3-5x slower throughout) — compare medians,
+(docs/methods.md §4.3: single outliers up to +30 %, some processes 3-5x slower throughout) — compare medians,
 ideally across several fresh processes. Forwards run under ``torch.inference_mode()``; if the model refuses it we
 fall back to ``torch.no_grad()`` and record which mode was used.
 

@@ -60,7 +60,7 @@ def attention_matmul_macs(T: Any, n_heads: Any, head_dim: Any) -> Any:
 
 
 def attention_macs(T: Any, d_model: Any, n_heads: Any, head_dim: Any) -> Any:
-    """Self-attention of one layer: 4·T·D·h·d_h + 2·T²·h·d_h (methods.md §3)."""
+    """Self-attention of one layer: 4·T·D·h·d_h + 2·T²·h·d_h (docs/methods.md §3)."""
     return attention_proj_macs(T, d_model, n_heads, head_dim) + attention_matmul_macs(T, n_heads, head_dim)
 
 

@@ -44,9 +44,9 @@ def count_params(model: nn.Module) -> dict[str, Any]:
                 seen.add(id(p))
                 excluded += p.numel()
     notes = []
-    if mp.family == "whisper":
+    if any(not p.requires_grad for m in groups["positional"] for p in m.parameters()):
         notes.append(
-            "Whisper's encoder embed_positions is a frozen (requires_grad=False) sinusoidal table stored as a "
+            f"the {mp.family} encoder's positional table is a frozen (requires_grad=False) table stored as a "
             f"parameter: {parts['positional']} values, counted under 'positional'"
         )
     if mp.ignored_head:

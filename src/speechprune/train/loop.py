@@ -15,6 +15,9 @@ Built on ``accelerate``: the same code runs on one CPU, one GPU, or ``accelerate
 
 Callers customise the loss (``loss_fn``) and the optimiser's parameter groups (``param_groups``); whatever else
 must be saved with the model (gates, Lagrange multipliers) should be a submodule of it.
+
+Why one module of over 400 lines: it is one class, and its resumable state (checkpoint, RNG, history, best
+weights, trackers) must be written and read back in one place to stay consistent.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Atomic writes: a file is either absent or complete, never half-written, so an interrupted job leaves
-nothing that a later run could mistake for a finished result."""
+"""Files: atomic writes (a file is either absent or complete, never half-written, so an interrupted job leaves
+nothing that a later run could mistake for a finished result) and strict YAML reading for config files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from speechprune.errors import SpeechpruneError
 
 
 @contextlib.contextmanager
@@ -131,3 +133,22 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML file that holds a mapping (a config file); a missing file, bad YAML or a non-mapping is a
+    :class:`SpeechpruneError` naming the file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpeechpruneError(f"config file {p} not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}  # a BOM (Windows editors) is not a key
+    except UnicodeDecodeError as exc:
+        raise SpeechpruneError(f"config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        raise SpeechpruneError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpeechpruneError(f"config file {p} must hold a mapping of option names to values")
+    return data

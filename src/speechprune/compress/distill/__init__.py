@@ -1,4 +1,4 @@
-"""Distillation: replace the whole transformer stack with small mimicking layers (methods.md §2c, issue 5).
+"""Distillation: replace the whole transformer stack with small mimicking layers (docs/methods.md §2c, issue 5).
 
 API::
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechprune.compress.distill.student import StudentClassifier
+from speechprune.compress.distill.student import StudentClassifier, front_end_of
 from speechprune.data.batching import iter_batches
 from speechprune.data.types import AudioDataset
 from speechprune.errors import DataError
@@ -70,13 +70,7 @@ def evaluate_student(student: StudentClassifier, teacher: SpeechEncoder | None, 
 
 def dummy_student_inputs(student: StudentClassifier, seconds: float = 1.0, batch_size: int = 1
                          ) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    if student.family == "whisper":
-        fe = student.front_end
-        return {"input_features": torch.randn(batch_size, fe.conv1.in_channels, fe.window_positions * 2, generator=gen)}
-    n = round(seconds * 16_000)
-    return {"input_values": torch.randn(batch_size, n, generator=gen),
-            "attention_mask": torch.ones(batch_size, n, dtype=torch.long)}
+    return student.front_end.dummy_inputs(seconds, batch_size, torch.Generator().manual_seed(0))
 
 
 def flop_counter_macs(module: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
@@ -144,12 +138,7 @@ def compare_latency(
 
 def teacher_latency_inputs(teacher: SpeechEncoder, seconds: float = 1.0) -> dict[str, torch.Tensor]:
     """Random model inputs for the teacher's stock classifier of the same shape as the student's."""
-    gen = torch.Generator().manual_seed(0)
-    if teacher.family == "whisper":
-        msp = teacher.config.max_source_positions
-        return {"input_features": torch.randn(1, teacher.config.num_mel_bins, msp * 2, generator=gen)}
-    n = round(seconds * 16_000)
-    return {"input_values": torch.randn(1, n, generator=gen), "attention_mask": torch.ones(1, n, dtype=torch.long)}
+    return front_end_of(teacher).dummy_inputs(seconds, 1, torch.Generator().manual_seed(0))
 
 
 def latency_gain_check(lat: dict[str, Any], teacher_key: str, student_key: str, mac_gain: float) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import transformers
 
+from speechprune.compress.distill.front_ends import WhisperFrontEnd
 from speechprune.compress.distill.student import StudentClassifier
 from speechprune.errors import SpeechpruneError
 from speechprune.utils.io import atomic_dir, write_json_atomic
@@ -44,7 +45,7 @@ WEIGHTS_FILE = "model.safetensors"
 def stock_expressible(student: StudentClassifier) -> bool:
     """Whether the student is a stock transformers model of its family (see the module docstring)."""
     spec = student.spec
-    if student.family != "whisper" or not student.use_positions:
+    if not isinstance(student.front_end, WhisperFrontEnd) or not student.use_positions:
         return False
     if spec.kind == "none":
         return spec.final_norm

@@ -1,4 +1,4 @@
-"""Small modules that stand in for a speech model's whole transformer stack (methods.md §2c).
+"""Small modules that stand in for a speech model's whole transformer stack (docs/methods.md §2c).
 
 Every mimicker maps the front end's frame sequence ``B × T × D`` to ``B × T × D`` and exposes the output of each of
 its blocks (``block_outputs``), so that stage 1 can regress the *first* block onto an intermediate teacher state and

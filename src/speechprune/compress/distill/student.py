@@ -1,7 +1,7 @@
 """The distilled student: the teacher's front end, a small mimicker instead of the transformer stack, and the
 teacher's classification head — one ``nn.Module`` that runs from the same inputs as the teacher.
 
-Where the student starts (methods.md §2c):
+Where the student starts (docs/methods.md §2c):
 
 * wav2vec 2.0 / HuBERT / WavLM / data2vec-audio — the output of ``feature_projection`` (CNN → LayerNorm → Linear
   512 → D), *before* the positional convolution (which, at ~4.7 M parameters and a 128-tap kernel, costs as much
@@ -30,21 +30,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 from torch import nn
 
+from speechprune.compress.distill.front_ends import front_end_class
 from speechprune.compress.distill.mimickers import Mimicker, MimickerSpec, default_nhead, mimicker_macs
 from speechprune.errors import AudioError, LayerIndexError, SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.classifier import class_names, is_classifier
-from speechprune.profile.macs import conv1d_macs, conv_out_len, linear_macs
-
-_BASE_CLASSES = {
-    "wav2vec2": "Wav2Vec2Model",
-    "hubert": "HubertModel",
-    "wavlm": "WavLMModel",
-    "data2vec-audio": "Data2VecAudioModel",
-}
+from speechprune.models.registry import family_for
+from speechprune.profile.macs import linear_macs
 
 
 @dataclass
@@ -53,73 +47,6 @@ class StudentOutput:
     final: torch.Tensor
     block_outputs: list[torch.Tensor] = field(default_factory=list)
     frame_mask: torch.Tensor | None = None
-
-
-class WhisperFrontEnd(nn.Module):
-    """``conv1 → GELU → conv2 → GELU`` (B × mel × 2T → B × T × D) and the window's position table."""
-
-    def __init__(self, num_mel_bins: int, d_model: int, positions: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(num_mel_bins, d_model, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1)
-        self.embed_positions = nn.Parameter(torch.zeros(positions, d_model), requires_grad=False)
-
-    @property
-    def window_positions(self) -> int:
-        return int(self.embed_positions.shape[0])
-
-    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        expected = self.window_positions * 2
-        if input_features.shape[-1] != expected:
-            raise SpeechpruneError(f"this Whisper student expects {expected} log-mel frames (its window), got "
-                                   f"{input_features.shape[-1]}")
-        x = nn.functional.gelu(self.conv1(input_features.to(self.conv1.weight.dtype)))
-        x = nn.functional.gelu(self.conv2(x))
-        return x.permute(0, 2, 1)
-
-    def conv_macs(self) -> int:
-        t_mel = self.window_positions * 2
-        t1 = conv_out_len(t_mel, 3, 1, 1)
-        t2 = conv_out_len(t1, 3, 2, 1)
-        return (conv1d_macs(t1, 3, self.conv1.in_channels, self.conv1.out_channels)
-                + conv1d_macs(t2, 3, self.conv2.in_channels, self.conv2.out_channels))
-
-
-class SSLFrontEnd(nn.Module):
-    """The wav2vec2-family CNN and feature projection (B × samples → B × T × D, plus the valid-frame mask)."""
-
-    def __init__(self, feature_extractor: nn.Module, feature_projection: nn.Module, kernels: list[int],
-                 strides: list[int]) -> None:
-        super().__init__()
-        self.feature_extractor = feature_extractor
-        self.feature_projection = feature_projection
-        self.kernels = [int(k) for k in kernels]
-        self.strides = [int(s) for s in strides]
-
-    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
-        n = sample_lengths.long()
-        for k, s in zip(self.kernels, self.strides):
-            n = torch.div(n - k, s, rounding_mode="floor") + 1
-        return n.clamp(min=0)
-
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.feature_extractor(input_values).transpose(1, 2)
-        hidden, _ = self.feature_projection(feats)
-        mask = None
-        if attention_mask is not None:
-            lengths = self.frame_lengths(attention_mask.sum(-1))
-            mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
-        return hidden, mask
-
-    def conv_macs(self, num_samples: int) -> tuple[int, int]:
-        """(CNN MACs, frames) for a clip of ``num_samples``."""
-        t, macs = num_samples, 0
-        for layer in self.feature_extractor.conv_layers:
-            c = layer.conv
-            t = conv_out_len(t, c.kernel_size[0], c.stride[0], c.padding[0], c.dilation[0])
-            macs += conv1d_macs(t, c.kernel_size[0], c.in_channels, c.out_channels, c.groups)
-        return macs, t
 
 
 class StudentClassifier(nn.Module):
@@ -135,7 +62,7 @@ class StudentClassifier(nn.Module):
         self.config = copy.deepcopy(config)
         self.family = config["family"]
         self.front_end = front_end if front_end is not None else build_front_end(config)
-        self.use_positions = bool(config.get("positions", False)) and self.family == "whisper"
+        self.use_positions = bool(config.get("positions", False)) and self.front_end.has_positions
         self.mimicker = Mimicker(MimickerSpec(**config["mimicker"]))
         d, p, c = config["mimicker"]["d_model"], config["projector_size"], len(config["classes"])
         self.projector = nn.Linear(d, p)
@@ -165,25 +92,7 @@ class StudentClassifier(nn.Module):
         arrays = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms]
         if any(len(a) == 0 for a in arrays):
             raise AudioError("zero-length clip in batch")
-        tc = self.config["teacher_config"]
-        fe = self.feature_extractor
-        if self.family == "whisper":
-            if fe is None:
-                fe = transformers.WhisperFeatureExtractor(feature_size=int(tc["num_mel_bins"]), sampling_rate=16_000)
-            window = self.front_end.window_positions * 320
-            feats = fe(arrays, sampling_rate=16_000, max_length=window, padding="max_length", truncation=True,
-                       return_tensors="pt")
-            return {"input_features": feats["input_features"]}
-        default = tc.get("feat_extract_norm", "group") == "layer"
-        normalize = bool(getattr(fe, "do_normalize", default)) if fe is not None else default
-        lengths = torch.tensor([len(a) for a in arrays])
-        batch = np.zeros((len(arrays), int(lengths.max())), dtype=np.float32)
-        for i, x in enumerate(arrays):
-            if normalize:
-                x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-            batch[i, : len(x)] = x
-        mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).long()
-        return {"input_values": torch.from_numpy(batch), "attention_mask": mask}
+        return self.front_end.prepare(arrays, self.feature_extractor, self.config["teacher_config"])
 
     @torch.no_grad()
     def predict(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
@@ -196,19 +105,13 @@ class StudentClassifier(nn.Module):
     def front(self, input_features: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Front-end output (positions not added) and the valid-frame mask (``None`` = every frame)."""
-        if self.family == "whisper":
-            if input_features is None:
-                raise SpeechpruneError("a Whisper student needs input_features (log-mel)")
-            return self.front_end(input_features), None
-        if input_values is None:
-            raise SpeechpruneError(f"a {self.family} student needs input_values (waveform)")
-        return self.front_end(input_values, attention_mask)
+        return self.front_end.run(input_features, input_values, attention_mask)
 
     def mimic(self, front: torch.Tensor, frame_mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = front
         if self.use_positions:
-            x = x + self.front_end.embed_positions[: x.shape[1]]
+            x = x + self.front_end.positional_table[: x.shape[1]]
         return self.mimicker(x, frame_mask)
 
     def head(self, hidden: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -230,20 +133,12 @@ class StudentClassifier(nn.Module):
 
     # --- cost ------------------------------------------------------------------------------------------------
     def frames_for(self, num_samples: int) -> int:
-        if self.family == "whisper":
-            return self.front_end.window_positions
-        return self.front_end.conv_macs(num_samples)[1]
+        return self.front_end.frames_for(num_samples)
 
     def mac_breakdown(self, num_samples: int = 16_000) -> dict[str, Any]:
         """Analytic MACs of one clip (batch 1) per part, in the convention of :mod:`speechprune.profile.macs`
         (Whisper: its fixed window, whatever ``num_samples``)."""
-        if self.family == "whisper":
-            t = self.front_end.window_positions
-            front, proj = self.front_end.conv_macs(), 0
-        else:
-            front, t = self.front_end.conv_macs(num_samples)
-            lin = self.front_end.feature_projection.projection
-            proj = linear_macs(t, lin.in_features, lin.out_features)
+        front, proj, t = self.front_end.macs(num_samples)
         mim = mimicker_macs(self.spec, t)
         head = linear_macs(t, self.projector.in_features, self.projector.out_features) + linear_macs(
             1, self.classifier.in_features, self.classifier.out_features)
@@ -252,10 +147,8 @@ class StudentClassifier(nn.Module):
 
     def param_breakdown(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        fe = self.front_end
         parts = {
-            "front_end": count(fe) - (fe.embed_positions.numel() if self.family == "whisper" else 0),
-            "positional": fe.embed_positions.numel() if self.family == "whisper" else 0,
+            **self.front_end.param_parts(),
             "mimicker": count(self.mimicker),
             "head": count(self.projector) + count(self.classifier),
         }
@@ -269,27 +162,12 @@ class StudentClassifier(nn.Module):
 
 def build_front_end(config: dict[str, Any]) -> nn.Module:
     """A freshly initialised front end of the right shape for ``config`` (weights come from the saved file)."""
-    tc = config["teacher_config"]
-    if config["family"] == "whisper":
-        return WhisperFrontEnd(int(tc["num_mel_bins"]), int(tc["d_model"]), int(tc["max_source_positions"]))
-    cfg = transformers.AutoConfig.for_model(**{k: v for k, v in tc.items() if k not in ("transformers_version",)})
-    cfg.num_hidden_layers = 0
-    base = getattr(transformers, _BASE_CLASSES[config["family"]])(cfg)
-    return SSLFrontEnd(base.feature_extractor, base.feature_projection, list(cfg.conv_kernel), list(cfg.conv_stride))
+    return front_end_class(config["family"]).from_config(config["teacher_config"])
 
 
 def front_end_of(teacher: SpeechEncoder) -> nn.Module:
     """A copy of the teacher's front end as a student front end (exactly the teacher's weights)."""
-    if teacher.family == "whisper":
-        enc = teacher.encoder_module
-        fe = WhisperFrontEnd(enc.conv1.in_channels, enc.conv1.out_channels, enc.embed_positions.num_embeddings)
-        fe.conv1.load_state_dict(enc.conv1.state_dict())
-        fe.conv2.load_state_dict(enc.conv2.state_dict())
-        fe.embed_positions.data.copy_(enc.embed_positions.weight.data)
-        return fe
-    base = teacher.encoder_module
-    return SSLFrontEnd(copy.deepcopy(base.feature_extractor), copy.deepcopy(base.feature_projection),
-                       list(teacher.config.conv_kernel), list(teacher.config.conv_stride))
+    return front_end_class(teacher.family).from_teacher(teacher)
 
 
 def student_config(
@@ -335,7 +213,7 @@ def student_config(
         "family": teacher.family,
         "teacher_config": cfg,
         "mimicker": spec.to_dict(),
-        "positions": bool(positions) and teacher.family == "whisper",
+        "positions": bool(positions) and front_end_class(teacher.family).has_positions,
         "classes": class_names(teacher),
         "projector_size": int(teacher.model.projector.out_features),
         "intermediate_state": intermediate,
@@ -373,11 +251,11 @@ def teacher_stack_params(teacher: SpeechEncoder) -> dict[str, int]:
     """What the mimicker replaces: the transformer layers, the final norm, and for the wav2vec2 family the
     positional convolution and the encoder LayerNorm (Whisper's position table is kept by the student)."""
     count = lambda m: 0 if m is None else sum(p.numel() for p in m.parameters())  # noqa: E731
+    mm = family_for(teacher.family).module_map(teacher.encoder_module)
     layers = count(teacher.layers)
     extra = count(teacher.final_norm)
-    if teacher.family != "whisper":
-        enc = teacher.encoder_module.encoder
-        extra += count(enc.pos_conv_embed)
-        if teacher.final_norm is None:
-            extra += count(getattr(enc, "layer_norm", None))
+    if mm.positional_kind == "conv":  # a positional conv is computed, and replaced; a fixed table is kept
+        extra += sum(count(m) for m in mm.positional)
+    if mm.encoder_norm is not None and mm.norm_position == "before_layers":
+        extra += count(mm.encoder_norm)
     return {"layers": layers, "stack": layers + extra}

@@ -133,7 +133,7 @@ def _teacher_pass(teacher: SpeechEncoder, dataset: AudioDataset, intermediates: 
     device = model_device(teacher.model)
     front_end = front_end_of(teacher).to(device).eval()  # the student's input, computed where the teacher runs
     teacher.model.eval()
-    whisper = teacher.family == "whisper"
+    pool_all = front_end.pool_all_frames  # Whisper's stock head averages over the whole window
     cut = None if max_seconds is None else int(round(max_seconds * 16_000))
     states = [teacher.num_layers, *intermediates]
     fronts: list[torch.Tensor] = []
@@ -153,13 +153,10 @@ def _teacher_pass(teacher: SpeechEncoder, dataset: AudioDataset, intermediates: 
         hs = teacher.hidden_states(EncoderInputs(dict(kwargs), frames, samples), final_norm=True, layers=states)
         with torch.inference_mode():
             on_device = to_device(kwargs, device)
-            if whisper:
-                fr = front_end(on_device["input_features"])
-            else:
-                fr, _ = front_end(on_device["input_values"], on_device.get("attention_mask"))
+            fr, _ = front_end.run(**on_device)
             fr, hs = fr.float().cpu(), [h.cpu() for h in hs]  # the cache (and the training sets) live on the CPU
         for b in range(len(waves)):
-            n = fr.shape[1] if whisper else int(frames[b])
+            n = fr.shape[1] if pool_all else int(frames[b])
             fronts.append(fr[b, :n].clone())  # clone outside inference mode: an ordinary tensor
             for j in range(len(states)):
                 outs[j].append(hs[j][b, :n].clone())
@@ -169,7 +166,7 @@ def _teacher_pass(teacher: SpeechEncoder, dataset: AudioDataset, intermediates: 
     for j, i in enumerate(intermediates):
         tensors[f"intermediate_{i}"] = torch.cat(outs[j + 1])
     meta = {
-        "pool_all_frames": whisper,
+        "pool_all_frames": pool_all,
         "frames": int(offsets[-1]),
         "d_model": int(tensors["front"].shape[1]),
         "last_includes_final_norm": teacher.final_norm is not None,

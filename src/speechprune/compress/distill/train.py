@@ -1,4 +1,4 @@
-"""Two-stage distillation of a fine-tuned classifier into front end + mimicker + head (methods.md §2c).
+"""Two-stage distillation of a fine-tuned classifier into front end + mimicker + head (docs/methods.md §2c).
 
 * **Stage 1** trains the mimicker alone with MSE to the teacher's last state (as its head sees it) and, for a
   2-block mimicker with ``intermediate=i``, the first block's output to the teacher's raw state i. Inputs and targets

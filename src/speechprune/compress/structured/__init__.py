@@ -1,4 +1,4 @@
-"""Structured pruning core (HJ-Pruning, methods.md §3): HardConcrete gates on conv channels, attention heads, FFN
+"""Structured pruning core (HJ-Pruning, docs/methods.md §3): HardConcrete gates on conv channels, attention heads, FFN
 units and whole sub-layers of stock transformers speech models; a differentiable params/MACs cost that equals the
 profiler's count; physical pruning with soft mask values folded in; export; budgets and the Lagrangian.
 
@@ -28,8 +28,9 @@ from speechprune.compress.structured.cost import CostModel, gate_name
 from speechprune.compress.structured.export import load_pruned, pruned_class, save_pruned, stock_class
 from speechprune.compress.structured.gated import GatedModel, attach_gates
 from speechprune.compress.structured.hardconcrete import HardConcrete
-from speechprune.compress.structured.prune import STRUCTURE_KEY, apply_structure
+from speechprune.compress.structured.prune import STRUCTURE_KEY
 from speechprune.compress.structured.sites import DEFAULT_STRUCTURES, STRUCTURES
+from speechprune.models.pruned import apply_structure
 
 __all__ = [
     "DEFAULT_STRUCTURES", "STRUCTURES", "STRUCTURE_KEY", "Budget", "BudgetError", "BudgetLagrangian", "CostModel",

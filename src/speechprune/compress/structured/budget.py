@@ -1,4 +1,4 @@
-"""Budgets and the Lagrangian that drives the expected cost to them (methods.md §3, DPHuBERT ``lightning.py``).
+"""Budgets and the Lagrangian that drives the expected cost to them (docs/methods.md §3, DPHuBERT ``lightning.py``).
 
 A budget is the **fraction of the full cost to keep**: ``macs=0.5`` keeps half the MACs (target sparsity
 ``t = 0.5``). Three forms, one per HJ-Pruning variant:

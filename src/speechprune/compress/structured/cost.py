@@ -17,7 +17,7 @@ convs); ``transformer`` is everything else (feature projection, positional conv,
 gradient; the number of non-zero eval-mask entries after training); a missing entry means "not gated, full size".
 Costs are float64 tensors so that multi-GMAC totals are exact for integer counts.
 
-Per-term formulas (g = layer gate, 1 when absent; methods.md §3):
+Per-term formulas (g = layer gate, 1 when absent; docs/methods.md §3):
     conv l:  params k·C_{l-1}·C_l + bias·C_l + norm 2·C_l;   MACs T_l·k·C_{l-1}·C_l
     MHA:     params g·(h·d_h·(3D + #qkv biases) + h·d_h·D + D·[out bias] + h·[WavLM const])
              MACs g·(4·T·D·h·d_h + 2·T²·h·d_h + [WavLM] T·h·d_h·8)

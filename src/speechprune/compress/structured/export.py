@@ -13,70 +13,19 @@ Two cases:
       model = load_pruned("path/to/folder")        # any supported class, safetensors only
 
   or ``pruned_class(transformers.Wav2Vec2ForSequenceClassification).from_pretrained(path)``. The pruned class
-  is a registered subclass of the stock class with the **same class name**, whose ``__init__`` builds the stock
-  model and then reshapes its layers (:func:`~.prune.apply_structure`); so the profiler, the adapters and
-  ``save_pretrained`` treat it as the stock class. Why keep the stock ``model_type``: every part of speechprune
-  (profiling, layer analysis, classification) keys on it; a stock loader given such a folder fails loudly on
-  the shape mismatch rather than loading something else.
+  and the loader live in :mod:`speechprune.models.pruned` (loading a model must not depend on the pruner; they
+  are re-exported here).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import transformers
 from torch import nn
 
-from speechprune.compress.structured.prune import STRUCTURE_KEY, apply_structure
-from speechprune.errors import SpeechpruneError, UnsupportedModelError
+from speechprune.models.pruned import SUPPORTED_CLASSES, load_pruned, pruned_class, stock_class
 
-#: Stock classes with a pruned counterpart (the speech encoder may sit inside any of them).
-SUPPORTED_CLASSES: tuple[str, ...] = tuple(
-    f"{fam}{suffix}"
-    for fam in ("Wav2Vec2", "Hubert", "WavLM", "Data2VecAudio")
-    for suffix in ("Model", "ForSequenceClassification", "ForCTC", "ForAudioFrameClassification")
-) + ("WhisperEncoder", "WhisperModel", "WhisperForConditionalGeneration", "WhisperForAudioClassification")
-
-_PRUNED: dict[type, type] = {}
-
-
-def stock_class(cls: type) -> type:
-    """The stock transformers class behind ``cls`` (itself, or the base of a pruned class)."""
-    return getattr(cls, "_speechprune_stock", cls)
-
-
-def pruned_class(stock: type) -> type:
-    """The registered pruned subclass of a stock class (same ``__name__``; builds from ``speechprune_structure``)."""
-    stock = stock_class(stock)
-    if stock.__name__ not in SUPPORTED_CLASSES or _stock_by_name(stock.__name__) is not stock:
-        raise UnsupportedModelError(
-            f"no pruned counterpart for {stock.__name__}; supported classes: {', '.join(SUPPORTED_CLASSES)}"
-        )
-    if stock not in _PRUNED:
-
-        def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
-            stock.__init__(self, config, *args, **kwargs)
-            structure = getattr(config, STRUCTURE_KEY, None)
-            if structure:
-                apply_structure(self, structure)
-
-        cls = type(stock.__name__, (stock,), {"__init__": __init__, "_speechprune_stock": stock,
-                                              "__module__": __name__, "__doc__": f"Pruned {stock.__name__}."})
-        _PRUNED[stock] = cls
-    return _PRUNED[stock]
-
-
-def _stock_by_name(name: str) -> type | None:
-    """A supported stock class by name (``WhisperEncoder`` is not exported at the top level of transformers)."""
-    if name not in SUPPORTED_CLASSES:
-        return None
-    cls = getattr(transformers, name, None)
-    if cls is None and name.startswith("Whisper"):
-        from transformers.models.whisper import modeling_whisper
-
-        cls = getattr(modeling_whisper, name, None)
-    return cls
+__all__ = ["SUPPORTED_CLASSES", "load_pruned", "pruned_class", "save_pruned", "stock_class"]
 
 
 def save_pruned(model: nn.Module, path: str | Path) -> Path:
@@ -84,20 +33,3 @@ def save_pruned(model: nn.Module, path: str | Path) -> Path:
     dest = Path(path)
     model.save_pretrained(dest, safe_serialization=True)
     return dest
-
-
-def load_pruned(path: str | Path, **kwargs: Any) -> nn.Module:
-    """Load a folder written by :func:`save_pruned` (stock or not), in eval mode. ``kwargs`` go to
-    ``from_pretrained`` (e.g. ``attn_implementation="eager"``)."""
-    try:
-        config = transformers.AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise SpeechpruneError(f"cannot load pruned model {str(path)!r}: {exc}") from exc
-    archs = getattr(config, "architectures", None) or []
-    stock = _stock_by_name(archs[0]) if archs else None
-    if stock is None:
-        raise UnsupportedModelError(
-            f"{path}: config.json names architecture {archs}; supported classes: {', '.join(SUPPORTED_CLASSES)}"
-        )
-    cls = pruned_class(stock) if getattr(config, STRUCTURE_KEY, None) else stock
-    return cls.from_pretrained(path, **kwargs).eval()

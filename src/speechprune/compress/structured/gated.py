@@ -5,7 +5,7 @@ with plain ``from_pretrained``). Forward (pre-)hooks multiply masks into existin
 transformers' model code except WavLM's attention, whose fused ``F.multi_head_attention_forward`` has no place
 for a per-head mask (see :mod:`.modules`).
 
-Mask placement (methods.md §3, DPHuBERT):
+Mask placement (docs/methods.md §3, DPHuBERT):
 
 * conv ``i`` (not the last): its output channels, after norm and GELU (forward hook on the conv layer block);
   Whisper's ``conv1``: after its GELU, i.e. on ``conv2``'s input (the GELU is a function call, not a module);
@@ -33,8 +33,8 @@ from torch import nn
 
 from speechprune.compress.structured.cost import CostModel, gate_name
 from speechprune.compress.structured.hardconcrete import P0_FFN, P0_KEEP, HardConcrete
-from speechprune.compress.structured.modules import masked_layer_norm, wavlm_attention
 from speechprune.compress.structured.sites import DEFAULT_STRUCTURES, check_structures, find_sites
+from speechprune.models.modules import masked_layer_norm, wavlm_attention
 
 
 class GatedModel(nn.Module):
@@ -163,10 +163,10 @@ class GatedModel(nn.Module):
             conv = s.convs[i]
             if isinstance(conv.norm, nn.LayerNorm):
                 self._handles.append(conv.norm.register_forward_hook(self._masked_norm_hook(name)))
-            if s.family == "whisper":
-                self._handles.append(s.convs[1].conv.register_forward_pre_hook(self._scale_input(name, dim=1)))
-            elif i < len(s.convs) - 1:
+            if i < len(s.convs) - 1 and conv.block is not None:  # the block's output is the activated conv
                 self._handles.append(conv.block.register_forward_hook(self._scale_output(name, dim=1)))
+            elif i < len(s.convs) - 1:  # activation applied functionally (Whisper): on the next conv's input
+                self._handles.append(s.convs[i + 1].conv.register_forward_pre_hook(self._scale_input(name, dim=1)))
             else:  # last conv: on the feature projection's input, after its (masked-statistics) LayerNorm
                 if isinstance(s.proj_norm, nn.LayerNorm):
                     self._handles.append(s.proj_norm.register_forward_hook(self._masked_norm_hook(name)))

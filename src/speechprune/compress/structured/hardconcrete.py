@@ -1,4 +1,4 @@
-"""The HardConcrete gate (Louizos et al. 2018), with DPHuBERT's semantics (methods.md §3).
+"""The HardConcrete gate (Louizos et al. 2018), with DPHuBERT's semantics (docs/methods.md §3).
 
 Why this distribution: a HardConcrete sample is exactly 0 or exactly 1 with positive probability and continuous in
 between, so a mask sampled from it can switch units off during training while the expected number of non-zero

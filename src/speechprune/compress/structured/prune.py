@@ -1,14 +1,16 @@
 """Physical pruning: eval masks → smaller tensors, soft mask values folded into the weights.
 
 Why a state-dict transformation: the pruned model is built the same way a saved one is loaded — stock class from
-a config (plus, when the stock config cannot describe the result, :func:`apply_structure` to shape the layers),
+a config (plus, when the stock config cannot describe the result,
+:func:`~speechprune.models.pruned.apply_structure` to shape the layers),
 then ``load_state_dict`` of sliced tensors. So the in-memory result and the reloaded export are the same object
 by construction, and every key keeps its stock name.
 
 What is removed and folded (``s`` = soft eval-mask value of a kept unit, ``g`` = layer-gate value):
 
 * conv ``i`` channels: rows of its weight/bias and norm; the consumer's input columns × ``s`` (next conv, or the
-  feature projection's Linear; its LayerNorm loses the same channels); Whisper: ``conv1`` rows, ``conv2`` columns;
+  feature projection's Linear; its LayerNorm loses the same channels); e.g. Whisper: ``conv1`` rows, ``conv2``
+  columns;
 * heads: ``q``/``k``/``v`` rows of removed heads, ``out_proj`` columns × ``s`` × ``g``, ``out_proj`` bias × ``g``
   (WavLM: ``gru_rel_pos_const`` sliced to the kept heads; the bucket embedding keeps all original heads);
 * FFN units: first-linear rows, second-linear columns × ``s`` × ``g``, its bias × ``g``;
@@ -24,12 +26,11 @@ import torch
 from torch import nn
 
 from speechprune.compress.structured.cost import gate_name
-from speechprune.compress.structured.modules import EmptyAttention, WavLMPrunedAttention, linear
-from speechprune.compress.structured.sites import ModelSites, find_sites
+from speechprune.compress.structured.sites import ModelSites
+from speechprune.models.pruned import STRUCTURE_FORMAT, STRUCTURE_KEY, pruned_class, stock_class
+from speechprune.models.registry import family_of
 
-#: Config attribute holding the per-layer shapes of a result the stock config cannot describe.
-STRUCTURE_KEY = "speechprune_structure"
-STRUCTURE_FORMAT = 1
+__all__ = ["STRUCTURE_FORMAT", "STRUCTURE_KEY", "fits_stock", "plan_structure", "prune_model", "pruned_state_dict"]
 
 
 def _kept(mask: torch.Tensor | None, n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +70,8 @@ def plan_structure(sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[st
 
 def fits_stock(structure: dict[str, Any], sites: ModelSites) -> bool:
     """Whether a stock config describes the result: every layer keeps all its heads and both biases, all FFNs
-    have the same non-zero size, and (Whisper) ``conv1`` keeps ``d_model`` channels."""
+    have the same non-zero size, and the family's config can describe the conv channels (Whisper: ``conv1``
+    keeps ``d_model`` channels)."""
     layers = structure["layers"]
     sizes = {lay["intermediate_size"] for lay in layers}
     if len(sizes) != 1 or 0 in sizes:
@@ -79,57 +81,8 @@ def fits_stock(structure: dict[str, Any], sites: ModelSites) -> bool:
             return False
         if not lay["attention_bias"] or not lay["ffn_bias"]:
             return False
-    if sites.family == "whisper":
-        return structure["conv_channels"][0] == sites.convs[1].channels
-    return True
-
-
-def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
-    """Reshape a freshly built stock ``model`` in place to ``structure`` (weights are left for loading)."""
-    sites = find_sites(model)
-    if sites.family == "whisper":
-        c1 = int(structure["conv_channels"][0])
-        enc = sites.base
-        if c1 != enc.conv1.out_channels:
-            ref = enc.conv1.weight
-            kw = {"device": ref.device, "dtype": ref.dtype}
-            enc.conv1 = nn.Conv1d(enc.conv1.in_channels, c1, 3, padding=1, **kw)
-            enc.conv2 = nn.Conv1d(c1, enc.conv2.out_channels, 3, stride=2, padding=1, **kw)
-    for lay, site in zip(structure["layers"], sites.layers):
-        _shape_attention(site, lay)
-        _shape_ffn(site, lay)
-    return model
-
-
-def _shape_attention(site: Any, lay: dict[str, Any]) -> None:
-    attn = site.attn
-    heads, bias = list(lay["heads"]), bool(lay["attention_bias"])
-    full = int(lay["full_heads"])
-    if site.wavlm:
-        setattr(site.layer, site.attn_attr, WavLMPrunedAttention(attn, heads, full, bias))
-        return
-    if heads == list(range(site.num_heads)) and bias:
-        return
-    if not heads:
-        setattr(site.layer, site.attn_attr, EmptyAttention(attn, bias))
-        return
-    h, dh, d = len(heads), site.head_dim, site.d_model
-    for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(attn, name, linear(d, h * dh, getattr(attn, name).bias is not None, attn))
-    attn.out_proj = linear(h * dh, d, bias, attn)
-    attn.num_heads = h
-
-
-def _shape_ffn(site: Any, lay: dict[str, Any]) -> None:
-    f, bias = int(lay["intermediate_size"]), bool(lay["ffn_bias"])
-    if f == site.ffn_dim and bias == (site.fc2.bias is not None):
-        return
-    fc1 = linear(site.d_model, f, site.fc1.bias is not None, site.fc1)
-    fc2 = linear(f, site.d_model, bias, site.fc2)
-    owner = site.layer.feed_forward if hasattr(site.layer, "feed_forward") else site.layer
-    names = ("intermediate_dense", "output_dense") if hasattr(site.layer, "feed_forward") else ("fc1", "fc2")
-    setattr(owner, names[0], fc1)
-    setattr(owner, names[1], fc2)
+    config = copy.deepcopy(sites.parts.model.config)
+    return family_of(sites.parts.model).set_conv_channels(config, list(structure["conv_channels"]))
 
 
 def pruned_state_dict(model: nn.Module, sites: ModelSites, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,9 +116,7 @@ def pruned_state_dict(model: nn.Module, sites: ModelSites, masks: dict[str, torc
         rows(c.conv, idx)
         if c.norm is not None:
             rows(c.norm, idx)
-        if sites.family == "whisper":
-            cols(sites.convs[1].conv, idx, s)
-        elif i < len(sites.convs) - 1:
+        if i < len(sites.convs) - 1:
             cols(sites.convs[i + 1].conv, idx, s)
         else:
             if sites.proj_norm is not None:
@@ -220,20 +171,17 @@ def _scale_or_drop_bias(sd: dict[str, torch.Tensor], k: str, g: float) -> None:
 
 def prune_model(model: nn.Module, sites: ModelSites, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Build the pruned model (eval mode): stock class when a stock config fits, else the registered pruned class
-    (see :mod:`.export`) with :data:`STRUCTURE_KEY` in its config."""
-    from speechprune.compress.structured.export import pruned_class, stock_class
-
+    (see :mod:`speechprune.models.pruned`) with :data:`STRUCTURE_KEY` in its config."""
+    fam = family_of(model)
     structure = plan_structure(sites, masks)
     sd = pruned_state_dict(model, sites, masks)
     config = copy.deepcopy(model.config)
     if hasattr(config, STRUCTURE_KEY):
         delattr(config, STRUCTURE_KEY)
-    if sites.family != "whisper":
-        config.conv_dim = tuple(structure["conv_channels"])
+    fam.set_conv_channels(config, list(structure["conv_channels"]))
     stock = stock_class(type(model))
     if fits_stock(structure, sites):
-        size = structure["layers"][0]["intermediate_size"]
-        setattr(config, "encoder_ffn_dim" if sites.family == "whisper" else "intermediate_size", size)
+        fam.set_ffn_size(config, structure["layers"][0]["intermediate_size"])
         cls = stock
     else:
         setattr(config, STRUCTURE_KEY, structure)

@@ -1,8 +1,8 @@
 """Where the prunable structures live inside a stock transformers model, one reader for all five families.
 
 Why a separate reader: gating (hooks), cost and physical pruning must agree on *which* module is which conv,
-head block or FFN. Everything here is found from the module tree (via :func:`speechprune.profile.arch.
-resolve_modules`, the profiler's own resolver), so the three stages and the profiler see the same parts.
+head block or FFN. Everything here comes from the family's module map (:meth:`speechprune.models.family.Family.
+module_map`, which the profiler reads too), so the three stages and the profiler see the same parts.
 
 Numbering: conv ``i`` is ``feature_extractor.conv_layers[i]`` (0-based, as in the module path; Whisper: conv 0 is
 ``conv1``); transformer layers are numbered 1..L like everywhere in speechprune (layer ``l`` is
@@ -16,25 +16,15 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from speechprune.errors import SpeechpruneError, UnsupportedModelError
-from speechprune.profile.arch import ModelParts, resolve_modules
+from speechprune.models.family import ConvPart, LayerPart, ModelParts, ModuleMap
+from speechprune.models.registry import family_of
 
-#: The structures a gate can be put on (methods.md §3; DPHuBERT's default set is conv, head, interm).
+#: The structures a gate can be put on (docs/methods.md §3; DPHuBERT's default set is conv, head, interm).
 STRUCTURES = ("conv", "head", "interm", "attlayer", "ffnlayer")
 DEFAULT_STRUCTURES = ("conv", "head", "interm")
 
-
-@dataclass
-class ConvSite:
-    """One front-end convolution. ``block`` is the wav2vec2 conv layer (conv + norm + GELU), ``norm`` its norm."""
-
-    index: int
-    conv: nn.Conv1d
-    block: nn.Module | None
-    norm: nn.Module | None
-
-    @property
-    def channels(self) -> int:
-        return int(self.conv.out_channels)
+#: One front-end convolution (``block``: the module whose output is the activated conv output, if any).
+ConvSite = ConvPart
 
 
 @dataclass
@@ -50,6 +40,7 @@ class LayerSite:
     fc1: nn.Linear
     fc2: nn.Linear
     wavlm: bool
+    part: LayerPart | None = None
 
     @property
     def attn(self) -> nn.Module:
@@ -64,7 +55,9 @@ class LayerSite:
 class ModelSites:
     """All prunable places of one model. ``gatable_convs`` are the conv indices whose output channels may be
     pruned: all 7 wav2vec2-family convs, but only Whisper's ``conv1`` (``conv2`` outputs ``d_model``, to which the
-    sinusoidal positions are added, so its channels cannot go without changing ``d_model``)."""
+    sinusoidal positions are added, so its channels cannot go without changing ``d_model``). A conv's pruned
+    channels are removed from the input of its consumer (:meth:`ModuleMap.conv_consumer`: the next conv, or the
+    feature projection after the last one)."""
 
     parts: ModelParts
     convs: list[ConvSite]
@@ -72,6 +65,7 @@ class ModelSites:
     proj_norm: nn.Module | None
     projection: nn.Linear | None
     layers: list[LayerSite] = field(default_factory=list)
+    modules: ModuleMap | None = None
 
     @property
     def family(self) -> str:
@@ -83,32 +77,23 @@ class ModelSites:
 
 
 def find_sites(model: nn.Module) -> ModelSites:
-    """Locate convs, attention and FFN modules of ``model`` (any class :func:`resolve_modules` accepts)."""
-    parts = resolve_modules(model)  # raises UnsupportedModelError for other families
-    base = parts.base
-    if parts.family == "whisper":
-        convs = [ConvSite(0, base.conv1, None, None), ConvSite(1, base.conv2, None, None)]
-        layers = [_layer_site(i + 1, layer, "self_attn", layer.fc1, layer.fc2, False) for i, layer in
-                  enumerate(base.layers)]
-        return ModelSites(parts, convs, [0], None, None, layers)
-    convs = [ConvSite(i, block.conv, block, getattr(block, "layer_norm", None))
-             for i, block in enumerate(base.feature_extractor.conv_layers)]
-    fp = base.feature_projection
-    wavlm = parts.family == "wavlm"
-    layers = []
-    for i, layer in enumerate(base.encoder.layers):
-        ff = layer.feed_forward
-        layers.append(_layer_site(i + 1, layer, "attention", ff.intermediate_dense, ff.output_dense, wavlm))
-    return ModelSites(parts, convs, list(range(len(convs))), getattr(fp, "layer_norm", None), fp.projection, layers)
+    """Locate convs, attention and FFN modules of ``model`` (any class of a supported family)."""
+    fam = family_of(model)  # raises UnsupportedModelError for other families
+    parts = fam.resolve(model)
+    mm = fam.module_map(parts.base)
+    fused = fam.fused_attention(parts.family)
+    layers = [_layer_site(p, fused) for p in mm.layers]
+    return ModelSites(parts, mm.convs, mm.gatable_convs, mm.projection_norm, mm.projection, layers, mm)
 
 
-def _layer_site(number: int, layer: nn.Module, attr: str, fc1: nn.Module, fc2: nn.Module, wavlm: bool) -> LayerSite:
-    attn = getattr(layer, attr)
+def _layer_site(part: LayerPart, fused: bool) -> LayerSite:
+    attn, fc1, fc2 = part.attn, part.fc1, part.fc2
     if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
-        raise UnsupportedModelError(f"layer {number}: expected Linear FFN modules, found {type(fc1).__name__}")
+        raise UnsupportedModelError(f"layer {part.number}: expected Linear FFN modules, found {type(fc1).__name__}")
     head_dim = int(attn.head_dim)
     heads = int(attn.q_proj.out_features) // head_dim
-    return LayerSite(number, layer, attr, heads, head_dim, int(attn.q_proj.in_features), fc1, fc2, wavlm)
+    return LayerSite(part.number, part.layer, part.attn_attr, heads, head_dim, int(attn.q_proj.in_features), fc1,
+                     fc2, fused, part)
 
 
 def check_structures(structures: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Structured pruning of a fine-tuned classifier to a budget (HJ-Pruning, methods.md §3), end to end.
+"""Structured pruning of a fine-tuned classifier to a budget (HJ-Pruning, docs/methods.md §3), end to end.
 
 :func:`prune_structured` takes a fine-tuned stock classifier (``*ForSequenceClassification`` or
 ``WhisperForAudioClassification``), puts HardConcrete gates on it (:func:`~.gated.attach_gates`) and trains
@@ -33,6 +33,9 @@ folder ``out`` (written atomically at the very end): model (a stock transformers
 describes the result, else a ``speechprune_structure`` folder that :func:`~.export.load_pruned` and
 :func:`speechprune.models.load_encoder` read), ``training.json`` (options, history with expected/final cost per
 epoch, budgets with expected vs final cost and budget error) and ``metrics.json`` (test metrics and cost).
+
+Why one module of about 500 lines: the training module, its trainer, model selection and calibration share
+the gates' and multipliers' state and the checkpoint format, and change together.
 """
 
 from __future__ import annotations
@@ -246,8 +249,8 @@ class _Prepared:
 
 
 def _prepare(encoder: Any, dataset: Any, label: str, opts: PruneOptions, split: Any) -> _Prepared:
-    from speechprune.models.classifier import class_names, is_classifier
     from speechprune.data.splits import make_splits
+    from speechprune.models.classifier import class_names, is_classifier
 
     budgets = parse_budget(opts.budgets)
     if not is_classifier(encoder):
