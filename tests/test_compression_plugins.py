@@ -62,7 +62,8 @@ def test_a_registered_toy_method_reaches_candidates_and_report(toy, tmp_path: Pa
     cfg = load_run_config(None, [
         "model=tiny:wav2vec2", f"data={data}", "label=word", "group=speaker", "split.test_groups=4",
         "train.epochs=1", "analysis.enabled=false", "compress.truncate.enabled=false",
-        "compress.removal.enabled=false", "compress.toy.suffix=x", f"out={tmp_path / 'run'}", "latency_repeats=1"])
+        "compress.removal.enabled=false", "compress.toy.suffix=x", f"out={tmp_path / 'run'}", "latency_repeats=1",
+        "export.onnx=false"])
     assert cfg.compress.toy == ToyOptions(enabled=True, suffix="x")
     report = run_pipeline(cfg, progress=False, log=lambda _m: None)
     assert [c["name"] for c in report["candidates"]] == ["baseline", "toy-x"]

@@ -129,7 +129,7 @@ def test_run_on_a_saved_datasetdict_split(saved: dict[str, Path], tmp_path: Path
         "model=tiny:wav2vec2", f"data={saved['dict']}:train", "label=word", "group=speaker",
         "split.test_groups=s2", "train.epochs=1", "analysis.metrics=similarity", "analysis.permutations=1",
         "compress.removal.enabled=false", "compress.truncate.enabled=false", "latency_repeats=1",
-        f"out={tmp_path / 'run'}",
+        "export.onnx=false", f"out={tmp_path / 'run'}",
     ])
     res = run_pipeline(cfg, progress=False)
     assert res is not None and (tmp_path / "run" / "report.html").is_file()

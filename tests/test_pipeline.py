@@ -38,7 +38,7 @@ def overrides(data: Path, out: Path, *extra: str) -> list[str]:
             f"out={out}", "latency_repeats=2", "analysis.metrics=similarity,convexity", "analysis.permutations=1",
             "compress.removal.orders=backward,block-influence", "compress.distill.enabled=true",
             "compress.distill.mimickers=mlp:16:1", "compress.distill.stage1_epochs=2",
-            "compress.distill.stage2_epochs=2", *extra]
+            "compress.distill.stage2_epochs=2", "export.onnx=false", *extra]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -185,3 +185,25 @@ def test_two_process_accelerate_run_matches_one_process(data: Path, tmp_path: Pa
     for run in ("one", "two"):
         (cand,) = json.loads((tmp_path / run / "stages" / "structured.json").read_text())["result"]["candidates"]
         assert cand["budget_met"] and cand["max_abs_budget_error"] <= 0.02
+
+
+def test_export_stage_adds_onnx_and_int8_rows(data: Path, tmp_path: Path) -> None:
+    """Issue 13: with the onnx extra, every candidate gets ONNX fp32 / int8 rows with accuracy on the same test
+    clips, size on disk and latency; the recommendation may name a deployable variant."""
+    pytest.importorskip("onnxruntime")
+    extra = ["export.onnx=true", "analysis.enabled=false", "compress.distill.enabled=false",
+             "compress.truncate.enabled=false", "compress.removal.orders=backward", "train.epochs=1"]
+    rep = run_pipeline(load_run_config(None, overrides(data, tmp_path / "x", *extra)), progress=False,
+                       log=lambda _m: None)
+    rows = rep["candidates"]
+    torch_rows = [r for r in rows if r["format"] == "torch"]
+    for r in torch_rows:
+        fp32 = next(v for v in rows if v["name"] == f"{r['name']} · fp32")
+        int8 = next(v for v in rows if v["name"] == f"{r['name']} · int8")
+        assert fp32["accuracy"] == r["accuracy"] and fp32["top1_agreement"] == 1.0  # same test clips, same answers
+        assert int8["size_mb"] < fp32["size_mb"] and int8["latency_ms"] > 0 and r["size_mb"] > 0
+        assert (Path(int8["model_dir"])).is_file()
+    assert sum(r["recommended"] for r in rows) == 1
+    md = (tmp_path / "x" / "report.md").read_text()
+    assert "ONNX int8" in md and "size (MB)" in md
+    assert json.loads((tmp_path / "x" / "stages" / "export.json").read_text())["result"]["exports"]

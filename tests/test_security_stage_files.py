@@ -24,7 +24,7 @@ def _config(data: Path, out: Path, *extra: str):
     return load_run_config(None, [
         "model=tiny:wav2vec2", f"data={data}", "label=word", "group=speaker", "split.test_groups=4", "train.epochs=1",
         "analysis.enabled=false", "compress.truncate.enabled=false", "compress.removal.enabled=false",
-        f"out={out}", "latency_repeats=1", *extra])
+        f"out={out}", "latency_repeats=1", "export.onnx=false", *extra])
 
 
 @pytest.fixture(scope="module")

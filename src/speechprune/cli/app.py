@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "speechprune.cli.cmd_import_ct2",
     "speechprune.cli.cmd_demo",
     "speechprune.cli.cmd_distill",
+    "speechprune.cli.cmd_export",
 ]
 
 @app.callback()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from speechprune.portable import make_feature_extractor_portable, make_pruned_portable
+from speechprune.portable.modeling_speechprune_pruned import STRUCTURE_KEY
 from speechprune.utils.io import atomic_dir, write_json_atomic
 
 SIDE_FILE = "speechprune.json"
@@ -27,8 +29,10 @@ def save_encoder(
     dest = Path(path)
     with atomic_dir(dest) as tmp:
         encoder.model.save_pretrained(tmp, safe_serialization=True)
-        if encoder.feature_extractor is not None:
-            encoder.feature_extractor.save_pretrained(tmp)
+        if getattr(encoder.config, STRUCTURE_KEY, None):  # not a stock shape: the folder carries its modeling code
+            make_pruned_portable(tmp)
+        save_feature_extractor(encoder.feature_extractor, tmp, encoder.family,
+                               getattr(encoder, "window_positions", None))
         side = {
             "family": encoder.family,
             "num_layers": encoder.num_layers,
@@ -41,3 +45,36 @@ def save_encoder(
         for name, obj in (extra_json or {}).items():
             write_json_atomic(tmp / name, obj)
     return dest
+
+
+def save_feature_extractor(fe: Any, folder: str | Path, family: str, window_positions: int | None = None) -> None:
+    """Save the input preparation beside a model. Whisper: fitted to the model's window first (see
+    :func:`speechprune.models.whisper.window_feature_extractor`), so plain ``pipeline("audio-classification")``
+    and ``AutoFeatureExtractor`` prepare exactly what the model expects."""
+    if family == "whisper" and window_positions:
+        from speechprune.models.whisper import window_feature_extractor
+
+        fe = window_feature_extractor(fe, window_positions)
+    if fe is None:
+        return
+    fe.save_pretrained(folder)
+    if type(fe).__name__ == "WindowedWhisperFeatureExtractor":
+        make_feature_extractor_portable(folder)
+
+
+def load_feature_extractor(source: str | Path) -> Any | None:
+    """The saved feature extractor of a model folder or hub id, or ``None``; never runs a folder's custom code
+    (a non-whole-second Whisper window's extractor is built from speechprune's own copy of its class)."""
+    import json
+
+    import transformers
+
+    cfg = Path(source) / "preprocessor_config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("feature_extractor_type") == "WindowedWhisperFeatureExtractor":
+        from speechprune.portable.feature_extraction_speechprune_whisper import WindowedWhisperFeatureExtractor
+
+        return WindowedWhisperFeatureExtractor.from_pretrained(source)
+    try:
+        return transformers.AutoFeatureExtractor.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None

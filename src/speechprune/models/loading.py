@@ -80,11 +80,9 @@ def _load_pretrained(spec: str, attn_implementation: str | None) -> SpeechEncode
         raise
     except Exception as exc:  # truncated/corrupt safetensors, shape mismatches, missing files: name the folder
         raise SpeechpruneError(f"cannot load the weights of model {spec!r}: {type(exc).__name__}: {exc}") from exc
-    try:
-        fe = transformers.AutoFeatureExtractor.from_pretrained(spec)
-    except (OSError, ValueError):
-        fe = None
-    return wrap_model(model, fe, source=spec)
+    from speechprune.models.io import load_feature_extractor
+
+    return wrap_model(model, load_feature_extractor(spec), source=spec)
 
 
 def _model_class(config: Any, spec: str = "model") -> type:

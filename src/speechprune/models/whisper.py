@@ -243,3 +243,24 @@ WHISPER = WhisperFamily()
 def whisper_valid_frames(seconds: float) -> int:
     """Frames holding speech for a clip of ``seconds`` (Whisper emits 50 per second)."""
     return math.ceil(seconds * 16_000 / SAMPLES_PER_POSITION)
+
+
+def window_feature_extractor(fe: Any, positions: int) -> Any:
+    """A copy of ``fe`` whose own padding (``chunk_length``, ``n_samples``, ``nb_max_frames``) is the encoder window
+    of ``positions`` frames, so that a plain ``fe(audio)`` — what ``pipeline("audio-classification")`` calls —
+    yields exactly the input the model expects. Whole-second windows give the stock ``WhisperFeatureExtractor``;
+    others (e.g. 1.5 s) the standalone ``WindowedWhisperFeatureExtractor`` (the stock class cannot hold them)."""
+    from transformers import WhisperFeatureExtractor
+
+    from speechprune.portable.feature_extraction_speechprune_whisper import WindowedWhisperFeatureExtractor
+
+    if fe is None:
+        fe = WhisperFeatureExtractor()
+    sr = int(fe.sampling_rate)
+    samples = int(positions) * SAMPLES_PER_POSITION
+    opts = {k: v for k, v in fe.to_dict().items() if k not in (
+        "feature_extractor_type", "processor_class", "mel_filters", "n_samples", "nb_max_frames", "chunk_length",
+        "auto_map")}
+    if samples % sr == 0:
+        return WhisperFeatureExtractor(**opts, chunk_length=samples // sr)
+    return WindowedWhisperFeatureExtractor(**opts, chunk_length=samples / sr)

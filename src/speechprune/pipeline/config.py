@@ -58,6 +58,24 @@ class AnalysisSection:
     processes: int = 2
 
 
+def onnx_available() -> bool:
+    """Whether the ``onnx`` extra (onnx + onnxruntime) is installed: ``export.onnx`` defaults to it."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+@dataclass
+class ExportSection:
+    """Deployable variants of every candidate (``speechprune export onnx`` run on each): ONNX fp32 and, with
+    ``int8``, onnxruntime dynamic int8; each is verified on the test split and timed against torch."""
+
+    onnx: bool = field(default_factory=onnx_available)
+    int8: bool = True
+    opset: int = 17
+    threads: int = 1
+
+
 class CompressSection(dict):
     """``compress.<method>``: one options dataclass per registered compression (see
     :mod:`speechprune.compress.base`), read as attributes too (``cfg.compress.removal.orders``)."""
@@ -95,6 +113,7 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     compress: CompressSection = field(default_factory=default_compress)
+    export: ExportSection = field(default_factory=ExportSection)
 
     @property
     def analysis_labels(self) -> list[str]:

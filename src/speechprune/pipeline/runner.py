@@ -183,6 +183,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
     run.stage("profile", {"candidates": [(c.name, run.keys.get(c.method)) for c in candidates],
                           "seconds": cfg.profile_seconds, "repeats": cfg.latency_repeats},
               lambda: stages.profile(run, candidates))
+    if cfg.export.onnx:
+        run.stage("export", {"candidates": [(c.name, run.keys.get(c.method)) for c in candidates],
+                             "export": cfg.export.__dict__, "repeats": cfg.latency_repeats,
+                             "seconds": cfg.profile_seconds, "split": base},
+                  lambda: stages.export(run, candidates))
     if main:
         report = stages.report(run, candidates)
         report["stages_run"], report["stages_reused"] = run.ran, run.skipped

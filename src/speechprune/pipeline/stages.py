@@ -103,6 +103,26 @@ def profile(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
                          "load_avg_1_5_15": [round(x, 2) for x in load], "platform": platform.platform()}}
 
 
+def export(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
+    """Every candidate as ONNX fp32 (+ int8) under ``OUT/onnx/<name>``, verified on the test split and timed
+    against torch (interleaved, per candidate): the deployable rows of the report."""
+    from speechprune.deploy.onnx import check_opset, export_onnx
+    from speechprune.data.splits import make_splits
+
+    c = run.cfg.export
+    check_opset(c.opset)
+    test = [int(i) for i in make_splits(run.dataset, run.cfg.label, run.split_spec())["test"]]
+    out = {}
+    for cand in candidates:
+        res = export_onnx(cand.model_dir, run.out / "onnx" / cand.name, opset=c.opset,
+                          quantize="int8" if c.int8 else None, dataset=run.dataset, label=run.cfg.label,
+                          indices=test, threads=c.threads, seconds=run.cfg.profile_seconds,
+                          latency_repeats=run.cfg.latency_repeats, batch_size=run.cfg.batch_size, overwrite=True)
+        out[cand.name] = {"folder": str(run.out / "onnx" / cand.name), **{k: res[k] for k in (
+            "files", "size_bytes", "check", "verification", "opset") if k in res}, "latency": res.get("latency")}
+    return {"exports": out}
+
+
 def report(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     from speechprune.report.build import build_report
 

@@ -20,16 +20,21 @@ from typing import Any
 from speechprune.compress.base import BASELINE, Candidate, methods
 from speechprune.utils.io import write_text_atomic
 
-COLUMNS = [("name", "candidate"), ("kind", "what"), ("num_layers", "layers"), ("params_m", "params (M)"),
-           ("gmacs_per_s", "GMACs / s audio"), ("latency_ms", "latency ms (spread)"),
+COLUMNS = [("name", "candidate"), ("kind", "what"), ("format", "format"), ("num_layers", "layers"),
+           ("params_m", "params (M)"), ("size_mb", "size (MB)"), ("gmacs_per_s", "GMACs / s audio"), ("latency_ms", "latency ms (spread)"),
            ("val_accuracy", "val. accuracy (chooses)"), ("accuracy", "test accuracy [95 % CI]"), ("n_test", "test n"),
            ("macro_f1", "test macro-F1"), ("retained", "retained [95 % CI]"), ("verdict", "vs. unpruned"),
            ("train_seconds", "train (s)")]
 NAN = float("nan")
 
 
+#: Deployable variants of a candidate (``speechprune run``'s export stage), in table order.
+VARIANTS = (("fp32", "ONNX fp32"), ("int8", "ONNX int8"))
+
+
 def candidate_rows(candidates: list[Candidate], costs: dict[str, Any], min_retained: float,
-                   evidence: dict[str, Any] | None = None, checks: dict[str, Any] | None = None) -> list[dict]:
+                   evidence: dict[str, Any] | None = None, checks: dict[str, Any] | None = None,
+                   exports: dict[str, Any] | None = None) -> list[dict]:
     """One row per candidate; the ``recommended`` flag is set from validation numbers only (module doc)."""
     evidence = evidence or {}
     ev = evidence.get("candidates", {})
@@ -63,16 +68,50 @@ def candidate_rows(candidates: list[Candidate], costs: dict[str, Any], min_retai
             "val_retained": val.get("accuracy", NAN) / base_val if base_val else NAN,
             "train_seconds": c.provenance.get("train_seconds", 0.0), "model_dir": c.model_dir,
             "predictions": e.get("predictions"), "recommended": False,
+            "format": "torch", "size_mb": _disk_size(c.model_dir) / 1e6,
         })
+        rows += _variant_rows(rows[-1], (exports or {}).get(c.name) or {}, base_acc)
     guard = evidence.get("chance_guard")
     if guard is not None and not guard.get("above_chance", True):
         return rows  # the chance guard: nothing is recommended (the report says why)
     key = "val_retained" if any(r["val_retained"] == r["val_retained"] for r in rows) else "retained"
     acc_key = "val_accuracy" if key == "val_retained" else "accuracy"
     ok = [r for r in rows if r[key] >= min_retained]
-    pick = min(ok, key=lambda r: (r["gmacs_per_s"], -r[acc_key])) if ok else max(rows, key=lambda r: r[acc_key])
+    fastest = lambda r: r["latency_ms"] if r["latency_ms"] == r["latency_ms"] else float("inf")  # noqa: E731
+    pick = (min(ok, key=lambda r: (r["gmacs_per_s"], fastest(r), -r[acc_key])) if ok
+            else max(rows, key=lambda r: r[acc_key]))
     pick["recommended"] = True
     return rows
+
+
+def _variant_rows(row: dict[str, Any], exp: dict[str, Any], base_acc: float) -> list[dict[str, Any]]:
+    """The ONNX fp32 / int8 rows of a candidate: accuracy on the same test clips, size on disk, latency (measured
+    interleaved with torch). A variant inherits its torch model's validation numbers (and so may be recommended,
+    the fastest among equal MACs) only where it agrees with torch on at least 99 % of the test clips."""
+    variants = (exp.get("verification") or {}).get("variants", {})
+    latency = (exp.get("latency") or {}).get("ms_median", {})
+    out = []
+    for v, label in VARIANTS:
+        if v not in variants:
+            continue
+        x = variants[v]
+        ci = x.get("accuracy_ci95") or [NAN, NAN]
+        agrees = (x.get("top1_agreement") or 0.0) >= 0.99
+        out.append({**row, "name": f"{row['name']} · {v}", "format": label, "size_mb": exp["size_bytes"][v] / 1e6,
+                    "latency_ms": latency.get(v, NAN), "latency_spread": None, "latency_flagged": False,
+                    "latency_check": None, "accuracy": x["accuracy"], "accuracy_low": ci[0], "accuracy_high": ci[1],
+                    "interval_method": "wilson", "macro_f1": NAN,
+                    "retained": x["accuracy"] / base_acc if base_acc else NAN, "retained_low": NAN,
+                    "retained_high": NAN, "verdict": f"top-1 = torch on {100 * x['top1_agreement']:.1f} %",
+                    "val_accuracy": row["val_accuracy"] if agrees else NAN,
+                    "val_retained": row["val_retained"] if agrees else NAN,
+                    "top1_agreement": x.get("top1_agreement"), "train_seconds": 0.0, "predictions": None,
+                    "model_dir": str(Path(exp["folder"]) / exp["files"][v])})
+    return out
+
+
+def _disk_size(model_dir: str) -> float:
+    return float(sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))) or NAN
 
 
 def confusion_plot(evidence: dict[str, Any], names: list[str], path: Path) -> Path | None:
@@ -130,7 +169,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     for ax, key, xlabel in ((axes[0], "gmacs_per_s", "GMACs per second of audio"),
                             (axes[1], "latency_ms", "latency per 1 s clip (ms)")):
         for r in rows:
-            marker = "*" if r["recommended"] else "o"
+            marker = "*" if r["recommended"] else {"ONNX fp32": "s", "ONNX int8": "^"}.get(r.get("format"), "o")
             if r.get("accuracy_low") == r.get("accuracy_low") and r.get("accuracy_low") is not None:
                 ax.errorbar(r[key], 100 * r["accuracy"], yerr=[[100 * (r["accuracy"] - r["accuracy_low"])],
                                                                [100 * (r["accuracy_high"] - r["accuracy"])]],
@@ -143,7 +182,8 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle("test accuracy against cost (bars: 95 % CI; ★ = recommended on validation; dashed: Pareto front)")
+    fig.suptitle("test accuracy against cost (bars: 95 % CI; ★ = recommended on validation; □ ONNX fp32, △ ONNX "
+                 "int8; dashed: Pareto front)")
     fig.tight_layout()
     return _save(fig, path, 120)
 
@@ -184,11 +224,13 @@ def build_report(run: Any, candidates: list[Candidate]) -> dict[str, Any]:
     prof = run.results.get("profile") or {}
     costs = prof.get("costs", {})
     evidence = run.results.get("evaluate") or {}
-    rows = candidate_rows(candidates, costs, run.cfg.recommend_min_retained, evidence, prof.get("latency_checks"))
+    exports = (run.results.get("export") or {}).get("exports", {})
+    rows = candidate_rows(candidates, costs, run.cfg.recommend_min_retained, evidence, prof.get("latency_checks"),
+                          exports)
     pareto_plot(rows, out / "pareto.png")
-    confusion_plot(evidence, [r["name"] for r in rows], out / "confusion.png")
+    confusion_plot(evidence, [r["name"] for r in rows if r["format"] == "torch"], out / "confusion.png")
     with open(out / "candidates.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
     figures = _figures(run)
@@ -339,7 +381,8 @@ def _recommendation_text(data: dict[str, Any]) -> str:
         claim = " — it loses accuracy on test (paired interval below 0)"
     return (f"**Recommended** (chosen on validation): `{rec['name']}` — {rec['kind']}: test accuracy "
             f"{rec['accuracy']:.3f} (n = {rec['n_test']}{ci}), {100 * rec['retained']:.1f} % of the unpruned "
-            f"model{claim}; {rec['gmacs_per_s']:.2f} GMACs/s, {_cell(rec, 'latency_ms')} ms per 1 s clip.")
+            f"model{claim}; {rec.get('format', 'torch')}, {_fmt(rec.get('size_mb', NAN), 'size_mb')} MB, "
+            f"{rec['gmacs_per_s']:.2f} GMACs/s, {_cell(rec, 'latency_ms')} ms per 1 s clip.")
 
 
 def _env(data: dict[str, Any]) -> str:

@@ -12,7 +12,9 @@ Two formats, chosen by :func:`save_student`:
 * **speechprune student** — everything else (MLP mimickers; any wav2vec2-family student, whose stock model would
   have to keep the positional convolution): ``model.safetensors`` (the student's weights),
   ``speechprune_student.json`` (the student's config: teacher config for the front end, mimicker spec, classes)
-  and the feature extractor's ``preprocessor_config.json``. Load it with::
+  and the feature extractor's ``preprocessor_config.json``; plus ``config.json`` with an ``auto_map`` and the
+  standalone modeling files of :mod:`speechprune.portable`, so that plain transformers loads it too
+  (``AutoModelForAudioClassification.from_pretrained(path, trust_remote_code=True)``). Load it with::
 
       from speechprune.compress.distill import load_student
       student = load_student("students/fsdd-mlp64")
@@ -122,9 +124,13 @@ def save_student(
                 save_encoder(wrap_model(model, copy.deepcopy(feature_extractor)), tmp,
                              metadata={"distilled_student": {"mimicker": student.spec.to_dict()}})
         if fmt == "speechprune":
-            save_model(student, str(tmp / WEIGHTS_FILE))
-            if feature_extractor is not None:
-                feature_extractor.save_pretrained(tmp)
+            from speechprune.models.io import save_feature_extractor
+            from speechprune.portable import write_student_config
+
+            save_model(student, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            window = student.front_end.window_positions if student.family == "whisper" else None
+            save_feature_extractor(feature_extractor, tmp, student.family, window)
+            write_student_config(tmp, config)  # config.json + custom code: plain transformers loads the folder too
         write_json_atomic(tmp / CONFIG_FILE, config)
         for name, obj in (extra_json or {}).items():
             write_json_atomic(tmp / name, obj)
@@ -161,9 +167,8 @@ def load_student(path: str | Path) -> StudentClassifier:
         missing, unexpected = load_model(student, str(p / WEIGHTS_FILE), strict=True)
         if missing or unexpected:  # pragma: no cover - strict raises first
             raise SpeechpruneError(f"{p}: weights do not fit the config: {missing} {unexpected}")
+    from speechprune.models.io import load_feature_extractor
+
     student.eval()
-    try:
-        student.feature_extractor = transformers.AutoFeatureExtractor.from_pretrained(p)
-    except (OSError, ValueError):
-        student.feature_extractor = None
+    student.feature_extractor = load_feature_extractor(p)
     return student

@@ -135,7 +135,9 @@ class SSLFrontEnd(nn.Module):
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = self.feature_extractor(input_values).transpose(1, 2)
-        hidden, _ = self.feature_projection(feats)
+        hidden = self.feature_projection(feats)
+        if isinstance(hidden, tuple):  # wav2vec2/WavLM/data2vec-audio also return the normed features; HuBERT not
+            hidden = hidden[0]
         mask = None
         if attention_mask is not None:
             lengths = self.frame_lengths(attention_mask.sum(-1))

@@ -25,10 +25,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
 from speechprune.errors import SpeechpruneError
+from speechprune.portable.modeling_speechprune_student import (  # noqa: F401
+    MLPBlock,
+    MimickerStack,
+    SelfAttention,
+    TransformerBlock,
+)
 
 KINDS = ("mlp", "transformer", "none")
 
@@ -68,96 +71,18 @@ class MimickerSpec:
         return asdict(self)
 
 
-class MLPBlock(nn.Module):
-    """``Linear(D → h) → LayerNorm(h) → ReLU → Linear(h → D)``, applied to every frame."""
-
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, hidden)
-        self.norm = nn.LayerNorm(hidden)
-        self.fc2 = nn.Linear(hidden, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.norm(self.fc1(x))))
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over time (batch-first), with explicit matmuls."""
-
-    def __init__(self, d_model: int, nhead: int) -> None:
-        super().__init__()
-        self.nhead = nhead
-        self.head_dim = d_model // nhead
-        self.scaling = self.head_dim ** -0.5
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model, bias=False)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, t, d = x.shape
-        shape = (b, t, self.nhead, self.head_dim)
-        q = (self.q_proj(x) * self.scaling).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(2, 3))
-        if key_mask is not None:  # B × T, True = a frame that holds speech
-            scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        attn = torch.softmax(scores, dim=-1)
-        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, t, d)
-        return self.out_proj(out)
-
-
-class TransformerBlock(nn.Module):
-    """One encoder layer: self-attention + feed-forward of width ``hidden`` (GELU), pre- or post-norm."""
-
-    def __init__(self, d_model: int, nhead: int, hidden: int, norm_first: bool = True, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm_first = norm_first
-        self.self_attn = SelfAttention(d_model, nhead)
-        self.self_attn_layer_norm = nn.LayerNorm(d_model)
-        self.fc1 = nn.Linear(d_model, hidden)
-        self.fc2 = nn.Linear(hidden, d_model)
-        self.final_layer_norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(nn.functional.gelu(self.fc1(x))))
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.norm_first:
-            x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), key_mask))
-            return x + self.dropout(self._ffn(self.final_layer_norm(x)))
-        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, key_mask)))
-        return self.final_layer_norm(x + self.dropout(self._ffn(x)))
-
-
-class Mimicker(nn.Module):
-    """``blocks`` MLP or transformer blocks, then an optional LayerNorm (``final_norm``).
+class Mimicker(MimickerStack):
+    """``blocks`` MLP or transformer blocks, then an optional LayerNorm (``final_norm``), built from a validated
+    :class:`MimickerSpec`. The blocks are those of the standalone custom-code file that student folders carry
+    (:mod:`speechprune.portable.modeling_speechprune_student`), so speechprune and plain transformers run the same
+    code.
 
     ``forward`` returns ``(final, block_outputs)``: the (normed) output and the raw output of every block.
     """
 
     def __init__(self, spec: MimickerSpec) -> None:
-        super().__init__()
-        self.spec = spec.validate()
-        d = spec.d_model
-        if spec.kind == "mlp":
-            self.blocks = nn.ModuleList([MLPBlock(d, spec.hidden) for _ in range(spec.blocks)])
-        elif spec.kind == "transformer":
-            self.blocks = nn.ModuleList(
-                [TransformerBlock(d, spec.nhead, spec.hidden, spec.norm_first) for _ in range(spec.blocks)])
-        else:
-            self.blocks = nn.ModuleList()
-        self.final_norm = nn.LayerNorm(d) if spec.final_norm else None
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        outs = []
-        for block in self.blocks:
-            x = block(x, key_mask) if isinstance(block, TransformerBlock) else block(x)
-            outs.append(x)
-        final = self.final_norm(x) if self.final_norm is not None else x
-        return final, outs
+        super().__init__(**spec.validate().to_dict())
+        self.spec = spec
 
 
 def mimicker_macs(spec: MimickerSpec, frames: int) -> int:
