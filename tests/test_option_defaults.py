@@ -57,7 +57,7 @@ COMMANDS: dict[str, tuple[dict[str, str], set[str]]] = {
     "run": ({}, {"args", "overwrite", "progress"}),  # everything else is the RunConfig, read from YAML / key=value
 }
 #: Commands outside issue 16's API (no options dataclass of their own yet).
-WITHOUT_OPTIONS = {"info", "extract", "evaluate", "profile", "import-ct2", "demo"}
+WITHOUT_OPTIONS = {"info", "extract", "evaluate", "profile", "import-ct2", "demo", "export onnx"}
 
 DEFAULTS: dict[str, Any] = {
     "split": SplitSpec(), "train": TrainConfig(), "analysis": AnalysisConfig(labels=[]), "layers": LayerPruneOptions(),
