@@ -61,3 +61,36 @@ def test_bad_arguments() -> None:
         iter_batches(_ds(3), 0)  # raised at the call, before iteration
     with pytest.raises(DataError, match="index 7 is out of range"):
         iter_batches(_ds(3), 2, indices=[0, 7])
+
+
+def test_length_sorted_plan_and_header_lengths(tmp_path) -> None:
+    import soundfile as sf
+
+    from speechprune.data.batching import clip_lengths, length_sorted_batches
+
+    assert length_sorted_batches([5, 9, 5, 1, 9], 2) == [[1, 4], [0, 2], [3]]  # longest first, ties in order
+    with pytest.raises(DataError, match="batch_size"):
+        length_sorted_batches([1], 0)
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 8000)  # 1 s at 8 kHz = 16000 samples at 16 kHz
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    items = [AudioItem("a", {}, path=tmp_path / "a.wav"), AudioItem("b", {}, path=tmp_path / "bad.wav"),
+             AudioItem("c", {}, array=np.zeros((2, 4410), np.float32), sampling_rate=44100),  # channels first
+             AudioItem("d", {}, array=np.zeros(700, np.float32), sampling_rate=16000)]
+    assert clip_lengths(AudioDataset(items, [])).tolist() == [16000, 0, 1600, 700]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_explicit_plan_and_transform_on_the_decoding_thread(prefetch: int) -> None:
+    threads = []
+
+    def transform(waves):
+        threads.append(threading.current_thread().name)
+        return [len(w) for w in waves]
+
+    got = list(iter_batches(_ds(6), 0, prefetch=prefetch, batches=[[5, 1], [0], [2, 3, 4]], transform=transform))
+    assert got == [([5, 1], [165, 161]), ([0], [160]), ([2, 3, 4], [162, 163, 164])]
+    assert set(threads) == ({"speechprune-decode"} if prefetch else {threading.current_thread().name})
+    with pytest.raises(DataError, match="either indices or batches"):
+        iter_batches(_ds(3), 1, indices=[0], batches=[[0]])
+    with pytest.raises(DataError, match="index 9 is out of range"):
+        iter_batches(_ds(3), 1, batches=[[0], [9]])

@@ -113,7 +113,7 @@ def test_cache_hit_skips_compute_and_label_edits_keep_the_entry(tmp_path: Path, 
     def boom(*a, **k):
         raise AssertionError("cache hit must not run the model")
 
-    monkeypatch.setattr(enc, "hidden_states", boom)
+    monkeypatch.setattr(enc, "_run_encoder", boom)
     again = extract_features(enc, ds, batch_size=2, cache_dir=tmp_path, progress=False)
     assert again.path == first.path and np.array_equal(again.states, first.states)
     relabelled = make_dataset(4)
@@ -135,12 +135,14 @@ def test_interrupted_extraction_resumes_and_is_byte_identical(tmp_path: Path) ->
     assert not (entry / "meta.json").exists()
 
     calls = []
-    original = enc.hidden_states
-    enc.hidden_states = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+    original = enc._run_encoder
+    enc._run_encoder = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
     resumed = extract_features(enc, ds, batch_size=2, cache_dir=tmp_path / "b", progress=False)
     assert len(calls) == 3, "only the 3 unfinished batches may be computed"
+    from test_extract_scale import same_entry_file
+
     for name in ("features.safetensors", "meta.json"):
-        assert (resumed.path / name).read_bytes() == (ref.path / name).read_bytes()
+        assert same_entry_file(resumed.path / name, ref.path / name)  # meta.json: but for its written_utc
     assert not (resumed.path / "shards").exists()
 
 
@@ -156,16 +158,16 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
         from speechprune.models import load_encoder
         from speechprune.features import extract_features
         enc = load_encoder("tiny:wav2vec2")
-        orig = enc.hidden_states
+        orig = enc._run_encoder
         def slow(*a, **k):
             time.sleep(float(sys.argv[2]))
             return orig(*a, **k)
-        enc.hidden_states = slow
+        enc._run_encoder = slow
         extract_features(enc, make_dataset(12), batch_size=2, cache_dir=sys.argv[1], progress=False)
     """))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "c"), "0.4"], env=env)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a loaded shared machine can take minutes just to import torch
     shards = []
     while time.time() < deadline:
         shards = list((tmp_path / "c").glob("*/shards/*.safetensors"))

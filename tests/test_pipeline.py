@@ -153,16 +153,23 @@ def test_two_process_accelerate_run_matches_one_process(data: Path, tmp_path: Pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = ["-m", "speechprune.cli.app", "run"]
     one = subprocess.run([sys.executable, *cli, *common, f"out={tmp_path / 'one'}", "train.batch_size=8",
-                          "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+                          f"cache_dir={tmp_path / 'cache-one'}", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
-    two = subprocess.run([*launch, *cli, *common, f"out={tmp_path / 'two'}", "train.batch_size=4", "--no-progress"],
+    two = subprocess.run([*launch, *cli, *common, f"out={tmp_path / 'two'}", "train.batch_size=4",
+                          f"cache_dir={tmp_path / 'cache-two'}", "--no-progress"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert (two.stdout + two.stderr).count("recommended:") == 1  # one summary, from the main process
     a = json.loads((tmp_path / "one" / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
+    # the analysis stage's features were extracted by both processes, into the entry one process writes
+    fa, fb = (Path(json.loads((tmp_path / r / "analysis" / "metrics.json").read_text())["data"]["features"])
+              for r in ("one", "two"))
+    assert (fa / "features.safetensors").read_bytes() == (fb / "features.safetensors").read_bytes()
+    assert len(json.loads((fb / "run.json").read_text())["batches_per_process"]) == 2
     kinds = lambda r: [c["name"].split("-r")[0] if c["name"].startswith("removal") else c["name"]  # noqa: E731
                        for c in r["candidates"]]  # how many layers removal may drop depends on the baseline
     names = kinds(a)

@@ -50,7 +50,7 @@ class AnalysisConfig:
     probe_folds: int = 5
     split_column: str | None = None
     test_groups: list[str] | None = None
-    seed: int = 42
+    seed: int = 0
     processes: int = 2
     chunk_seconds: float | None = 30.0  # longer clips are encoded in chunks (speechprune.features.chunking)
 
@@ -68,10 +68,26 @@ class AnalysisConfig:
         check_seed(self.seed)
 
 
+def analysis_features(encoder: Any, dataset: Any, cfg: AnalysisConfig, *, cache_dir: Path | None = None,
+                      progress: bool = True) -> Any:
+    """The features an analysis with ``cfg`` reads (extracted once and cached; under ``accelerate launch`` /
+    ``torchrun`` the processes that call this together share the extraction)."""
+    from speechprune.features import extract_features
+    from speechprune.utils.device import resolve_device
+
+    return extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
+                            dtype=cfg.dtype, device=str(resolve_device(cfg.device)), cache_dir=cache_dir,
+                            progress=progress,
+                            chunk_seconds=cfg.chunk_seconds)
+
+
 def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, cache_dir: Path | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content."""
-    from speechprune.features import extract_features
+    """Run the analysis and write the results folder ``out``; returns the ``metrics.json`` content.
+
+    In a multi-process launch every process helps extract the features, then only the main process analyses and
+    writes; the others return an empty dict."""
+    from speechprune.utils import distributed
     from speechprune.utils.device import resolve_device
 
     cfg.validate()
@@ -81,18 +97,20 @@ def run_analysis(encoder: Any, dataset: Any, cfg: AnalysisConfig, out: Path, *, 
         raise SpeechpruneError(
             f"label column(s) {missing} not in the data; available: {', '.join(dataset.label_columns)}"
         )
+    main = distributed.is_main_process()
     plans = plan_probes(dataset, cfg) if "probes" in cfg.metrics else {}
-    for label, plan in plans.items():  # said before minutes of feature extraction, not after
-        if plan.note:
-            console.print(f"[yellow]probes {label}: {plan.note}[/yellow]")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    if main:
+        for label, plan in plans.items():  # said before minutes of feature extraction, not after
+            if plan.note:
+                console.print(f"[yellow]probes {label}: {plan.note}[/yellow]")
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    feats = extract_features(encoder, dataset, pooling=cfg.pooling, layers=cfg.layers, batch_size=cfg.batch_size,
-                             dtype=cfg.dtype, device=cfg.device, cache_dir=cache_dir, progress=progress,
-                             chunk_seconds=cfg.chunk_seconds)
+    feats = analysis_features(encoder, dataset, cfg, cache_dir=cache_dir, progress=progress and main)
     timings["features"] = round(time.perf_counter() - t, 2)
+    if not main:
+        return {}
     result: dict[str, Any] = {
         "model": {k: v for k, v in encoder.describe().items()},
         "data": {"name": dataset.name, "n_items": len(dataset), "n_rows": feats.num_rows,

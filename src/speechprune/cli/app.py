@@ -76,7 +76,9 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors (exit 2), Ctrl-C → exit 130, never a traceback (see cli.guard)."""
     from speechprune.cli.guard import run
+    from speechprune.utils.malloc import tune_allocator
 
+    tune_allocator()  # before any large tensor: glibc's mmap/munmap of big buffers page-faults every batch
     sys.exit(run(app, argv))
 
 

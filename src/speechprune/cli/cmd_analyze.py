@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.common import console, load_dataset_spec, parse_states
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec, parse_states
 from speechprune.cli.config import config_option
 from speechprune.utils.device import DEVICE_HELP, place_model, resolve_device
 
@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
     @app.command("analyze")
     def analyze(
         model: str = typer.Argument(..., help="Local folder, hub id, or built-in 'tiny:<family>'."),
-        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        data: str = typer.Argument(..., help=DATA_HELP),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         label: List[str] = typer.Option([], "--label", "-l", help="Label column(s) to analyse (repeatable)."),
         metrics: List[str] = typer.Option(
             ["similarity", "convexity", "probes"], "--metrics", "-m",
@@ -38,16 +39,16 @@ def register(app: typer.Typer) -> None:
         max_pairs: int = typer.Option(5000, min=1, help="Ordered same-class pairs sampled per class (reference: 5000)."),
         permutations: int = typer.Option(3, min=0, help="Label permutations for the chance levels (0 = none)."),
         probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given (at most; they adapt to the smallest class or the number of groups)."),
-        seed: int = typer.Option(42, help="Seed for pair sampling, folds and permutations."),
+        seed: int = typer.Option(0, help="Seed for pair sampling, folds and permutations."),
         processes: int = typer.Option(2, min=1, help="Worker processes for shortest paths."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
-        dtype: str = typer.Option("fp32", help="fp32 or bf16 (CUDA: bf16 weights; CPU: autocast)."),
+        dtype: str = typer.Option("fp32", help="fp32 | bf16 (CUDA: bf16 weights; CPU: autocast)."),
         device: str = typer.Option("auto", help="Extraction and analysis kernels: " + DEVICE_HELP),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds."),
         chunk_seconds: float = typer.Option(30.0, min=0.1, help="Clips longer than this are encoded in chunks of it "
                                             "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
         segments_dir: Optional[str] = typer.Option(None, help="Folder of .lablaut files (for --pooling segment)."),
-        out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Results folder (replaced whole when done)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Results folder (replaced whole when done)."),
         overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder that analyze did not write."),
         cache_dir: Optional[Path] = typer.Option(None, help="Feature cache root."),
         progress: bool = typer.Option(True, help="Show progress bars."),
@@ -74,8 +75,18 @@ def register(app: typer.Typer) -> None:
         cfg.validate()
         dev = resolve_device(device)
         cfg.device = str(dev)
+        from speechprune.utils.distributed import is_main_process
+
+        if not is_main_process():  # another process of a multi-process launch: it only helps extract the features
+            from speechprune.analysis.runner import analysis_features
+
+            enc = load_encoder(model, window_seconds=window, device=device)
+            analysis_features(enc, load_dataset_spec(data, list(label), group, segments_dir), cfg,
+                              cache_dir=cache_dir, progress=False)
+            return
         with output_folder(out, overwrite=overwrite, command="analyze") as tmp:  # all results or none
-            ds = load_dataset_spec(data, list(label) + ([split_column] if split_column else []), group, segments_dir)
+            ds = load_dataset_spec(data, list(label) + ([split_column] if split_column else []), group, segments_dir,
+                                   audio_column)
             enc = load_encoder(model, window_seconds=window)
             place_model(enc.model, dev, dtype)
             from speechprune.features.window_advice import warn_if_window_too_long

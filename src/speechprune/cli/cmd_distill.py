@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from speechprune.cli.cmd_finetune import saved_split, split_options, split_spec_for
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console, load_dataset_spec
 from speechprune.cli.config import config_option
 from speechprune.utils.device import DEVICE_HELP, resolve_device
 
@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
     def distill_cmd(
         teacher: str = typer.Argument(..., help="Fine-tuned classifier: a folder written by `finetune` (or any stock "
                                                 "audio-classification model of a supported family)."),
-        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        data: str = typer.Argument(..., help=DATA_HELP),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         label: str = typer.Option(..., "--label", "-l", help="Label column the teacher classifies."),
         mimicker: str = typer.Option("mlp", help="mlp (per-frame Linear→LayerNorm→ReLU→Linear blocks), transformer "
                                                  "(small batch-first encoder layers) or none (head on the front end)."),
@@ -34,12 +35,12 @@ def register(app: typer.Typer) -> None:
                                                   "end's output (free; no effect on other families)."),
         freeze_mimicker: bool = typer.Option(True, help="Stage 2: keep the mimicker frozen (reference) or train it "
                                                         "with the head (--no-freeze-mimicker)."),
-        stage1_epochs: int = typer.Option(30, min=1, help="Stage 1 (MSE) epochs."),
-        stage2_epochs: int = typer.Option(20, min=1, help="Stage 2 (task) epochs."),
-        lr: float = typer.Option(1e-3, help="Learning rate of both stages (Adam-W, constant)."),
-        batch_size: int = typer.Option(32, min=1, help="Clips per training batch."),
-        patience: Optional[int] = typer.Option(5, help="Early stopping patience in epochs (per stage)."),
-        seed: int = typer.Option(0, help="Seed of the mimicker's initialisation and the data order."),
+        stage1_epochs: int = typer.Option(30, min=1, help="Stage 1 (MSE) epochs (transformers: num_train_epochs)."),
+        stage2_epochs: int = typer.Option(20, min=1, help="Stage 2 (task) epochs (transformers: num_train_epochs)."),
+        lr: float = typer.Option(1e-3, help="Learning rate of both stages (Adam-W, constant) (transformers: learning_rate)."),
+        batch_size: int = typer.Option(32, min=1, help="Clips per training batch (transformers: per_device_train_batch_size)."),
+        patience: Optional[int] = typer.Option(5, help="Early stopping patience in epochs (per stage) (transformers: early_stopping_patience)."),
+        seed: int = typer.Option(0, help="Seed of the mimicker's initialisation and the data order (transformers: seed)."),
         group: Optional[str] = typer.Option(None, help="Group column (e.g. speaker) for --test-groups."),
         split_column: Optional[str] = so["split_column"],
         test_groups: List[str] = so["test_groups"],
@@ -49,12 +50,13 @@ def register(app: typer.Typer) -> None:
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (the "
                                                           "teacher's own window is used by default)."),
         latency: bool = typer.Option(True, help="Time teacher and student back-to-back (1 thread) after training."),
-        out: Path = typer.Option(Path("student"), "--out", "-o", help="Output folder of the student."),
-        resume: bool = typer.Option(False, help="Continue an interrupted run (stage and epoch it reached)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder of the student (transformers: output_dir)."),
+        resume: bool = typer.Option(False, help="Continue an interrupted run (stage and epoch it reached) (transformers: resume_from_checkpoint)."),
         overwrite: bool = typer.Option(False, help="Replace an existing output / interrupted run."),
         cache_dir: Optional[Path] = typer.Option(None, help="Root of the teacher-target cache."),
         device: str = typer.Option("auto", help="Teacher pass and training: " + DEVICE_HELP),
-        mixed_precision: str = typer.Option("no", help="Training precision: no | bf16 | fp16 (autocast)."),
+        report_to: str = typer.Option("none", help=REPORT_TO_HELP),
+        mixed_precision: str = typer.Option("fp32", help="Training precision: fp32 | bf16 | fp16, autocast; bf16 needs a GPU or a CPU with native bf16 (transformers: bf16 / fp16)."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         config: Optional[str] = config_option(),
     ) -> None:
@@ -82,7 +84,7 @@ def register(app: typer.Typer) -> None:
         def stage(epochs: int) -> TrainConfig:
             return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="constant", warmup_ratio=0.0,
                                max_grad_norm=None, patience=patience, seed=seed, device=device,
-                               mixed_precision=mixed_precision).validate()
+                               mixed_precision=mixed_precision, report_to=report_to).validate()
 
         cfg = DistillConfig(mimicker=mimicker, hidden=hidden, blocks=blocks, nhead=nhead, intermediate=intermediate,
                             positions=positions, freeze_mimicker=freeze_mimicker, stage1=stage(stage1_epochs),
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
         # the split's own columns must be loaded too (a split column given here or recorded by the teacher's
         # fine-tuning; its group column), or the split cannot find them
         columns = list(dict.fromkeys([label, *([split.split_column] if split.split_column else [])]))
-        ds = load_dataset_spec(data, columns, group or split.group_column)
+        ds = load_dataset_spec(data, columns, group or split.group_column, audio_column=audio_column)
         enc = load_encoder(teacher, window_seconds=window, device=dev)
         res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,
                       cache_dir=cache_dir)

@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
                                             "(bounded memory; mean/frames pooling only; Whisper: at most its window)."),
         final_norm: bool = typer.Option(False, help="Apply the model's final LayerNorm to the last state (HF convention)."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache root (default $SPEECHPRUNE_CACHE or ~/.cache/speechprune)."),
+        bucket: Optional[bool] = typer.Option(
+            None, "--bucket/--no-bucket", help="Batch clips of similar length (less padding). Default: exactly when "
+            "it cannot change the features (attention-masked models, pooling other than mean-all)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also copy features.safetensors + meta.json to this folder."),
         to_dataset: Optional[Path] = typer.Option(
             None, help="Also write the features as a Hugging Face datasets folder (load_from_disk): one row per "
@@ -59,15 +62,18 @@ def register(app: typer.Typer) -> None:
 
         Results are cached by model weights + data + options: re-running is instant, and an interrupted run
         resumes from the last finished batch. Bad audio stops the run with an error naming the file.
+        Several processes (`accelerate launch -m speechprune.cli.app extract ...`, one device each) share the
+        batches; the cache entry is the same as one process writes.
         """
         from speechprune.features import extract_features
         from speechprune.features.window_advice import warn_if_window_too_long
         from speechprune.models import load_encoder
+        from speechprune.utils.distributed import is_main_process
         from speechprune.utils.outputs import claim_output
 
         dev = resolve_device(device)
         for target in (out, to_dataset):  # before any work: usable, unused (or --overwrite) folders, locked
-            if target is not None:
+            if target is not None and is_main_process():  # only the main process of a launch writes them
                 claim_output(target, overwrite=overwrite, command="extract")
         enc = load_encoder(model, window_seconds=window)
         place_model(enc.model, dev, dtype)
@@ -75,9 +81,11 @@ def register(app: typer.Typer) -> None:
         warn_if_window_too_long(enc, ds)
         feats = extract_features(
             enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
-            device=str(dev), final_norm=final_norm, cache_dir=cache_dir, progress=progress,
-            chunk_seconds=chunk_seconds,
+            device=str(dev), final_norm=final_norm, cache_dir=cache_dir, progress=progress and is_main_process(),
+            bucket=bucket, chunk_seconds=chunk_seconds,
         )
+        if not is_main_process():
+            return
         if out is not None:
             copy_features(feats, out, overwrite=overwrite)
         if to_dataset is not None:

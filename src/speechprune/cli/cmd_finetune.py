@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from speechprune.cli.common import console
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console, load_dataset_spec
 from speechprune.cli.config import config_option
 from speechprune.data.splits import SplitOptions, SplitSpec
 from speechprune.utils.device import DEVICE_HELP
@@ -61,32 +61,34 @@ def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_cmd(
         model: str = typer.Argument(..., help="Local folder, hub id, or built-in 'tiny:<family>'."),
-        data: str = typer.Argument(..., help="An audiofolder, a CSV/JSONL manifest, or 'hf:NAME[:CONFIG][:SPLIT]'."),
+        data: str = typer.Argument(..., help=DATA_HELP),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         label: str = typer.Option(..., "--label", "-l", help="Label column to classify."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output model folder (written when training ends)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output model folder (written when training ends) (transformers: output_dir)."),
         group: Optional[str] = typer.Option(None, help="Group column (e.g. speaker) for --test-groups/--val-groups."),
         split_column: Optional[str] = so["split_column"],
         test_groups: List[str] = so["test_groups"],
         val_groups: List[str] = so["val_groups"],
         test_fraction: float = so["test_fraction"],
         val_fraction: float = so["val_fraction"],
-        epochs: int = typer.Option(5, min=1, help="Training epochs."),
-        batch_size: int = typer.Option(8, min=1, help="Clips per batch (per process)."),
-        grad_accum: int = typer.Option(1, min=1, help="Gradient accumulation steps."),
-        lr: float = typer.Option(5e-5, help="Learning rate of the encoder."),
+        epochs: int = typer.Option(5, min=1, help="Training epochs (transformers: num_train_epochs)."),
+        batch_size: int = typer.Option(8, min=1, help="Clips per batch (per process) (transformers: per_device_train_batch_size)."),
+        grad_accum: int = typer.Option(1, min=1, help="Gradient accumulation steps (transformers: gradient_accumulation_steps)."),
+        lr: float = typer.Option(5e-5, help="Learning rate of the encoder (transformers: learning_rate)."),
         head_lr: Optional[float] = typer.Option(None, help="Learning rate of the head (default: --lr)."),
-        weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
-        schedule: str = typer.Option("linear", help="linear | cosine | constant | constant_with_warmup."),
-        warmup_ratio: float = typer.Option(0.1, help="Share of the steps used for warm-up."),
+        weight_decay: float = typer.Option(0.0, help="AdamW weight decay (transformers: weight_decay)."),
+        schedule: str = typer.Option("linear", help="linear | cosine | constant | constant_with_warmup (transformers: lr_scheduler_type)."),
+        warmup_ratio: float = typer.Option(0.1, help="Share of the steps used for warm-up (transformers: warmup_ratio)."),
         freeze_front_end: bool = typer.Option(True, help="Keep the CNN / Whisper convolutions fixed."),
         freeze_encoder: bool = typer.Option(False, help="Train the head only."),
-        patience: Optional[int] = typer.Option(None, min=1, help="Stop after this many epochs without a better validation accuracy."),
-        seed: int = typer.Option(0, help="Seed for the head, data order, splits and dropout."),
-        mixed_precision: str = typer.Option("no", help="no | bf16 | fp16 (bf16 needs a GPU or a CPU with native bf16)."),
+        patience: Optional[int] = typer.Option(None, min=1, help="Stop after this many epochs without a better validation accuracy (transformers: early_stopping_patience)."),
+        seed: int = typer.Option(0, help="Seed for the head, data order, splits and dropout (transformers: seed)."),
+        mixed_precision: str = typer.Option("fp32", help="Training precision: fp32 | bf16 | fp16, autocast; bf16 needs a GPU or a CPU with native bf16 (transformers: bf16 / fp16)."),
         max_seconds: Optional[float] = typer.Option(None, help="Cut clips to their first N seconds."),
         window: Optional[float] = typer.Option(None, help="Whisper only: shorter encoder window in seconds (saved with the model)."),
         keep: Optional[int] = typer.Option(None, min=1, help="Keep only the first N layers before fine-tuning."),
-        resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
+        resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch (transformers: resume_from_checkpoint)."),
+        report_to: str = typer.Option("none", help=REPORT_TO_HELP),
         overwrite: bool = typer.Option(False, help="Replace an existing output folder and any interrupted run."),
         device: str = typer.Option("auto", help=DEVICE_HELP + " (with accelerate launch, set by the launcher)."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -100,16 +102,23 @@ def register(app: typer.Typer) -> None:
 
             speechprune finetune models/whisper-base ../shared/data/emodb -l emotion --group speaker --test-groups 14,15,16 --window 2 -o runs/emodb
         """
-        from speechprune import api
+        from speechprune.models import load_encoder
+        from speechprune.train.finetune import finetune, prepare_output
         from speechprune.train.loop import TrainConfig
 
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, head_lr=head_lr,
                           weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
                           freeze_front_end=freeze_front_end, freeze_encoder=freeze_encoder, patience=patience,
-                          seed=seed, mixed_precision=mixed_precision, max_seconds=max_seconds, device=device).validate()
+                          seed=seed, mixed_precision=mixed_precision, max_seconds=max_seconds, device=device,
+                          report_to=report_to).validate()
         spec = make_split_spec(split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-        res = api.finetune(model, data, label, out, cfg, spec, group=group, window=window, keep=keep, resume=resume,
-                           overwrite=overwrite, progress=progress)
+        prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
+        ds = load_dataset_spec(data, [label] + ([split_column] if split_column else []), group,
+                               audio_column=audio_column)
+        enc = load_encoder(model, window_seconds=window)
+        if keep is not None:
+            enc = enc.keep_layers(keep)
+        res = finetune(enc, ds, label, out, cfg, spec, resume=resume, overwrite=overwrite, progress=progress)
         if "model_dir" not in res:
             return  # a non-main process of a multi-process run, or an interrupted run
         t = res["training"]

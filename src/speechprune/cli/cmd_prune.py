@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 import typer
 
 from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import AUDIO_COLUMN_HELP, console, load_dataset_spec
 from speechprune.cli.config import config_option
 from speechprune.errors import SpeechpruneError
 from speechprune.utils.device import DEVICE_HELP, resolve_device
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(prune_app, name="prune")
     so = split_options()
 
-    @prune_app.command("layers")
+    @prune_app.command("layers", short_help="Prune whole transformer layers: by convexity, by hand (--keep/--drop), or remove them without retraining (--no-retrain).")
     def layers_cmd(
         model: str = typer.Argument(..., help="Local folder, hub id, or built-in 'tiny:<family>'."),
         out: Path = typer.Option(..., "--out", "-o", help="Pruned model folder, or results folder with --no-retrain."),
@@ -42,6 +42,7 @@ def register(app: typer.Typer) -> None:
         order: List[str] = typer.Option(["backward", "forward", "block-influence", "knn-block-influence"], "--order",
                                         help="Removal orders for --no-retrain (repeatable or comma-separated)."),
         data: Optional[str] = typer.Option(None, help="Labelled data for --by convexity and --no-retrain."),
+        audio_column: Optional[str] = typer.Option(None, help=AUDIO_COLUMN_HELP),
         label: Optional[str] = typer.Option(None, "--label", "-l", help="Label column."),
         group: Optional[str] = typer.Option(None, help="Group column of the data."),
         tolerance: float = typer.Option(0.0, min=0.0, help="--by convexity: take the shallowest layer within this many points of the best."),
@@ -91,7 +92,7 @@ def register(app: typer.Typer) -> None:
         if no_retrain:
             spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
             _removal(enc, data, label, group, spec, split_list(order), out, batch_size, profile_seconds,
-                     influence_clips, progress)
+                     influence_clips, progress, audio_column)
             return
         meta: dict[str, Any] = {}
         if keep is not None:
@@ -99,7 +100,7 @@ def register(app: typer.Typer) -> None:
         elif drop:
             pruned = enc.drop_layers(_layer_list(drop))
         else:
-            pruned, meta = _by_convexity(enc, data, label, group, tolerance, batch_size, progress)
+            pruned, meta = _by_convexity(enc, data, label, group, tolerance, batch_size, progress, audio_column)
         pruned.model.to("cpu")
         pruned.save_pretrained(out, metadata={"layer_pruning": meta or {"keep": keep, "drop": drop}})
         console.print(f"kept layers {pruned.kept_layers} of {enc.num_layers} → {out}")
@@ -107,12 +108,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float, batch_size: int,
-                  progress: bool) -> tuple[Any, dict[str, Any]]:
+                  progress: bool, audio_column: str | None = None) -> tuple[Any, dict[str, Any]]:
     from speechprune.analysis.convexity import convexity_by_layer
     from speechprune.compress.layers import choose_depth
     from speechprune.features.extract import extract_features
 
-    ds = load_dataset_spec(data, [label], group)
+    ds = load_dataset_spec(data, [label], group, audio_column=audio_column)
     from speechprune.utils.device import model_device
 
     feats = extract_features(enc, ds, pooling="mean", batch_size=batch_size, device=str(model_device(enc.model)),
@@ -125,7 +126,7 @@ def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float,
 
 
 def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: list[str], out: Path, batch_size: int,
-             profile_seconds: float, influence_clips: int, progress: bool) -> None:
+             profile_seconds: float, influence_clips: int, progress: bool, audio_column: str | None = None) -> None:
     import numpy as np
 
     from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
@@ -137,7 +138,7 @@ def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: lis
     for o in orders:
         removal_order(o, max(enc.num_layers, 2), {i: 0.0 for i in range(1, enc.num_layers + 1)})
     columns = [label] + ([spec.split_column] if spec.split_column else [])
-    ds = load_dataset_spec(data, columns, group or spec.group_column)
+    ds = load_dataset_spec(data, columns, group or spec.group_column, audio_column=audio_column)
     parts = make_splits(ds, label, spec)
     influence = None
     if any("influence" in o for o in orders):

@@ -7,7 +7,7 @@ from speechprune.data.sources import load_dataset_spec
 from speechprune.errors import SpeechpruneError
 from speechprune.utils.console import console
 
-__all__ = ["AUDIO_COLUMN_HELP", "DATA_HELP", "console", "load_dataset_spec", "parse_states"]
+__all__ = ["AUDIO_COLUMN_HELP", "DATA_HELP", "REPORT_TO_HELP", "console", "load_dataset_spec", "parse_states"]
 
 
 def parse_states(spec: str | None, num_states: int | None = None) -> list[int] | None:
@@ -39,3 +39,5 @@ DATA_HELP = ("An audiofolder (folder with metadata.csv), a CSV/JSONL manifest, a
              "(FOLDER:SPLIT for a DatasetDict), or 'hf:NAME[:CONFIG][:SPLIT]'.")
 AUDIO_COLUMN_HELP = ("Column holding the audio (datasets: default 'audio'; manifests: default the first of path, "
                      "audio, file_name). Like the 'audio_column_name' of transformers' example scripts.")
+REPORT_TO_HELP = ("Experiment tracker for the training curves: none | tensorboard | wandb, written under OUT/logs "
+                  "(transformers: report_to).")

@@ -372,7 +372,7 @@ def load_saved_dataset(
                            group_column=group_column, name=name or p.name, split=split)
 
 
-def _split_suffix(spec: str) -> tuple[str, str | None]:
+def split_suffix(spec: str) -> tuple[str, str | None]:
     """``FOLDER:SPLIT`` -> (FOLDER, SPLIT) when FOLDER is a saved dataset and the whole string is not a path."""
     if ":" in spec and not Path(spec).exists():
         head, _, tail = spec.rpartition(":")
@@ -456,13 +456,13 @@ def load_data(
     except ImportError:  # pragma: no cover
         pass
     if isinstance(spec, str) and spec.startswith("hf:"):
-        local, local_split = _split_suffix(spec[3:])
+        local, local_split = split_suffix(spec[3:])
         if Path(local).is_dir() and is_saved_dataset(local):
             return load_saved_dataset(local, split or local_split, label_columns, group_column, audio_column,
                                       kw.get("name"))
         return _load_hf_spec(spec, label_columns, group_column, audio_column=audio_column, **kw)
     if isinstance(spec, (str, os.PathLike)):
-        text, suffix_split = _split_suffix(str(spec))
+        text, suffix_split = split_suffix(str(spec))
         p = Path(text)
         if p.is_dir() and is_saved_dataset(p):
             return load_saved_dataset(p, split or suffix_split, label_columns, group_column, audio_column,

@@ -49,7 +49,18 @@ def pool_states(
     ``frame_lengths`` may live on the CPU, ``item_index`` always does)."""
     if pooling not in POOLINGS:
         raise SpeechpruneError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    stacked = torch.stack(list(states))  # S × B × T × D
+    return pool_stacked(torch.stack(list(states)), frame_lengths, pooling, frame_rate, segments)
+
+
+def pool_stacked(
+    stacked: torch.Tensor,
+    frame_lengths: torch.Tensor,
+    pooling: str,
+    frame_rate: float,
+    segments: Sequence[Sequence[Segment] | None] | None = None,
+) -> PooledBatch:
+    """:func:`pool_states` of states already stacked to ``S × B × T × D`` (any memory layout; feature extraction
+    fills one buffer as the layers produce the states)."""
     s, b, t, d = stacked.shape
     lengths = frame_lengths.to(stacked.device).clamp(max=t)
     if pooling == "mean-all":

@@ -40,7 +40,8 @@ class TrainSection:
     freeze_front_end: bool = True
     patience: int | None = None
     max_seconds: float | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str = "fp32"
+    report_to: str = "none"  # none | tensorboard | wandb: curves of every training stage under its model folder
 
 
 @dataclass
@@ -97,6 +98,7 @@ def default_compress() -> CompressSection:
 class RunConfig:
     model: str = ""
     data: str = ""
+    audio_column: str | None = None  # datasets: default 'audio'; manifests: path/audio/file_name
     label: str = ""
     labels: list[str] = field(default_factory=list)
     group: str | None = None
@@ -248,7 +250,9 @@ def _check_semantics(cfg: RunConfig) -> None:
         if not getattr(cfg, key):
             raise ConfigError(f"{key} is required (in the YAML file or as {key}=...)")
     if not cfg.data.startswith("hf:"):
-        p = Path(cfg.data)
+        from speechprune.data.sources import split_suffix
+
+        p = Path(split_suffix(cfg.data)[0])  # FOLDER:SPLIT of a saved DatasetDict names FOLDER
         if not p.exists():
             raise ConfigError(f"data: path {p} does not exist")
         columns = _data_columns(p)

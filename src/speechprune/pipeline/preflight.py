@@ -58,7 +58,7 @@ def check_run_config(cfg: Any) -> None:
                            similarity=list(cfg.analysis.similarity), permutations=cfg.analysis.permutations,
                            max_pairs=cfg.analysis.max_pairs, batch_size=cfg.batch_size,
                            split_column=cfg.split.split_column, test_groups=list(cfg.split.test_groups) or None,
-                           seed=42).validate()
+                           seed=cfg.seed).validate()
     # the compressions' own options are validated by their plug-ins (pipeline.config._check_semantics)
 
 
@@ -68,5 +68,6 @@ def _train_config(cfg: Any, epochs: int, **changes: Any) -> Any:
     t = cfg.train
     options = dict(epochs=epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
                    warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
-                   seed=cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds)
+                   seed=cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
+                   report_to=t.report_to)
     return TrainConfig(**{**options, **changes}).validate()

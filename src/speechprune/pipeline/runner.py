@@ -45,7 +45,7 @@ class Run:
 
             c = self.cfg
             cols = list(dict.fromkeys([*c.analysis_labels, *([c.split.split_column] if c.split.split_column else [])]))
-            self._dataset = load_dataset_spec(c.data, cols, c.group)
+            self._dataset = load_dataset_spec(c.data, cols, c.group, audio_column=c.audio_column)
         return self._dataset
 
     @property
@@ -89,17 +89,18 @@ class Run:
         options = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, head_lr=t.head_lr, schedule=t.schedule,
                        warmup_ratio=t.warmup_ratio, freeze_front_end=t.freeze_front_end, patience=t.patience,
                        seed=self.cfg.seed, mixed_precision=t.mixed_precision, max_seconds=t.max_seconds,
-                       device=self.cfg.device)
+                       device=self.cfg.device, report_to=t.report_to)
         return TrainConfig(**{**options, **changes}).validate()
 
     # --- stage bookkeeping -------------------------------------------------------------------------------------
-    def stage(self, name: str, depends: dict[str, Any], fn: Callable[[], Any], *, all_processes: bool = False
-              ) -> Any:
+    def stage(self, name: str, depends: dict[str, Any], fn: Callable[[], Any], *, all_processes: bool = False,
+              prepare: Callable[[], Any] | None = None) -> Any:
         """Run ``fn`` unless ``OUT/stages/<name>.json`` holds a result for the same ``depends``.
 
         In a multi-process launch a training stage (``all_processes``) runs on every process; any other stage runs on
-        the main process while the others wait. Either way only the main process writes the stage file, and every
-        process continues with the main process's result read back from it, so all processes agree.
+        the main process while the others wait, except for ``prepare`` (e.g. the analysis stage's feature
+        extraction), which every process runs together first. Either way only the main process writes the stage
+        file, and every process continues with the main process's result read back from it, so all processes agree.
         """
         from speechprune.utils import distributed
 
@@ -116,7 +117,13 @@ class Run:
         main = distributed.is_main_process()
         self.log(f"stage {name}: running")
         t0 = time.perf_counter()
-        result = fn() if main or all_processes else None
+        if prepare is not None:
+            prepare()
+        if all_processes:
+            result = fn()
+        else:
+            with distributed.solo():  # the others wait at the barrier below: nothing in fn may wait for them
+                result = fn() if main else None
         if main:
             write_json_atomic(path, {"key": key, "seconds": time.perf_counter() - t0, "result": result})
         distributed.barrier()
@@ -163,7 +170,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
     base = run.base_deps()
     if cfg.analysis.enabled:
         run.stage("analysis", {**base, "labels": cfg.analysis_labels, "analysis": cfg.analysis.__dict__},
-                  lambda: stages.analysis(run))
+                  lambda: stages.analysis(run), prepare=lambda: stages.analysis_features(run))
     run.stage("baseline", {**base, "train": cfg.train.__dict__}, lambda: stages.baseline(run), all_processes=True)
     candidates = [Candidate.from_dict(c) for c in run.results["baseline"]["candidates"]]
     for method in methods():

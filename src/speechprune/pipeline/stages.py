@@ -15,7 +15,27 @@ from speechprune.compress.base import BASELINE, Candidate, Compression, Teacher,
 
 
 def analysis(run: Any) -> dict[str, Any]:
-    from speechprune.analysis.runner import AnalysisConfig, run_analysis
+    from speechprune.analysis.runner import run_analysis
+
+    c = run.cfg
+    # on the training + validation clips only: the truncation depth is chosen from these convexity scores
+    res = run_analysis(run.encoder, run.selection_pool(), _analysis_config(run), run.out / "analysis",
+                       progress=run.progress, cache_dir=Path(c.cache_dir) if c.cache_dir else None)
+    return {"folder": str(run.out / "analysis"), "summary": res.get("summary", {}),
+            "convexity": _convexity_scores(run.out / "analysis", c.label)}
+
+
+def analysis_features(run: Any) -> None:
+    """Fill the feature cache the analysis stage reads; every process of a multi-process run shares the work."""
+    from speechprune.analysis.runner import analysis_features as features
+
+    c = run.cfg
+    features(run.encoder, run.selection_pool(), _analysis_config(run), progress=run.progress,
+             cache_dir=Path(c.cache_dir) if c.cache_dir else None)
+
+
+def _analysis_config(run: Any) -> Any:
+    from speechprune.analysis.runner import AnalysisConfig
 
     c = run.cfg
     a = c.analysis
@@ -26,11 +46,7 @@ def analysis(run: Any) -> dict[str, Any]:
                           batch_size=c.batch_size, seed=42,  # probes cross-validate on the pool (no test clips)
                           device=str(run.device))
     acfg.validate()
-    # on the training + validation clips only: the truncation depth is chosen from these convexity scores
-    res = run_analysis(run.encoder, run.selection_pool(), acfg, run.out / "analysis", progress=run.progress,
-                       cache_dir=Path(c.cache_dir) if c.cache_dir else None)
-    return {"folder": str(run.out / "analysis"), "summary": res.get("summary", {}),
-            "convexity": _convexity_scores(run.out / "analysis", c.label)}
+    return acfg
 
 
 def _convexity_scores(folder: Path, label: str) -> dict[str, float]:

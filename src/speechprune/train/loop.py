@@ -70,7 +70,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     patience: int | None = None
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "fp32"
     max_seconds: float | None = None
     preload: bool = True
     device: str = "auto"
@@ -170,6 +170,7 @@ class Trainer:
         param_groups: list[dict[str, Any]] | None = None,
         progress: bool = True,
         description: str = "training",
+        logs_dir: str | Path | None = None,
     ) -> None:
         self.model = model
         self.train_set = train_set
@@ -181,6 +182,7 @@ class Trainer:
         self.param_groups = param_groups
         self.progress = progress
         self.description = description
+        self.logs_dir = Path(logs_dir) if logs_dir is not None else self.work_dir / LOGS_DIR
         if len(train_set) == 0:
             raise SpeechpruneError("the training split is empty")
         if len(val_set) == 0:
@@ -221,7 +223,7 @@ class Trainer:
             _check_tracker(cfg.report_to)
         accel = Accelerator(mixed_precision=to_accelerate(cfg.mixed_precision), gradient_accumulation_steps=cfg.grad_accum, cpu=cpu,
                             log_with=cfg.report_to if tracking else None,
-                            project_config=_project_config(self.work_dir) if tracking else None)
+                            project_config=_project_config(self.work_dir, self.logs_dir) if tracking else None)
         if tracking:
             accel.init_trackers(_run_name(self.description), config=_tracker_config(cfg),
                                 init_kwargs={"tensorboard": {}} if cfg.report_to == "tensorboard" else {})
@@ -446,10 +448,10 @@ def _check_tracker(name: str) -> None:
 LOGS_DIR = "logs"
 
 
-def _project_config(work_dir: Path) -> Any:
+def _project_config(work_dir: Path, logs_dir: Path) -> Any:
     from accelerate.utils import ProjectConfiguration
 
-    return ProjectConfiguration(project_dir=str(work_dir), logging_dir=str(work_dir / LOGS_DIR))
+    return ProjectConfiguration(project_dir=str(work_dir), logging_dir=str(logs_dir))
 
 
 def copy_logs(work_dir: str | Path, out: str | Path) -> Path | None:

@@ -41,6 +41,60 @@ def is_main_process() -> bool:
     return not is_distributed() or state().is_main_process
 
 
+def rank() -> int:
+    return state().process_index if is_distributed() else 0
+
+
+def local_rank() -> int:
+    return state().local_process_index if is_distributed() else 0
+
+
+_solo_depth = 0
+
+
+@contextmanager
+def solo() -> Iterator[None]:
+    """This process runs the block alone (the others wait elsewhere, e.g. at a barrier): inside it
+    :func:`is_collective` is false, so work that would otherwise be shared (sharded feature extraction) runs
+    entirely in this process instead of waiting for partners that never come."""
+    global _solo_depth
+    _solo_depth += 1
+    try:
+        yield
+    finally:
+        _solo_depth -= 1
+
+
+def is_collective() -> bool:
+    """Whether every process of a multi-process launch reaches this point together (outside any :func:`solo`
+    block), so that work can be split between them."""
+    return is_distributed() and _solo_depth == 0
+
+
+def broadcast_object(obj: Any) -> Any:
+    """The main process's ``obj`` on every process (a collective call; also a barrier)."""
+    if not is_distributed():
+        return obj
+    import torch.distributed as dist
+
+    state()
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj``, in process order, on every process (a collective call; also a barrier)."""
+    if not is_distributed():
+        return [obj]
+    import torch.distributed as dist
+
+    state()
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if is_distributed():
         state().wait_for_everyone()
@@ -55,6 +109,7 @@ def main_process_first() -> Iterator[None]:
     main = is_main_process()
     if not main:
         barrier()
-    yield
+    with solo():
+        yield
     if main:
         barrier()

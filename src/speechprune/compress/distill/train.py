@@ -38,7 +38,7 @@ from speechprune.errors import DataError
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.classifier import class_names
 from speechprune.train.finetune import prepare_output
-from speechprune.train.loop import TrainConfig, Trainer
+from speechprune.train.loop import LOGS_DIR, TrainConfig, Trainer, copy_logs
 from speechprune.utils import distributed
 from speechprune.utils.device import model_device, to_device
 from speechprune.utils.io import write_json_atomic
@@ -197,7 +197,7 @@ def distill(
         stage_work = work / f"stage{stage}"
         trainer = Trainer(model, frames("train", labelled), frames("validation", labelled), collate, stage_cfg,
                           stage_work, loss_fn=stage2_loss if labelled else stage1_loss, param_groups=groups,
-                          progress=progress, description=description)
+                          progress=progress, description=description, logs_dir=work / LOGS_DIR)
         stop = stop_after[1] if stop_after and stop_after[0] == stage else None
         res = trainer.fit(resume=resume and (stage_work / "checkpoint").exists(), stop_after_epochs=stop)
         interrupted = stop is not None and res.state.epoch < stage_cfg.epochs and not res.state.stopped_early
@@ -256,6 +256,7 @@ def distill(
     summary["cost"] = student_cost(student, teacher)
     saved = save_student(student, out, feature_extractor=teacher.feature_extractor,
                          extra_json={"distill.json": summary, "metrics.json": summary.get("test", {})})
+    copy_logs(work, out)  # --report-to curves of both stages outlive the work folder
     summary["model_dir"] = str(out)
     summary["saved_as"] = saved
     shutil.rmtree(work, ignore_errors=True)

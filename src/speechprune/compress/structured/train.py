@@ -308,7 +308,7 @@ def prune_structured(
     from speechprune.train.data import ClassifierCollate, ClipDataset
     from speechprune.train.evaluate import evaluate_classifier
     from speechprune.train.finetune import prepare_output, work_dir_for
-    from speechprune.train.loop import TrainConfig, Trainer
+    from speechprune.train.loop import LOGS_DIR, TrainConfig, Trainer, copy_logs
     from speechprune.data.splits import SplitSpec
     from speechprune.utils.distributed import is_main_process
 
@@ -394,7 +394,7 @@ def prune_structured(
         ft_cfg = TrainConfig(**{**cfg.to_dict(), "epochs": opts.finetune_epochs})
         ft_work = work / "finetune"
         ft = Trainer(pruned_enc.model, train_set, val_set, ClassifierCollate(pruned_enc), ft_cfg, ft_work,
-                     progress=progress, description="fine-tuning the pruned model")
+                     progress=progress, description="fine-tuning the pruned model", logs_dir=work / LOGS_DIR)
         ft_res = ft.fit(resume=resume and (ft_work / "checkpoint").exists(), stop_after_epochs=None)
         pruned_enc.model = ft.model.eval()
         summary["finetune_after_pruning"] = ft_res.to_dict()
@@ -417,6 +417,7 @@ def prune_structured(
         extra_json={"training.json": summary, "metrics.json": {**summary.get("test", {}),
                                                                "budgets": summary["budgets"],
                                                                "budget_met": summary["budget_met"]}})
+    copy_logs(work, out)  # --report-to curves of the gated training and the fine-tuning outlive the work folder
     shutil.rmtree(work, ignore_errors=True)
     summary["model_dir"] = str(out)
     return summary
