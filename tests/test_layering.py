@@ -18,7 +18,8 @@ The order, bottom to top, and why each layer sits where it does:
   train → profile, is not their *dependency* order);
 * ``report`` — renders results of analysis and profiling;
 * ``pipeline`` — ``speechprune run`` wires all of the above;
-* ``cli`` — the commands, on top.
+* ``api`` — one public function per command (``speechprune.api``), over everything below;
+* ``cli`` — the commands, on top: each a thin wrapper over ``api`` or the packages below.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ LAYERS: list[set[str]] = [
     {"compress"},
     {"report"},
     {"pipeline"},
+    {"api"},
     {"cli"},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

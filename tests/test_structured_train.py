@@ -50,7 +50,7 @@ def _classifier(family: str = "wav2vec2"):
 @pytest.mark.parametrize("budget", ["macs=0.5", "size=0.5", "frontend-macs=0.5,transformer-macs=0.6"])
 def test_budget_met_within_2_percent_in_each_mode(tones, tmp_path: Path, budget: str) -> None:
     res = prune_structured(_classifier(), tones, "word", tmp_path / "m", budget, CFG, progress=False,
-                           latency_repeats=0)
+                           latency_repeats=0, finetune_epochs=0)
     assert res["budget_met"]
     for name, b in res["budgets"].items():
         assert abs(b["final_keep"] - b["budget_keep"]) <= 0.02, (name, b)
@@ -72,7 +72,7 @@ def test_budget_met_within_2_percent_in_each_mode(tones, tmp_path: Path, budget:
 
 def test_without_calibration_the_history_reports_the_lagrangian_honestly(tones, tmp_path: Path) -> None:
     res = prune_structured(_classifier("whisper"), tones, "word", tmp_path / "m", "macs=0.6", CFG, progress=False,
-                           latency_repeats=0, calibrate=False, gate_lr=0.3, reg_lr=0.3)
+                           latency_repeats=0, finetune_epochs=0, calibrate=False, gate_lr=0.3, reg_lr=0.3)
     b = res["budgets"]["total-macs"]
     assert res["budget_met"] == (b["final_keep"] <= 0.6 + 0.02)
     assert b["final_keep"] < 0.99  # gates moved under the Lagrangian alone
@@ -81,15 +81,15 @@ def test_without_calibration_the_history_reports_the_lagrangian_honestly(tones, 
 
 def test_resume_gives_the_uninterrupted_result(tones, tmp_path: Path) -> None:
     full = prune_structured(_classifier(), tones, "word", tmp_path / "a", "macs=0.5", CFG, progress=False,
-                            latency_repeats=0)
+                            latency_repeats=0, finetune_epochs=0)
     part = prune_structured(_classifier(), tones, "word", tmp_path / "b", "macs=0.5", CFG, progress=False,
-                            latency_repeats=0, stop_after_epochs=2)
+                            latency_repeats=0, finetune_epochs=0, stop_after_epochs=2)
     assert not part["finished"] and not (tmp_path / "b").exists()
     assert (work_dir_for(tmp_path / "b") / "prune" / "checkpoint").exists()
     with pytest.raises(SpeechpruneError, match="resume"):
         prune_structured(_classifier(), tones, "word", tmp_path / "b", "macs=0.5", CFG, progress=False)
     res = prune_structured(_classifier(), tones, "word", tmp_path / "b", "macs=0.5", CFG, progress=False,
-                           latency_repeats=0, resume=True)
+                           latency_repeats=0, finetune_epochs=0, resume=True)
     strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
     assert strip(res["training"]["history"]) == strip(full["training"]["history"])
     assert res["kept_counts"] == full["kept_counts"]
@@ -118,8 +118,8 @@ def test_pipeline_stage(tones, tmp_path: Path) -> None:
     base = tmp_path / "base"
     _classifier().save_pretrained(base)
     teacher = Teacher(Candidate("baseline", "unpruned", str(base)), pretrained=lambda: None)
-    cands = Structured().run(teacher, Task(tones, "word", SplitSpec(seed=0)), Workspace(tmp_path / "run", progress=False),
-                             CFG, StructuredOptions(enabled=True, budgets=["macs=0.5"], epochs=3))
+    task, out = Task(tones, "word", SplitSpec(seed=0)), Workspace(tmp_path / "run", progress=False)
+    cands = Structured().run(teacher, task, out, CFG, StructuredOptions(enabled=True, budgets=["macs=0.5"], epochs=3))
     res = {"candidates": [c.to_dict() for c in cands]}
     (cand,) = res["candidates"]
     assert cand["name"] == candidate_name("macs=0.5") == "structured-macs0.5"

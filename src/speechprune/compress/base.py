@@ -258,17 +258,24 @@ def finetune_candidate(encoder: Any, task: Task, out: Workspace, train: Any, nam
                        method: str = BASELINE, **provenance: Any) -> list[Candidate]:
     """Fine-tune ``encoder`` on ``task`` into ``out.model_dir(name)`` (resuming an interrupted run there) and
     describe it as a candidate; on a non-main process of a multi-process run: ``[]``."""
-    from speechprune.train.finetune import finetune, work_dir_for
+    from speechprune.train.finetune import finetune
 
     path = out.model_dir(name)
-    resume = work_dir_for(path).exists()
-    res = finetune(encoder, task.dataset, task.label, path, train, task.split, resume=resume, overwrite=not resume,
+    res = finetune(encoder, task.dataset, task.label, path, train, task.split, **resumable(path),
                    progress=out.progress, latency_repeats=0, metadata=provenance)
     if "test" not in res:  # another process of a multi-process run: the main process evaluates and saves
         return []
     return [Candidate(name, kind, str(path), metrics_of(res["test"]), {
         "train_seconds": res["training"]["train_seconds"], "num_layers": res["num_layers"],
         "kept_layers": res["kept_layers_of_source"], **provenance}, method)]
+
+
+def resumable(path: Path) -> dict[str, bool]:
+    """``resume``/``overwrite`` for training into ``path``: continue an interrupted run there, else start afresh."""
+    from speechprune.train.finetune import work_dir_for
+
+    resume = work_dir_for(path).exists()
+    return {"resume": resume, "overwrite": not resume}
 
 
 def metrics_of(test: dict[str, Any]) -> dict[str, float]:

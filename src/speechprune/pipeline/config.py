@@ -20,12 +20,21 @@ from speechprune.data.splits import SplitOptions
 from speechprune.errors import ConfigError, SpeechpruneError
 
 
+#: Where the run's training defaults differ from :class:`~speechprune.train.loop.TrainConfig`'s (those of
+#: ``speechprune finetune``): a run fine-tunes the baseline and every truncated model for 4 epochs, and the freshly
+#: added head learns at 1e-3 rather than at the encoder's rate. Changing them changes every run's stage keys.
+RUN_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 4, "head_lr": 1e-3}
+
+
 @dataclass
 class TrainSection:
-    epochs: int = 4
+    """``train``: the :class:`~speechprune.train.loop.TrainConfig` fields a run sets (the seed is the run's). Defaults
+    are TrainConfig's except :data:`RUN_TRAIN_DEFAULTS` (tests/test_option_defaults.py holds them together)."""
+
+    epochs: int = RUN_TRAIN_DEFAULTS["epochs"]
     batch_size: int = 8
     lr: float = 5e-5
-    head_lr: float | None = 1e-3
+    head_lr: float | None = RUN_TRAIN_DEFAULTS["head_lr"]
     schedule: str = "linear"
     warmup_ratio: float = 0.1
     freeze_front_end: bool = True

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from speechprune.compress.base import Candidate, Compression, Task, Teacher, Workspace, metrics_of
+from speechprune.compress.base import Candidate, Compression, Task, Teacher, Workspace, metrics_of, resumable
 from speechprune.errors import SpeechpruneError
 
 
@@ -70,7 +70,6 @@ class Distillation(Compression):
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: DistillOptions
             ) -> list[Candidate]:
         from speechprune.compress.distill.train import DistillConfig, distill
-        from speechprune.train.finetune import work_dir_for
         from speechprune.train.loop import TrainConfig
 
         enc = teacher.load()
@@ -85,8 +84,7 @@ class Distillation(Compression):
                                 seed=train.seed)
             name = "distill-" + spec.replace(":", "-")
             path = out.model_dir(name)
-            resume = work_dir_for(path).exists()
-            res = distill(enc, task.dataset, task.label, path, cfg, task.split, resume=resume, overwrite=not resume,
+            res = distill(enc, task.dataset, task.label, path, cfg, task.split, **resumable(path),
                           progress=out.progress)
             if "test" not in res:
                 continue  # another process of a multi-process run: the main process evaluates and saves

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from speechprune.compress.base import Candidate, Compression, Task, Teacher, Workspace, metrics_of
+from speechprune.compress.base import Candidate, Compression, Task, Teacher, Workspace, metrics_of, resumable
 from speechprune.errors import SpeechpruneError
 
 
@@ -65,25 +65,20 @@ class Structured(Compression):
         import dataclasses
 
         from speechprune.compress.structured.train import prune_structured
-        from speechprune.train.finetune import work_dir_for
 
         enc = teacher.load()
+        cfg = dataclasses.replace(train, epochs=options.epochs).validate()
+        hj = {k: getattr(options, k) for k in ("p0_keep", "gate_lr", "reg_lr", "target_warmup", "finetune_epochs")}
         candidates = []
         for budget in options.budgets:
-            name = candidate_name(budget)
-            path = out.model_dir(name)
-            resume = work_dir_for(path).exists()
-            res = prune_structured(enc, task.dataset, task.label, path, budget,
-                                   dataclasses.replace(train, epochs=options.epochs).validate(), task.split,
-                                   resume=resume, overwrite=not resume, progress=out.progress, latency_repeats=0,
-                                   p0_keep=options.p0_keep, gate_lr=options.gate_lr, reg_lr=options.reg_lr,
-                                   target_warmup=options.target_warmup, finetune_epochs=options.finetune_epochs)
+            path = out.model_dir(name := candidate_name(budget))
+            res = prune_structured(enc, task.dataset, task.label, path, budget, cfg, task.split, **resumable(path),
+                                   progress=out.progress, latency_repeats=0, **hj)
             if "test" not in res:
                 continue  # another process of a multi-process run: the main process evaluates and saves
+            provenance = {"num_layers": enc.num_layers, "kept_layers": getattr(enc, "kept_layers", None),
+                          "train_seconds": res["training"]["train_seconds"], "budget": budget,
+                          **{k: res[k] for k in ("budget_met", "max_abs_budget_error", "stock_folder")}}
             candidates.append(Candidate(name, f"structured pruning (HJ-Pruning, {budget})", str(path),
-                                        metrics_of(res["test"]), {
-                "num_layers": enc.num_layers, "kept_layers": getattr(enc, "kept_layers", None),
-                "train_seconds": res["training"]["train_seconds"], "budget": budget, "budget_met": res["budget_met"],
-                "max_abs_budget_error": res["max_abs_budget_error"], "stock_folder": res["stock_folder"]},
-                self.name))
+                                        metrics_of(res["test"]), provenance, self.name))
         return candidates

@@ -38,7 +38,8 @@ class Truncation(Compression):
         out.details["choice"] = choice.to_dict()
         enc = teacher.pretrained()
         if choice.depth >= enc.num_layers:
-            out.details["note"] = f"convexity peaks at the last layer ({choice.depth}): truncation keeps the whole model"
+            out.details["note"] = (f"convexity peaks at the last layer ({choice.depth}): "
+                                   "truncation keeps the whole model")
             return []
         return finetune_candidate(enc.keep_layers(choice.depth), task, out, train, f"truncate-k{choice.depth}",
                                   f"convexity truncation (k = {choice.depth})", self.name, depth=choice.depth)

@@ -81,8 +81,10 @@ class PruneOptions:
     distill_weight: float = 0.0
     #: Encoder states (1..L) matched to the teacher's with L1 + (1 − cosine); ``None``: every layer.
     distill_layers: tuple[int, ...] | None = None
-    #: Epochs of plain fine-tuning of the pruned model (no gates) after pruning.
-    finetune_epochs: int = 0
+    #: Epochs of plain fine-tuning of the pruned model (no gates) after pruning; 0 = pure HJ-Pruning. 2 helped in
+    #: every benchmark run (Whisper base, EmoDB, 50 % MACs: 95 % -> 99.4 % of the unpruned accuracy); the CLI and
+    #: ``compress.structured`` take this default.
+    finetune_epochs: int = 2
     #: After training, shift the gates' log α by one common offset per budget (bisection) so that the final
     #: eval-mask cost is the largest not above the budget — see :func:`calibrate_gates`. Not part of HJ-Pruning:
     #: it absorbs what the Lagrangian has not settled in a short run; the offset and the uncalibrated cost are
