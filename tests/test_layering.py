@@ -30,6 +30,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "speechprune"
 
 LAYERS: list[set[str]] = [
+    {"portable"},  # standalone modeling files copied into model folders: torch and transformers only
     {"", "errors", "utils"},
     {"data"},
     {"models"},
@@ -37,6 +38,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"analysis"},
     {"compress"},
+    {"deploy"},  # ONNX export of any model speechprune writes (students included)
     {"report"},
     {"pipeline"},
     {"api"},

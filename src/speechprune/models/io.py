@@ -49,10 +49,10 @@ def save_encoder(
 
 def save_feature_extractor(fe: Any, folder: str | Path, family: str, window_positions: int | None = None) -> None:
     """Save the input preparation beside a model. Whisper: fitted to the model's window first (see
-    :func:`speechprune.models.whisper.window_feature_extractor`), so plain ``pipeline("audio-classification")``
+    :func:`speechprune.models.whisper_window.window_feature_extractor`), so plain ``pipeline("audio-classification")``
     and ``AutoFeatureExtractor`` prepare exactly what the model expects."""
     if family == "whisper" and window_positions:
-        from speechprune.models.whisper import window_feature_extractor
+        from speechprune.models.whisper_window import window_feature_extractor
 
         fe = window_feature_extractor(fe, window_positions)
     if fe is None:

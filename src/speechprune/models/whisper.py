@@ -21,9 +21,9 @@ from torch import nn
 from speechprune.errors import AudioError, SpeechpruneError, UnsupportedModelError
 from speechprune.models.adapter import EncoderInputs, SpeechEncoder
 from speechprune.models.family import ConvPart, Family, LayerPart, ModelParts, ModuleMap
+from speechprune.models.whisper_window import SAMPLES_PER_POSITION  # noqa: F401 - used here and re-exported
 
 MEL_HOP = 160  # samples per log-mel frame
-SAMPLES_PER_POSITION = 2 * MEL_HOP  # conv2 has stride 2
 
 
 class WhisperEncoderAdapter(SpeechEncoder):
@@ -244,23 +244,3 @@ def whisper_valid_frames(seconds: float) -> int:
     """Frames holding speech for a clip of ``seconds`` (Whisper emits 50 per second)."""
     return math.ceil(seconds * 16_000 / SAMPLES_PER_POSITION)
 
-
-def window_feature_extractor(fe: Any, positions: int) -> Any:
-    """A copy of ``fe`` whose own padding (``chunk_length``, ``n_samples``, ``nb_max_frames``) is the encoder window
-    of ``positions`` frames, so that a plain ``fe(audio)`` — what ``pipeline("audio-classification")`` calls —
-    yields exactly the input the model expects. Whole-second windows give the stock ``WhisperFeatureExtractor``;
-    others (e.g. 1.5 s) the standalone ``WindowedWhisperFeatureExtractor`` (the stock class cannot hold them)."""
-    from transformers import WhisperFeatureExtractor
-
-    from speechprune.portable.feature_extraction_speechprune_whisper import WindowedWhisperFeatureExtractor
-
-    if fe is None:
-        fe = WhisperFeatureExtractor()
-    sr = int(fe.sampling_rate)
-    samples = int(positions) * SAMPLES_PER_POSITION
-    opts = {k: v for k, v in fe.to_dict().items() if k not in (
-        "feature_extractor_type", "processor_class", "mel_filters", "n_samples", "nb_max_frames", "chunk_length",
-        "auto_map")}
-    if samples % sr == 0:
-        return WhisperFeatureExtractor(**opts, chunk_length=samples // sr)
-    return WindowedWhisperFeatureExtractor(**opts, chunk_length=samples / sr)
