@@ -123,3 +123,13 @@ def test_group_help_summaries_are_whole_sentences() -> None:
     assert res.exit_code == 0
     for line in res.output.splitlines():
         assert not line.rstrip(" │").endswith(("of:", ":")), f"cut-off summary: {line.strip()}"
+
+
+def test_profile_numbers_layers_from_one() -> None:
+    """Layer i is encoder.layers[i-1] (its output is state i) in the profile too, not a 0-based list index."""
+    from speechprune.models import load_encoder
+    from speechprune.profile.macs import mac_breakdown
+
+    enc = load_encoder("tiny:wav2vec2")
+    rows = mac_breakdown(enc.model, 16_000)["layers"]
+    assert [r["layer"] for r in rows] == list(range(1, enc.num_layers + 1))

@@ -189,7 +189,8 @@ _SCALED = frozenset(
 
 def _layer_terms(layer: Any, T: int) -> dict[str, Any]:
     a, f = layer.attention, layer.ffn
-    r: dict[str, Any] = {"index": layer.index, "name": layer.name}
+    # "layer" follows the one convention (1..L; its output is state i); "index" is the position in encoder.layers
+    r: dict[str, Any] = {"layer": layer.index + 1, "index": layer.index, "name": layer.name}
     r["q"], r["k"], r["v"], r["out"] = (_lin(getattr(a, n), T) if a else 0 for n in ("q", "k", "v", "out"))
     r["attn_qk"] = T * T * a.q.d_out if a else 0  # h·d_h = q_proj.out_features
     r["attn_av"] = T * T * a.v.d_out if a else 0

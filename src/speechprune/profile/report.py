@@ -137,13 +137,13 @@ def render_report(report: dict[str, Any], console: Any = None) -> None:
     t.add_row(*row, *([_g(fc["total"])] if fc else []), style="bold")
     console.print(t)
 
-    lt = Table(title="transformer layers (per clip)")
+    lt = Table(title="transformer layers (per clip; layer i = encoder.layers[i-1], its output is state i)")
     for col in ("layer", "heads", "head dim", "FFN", "attention GMACs", "FFN GMACs", "params (M)"):
         lt.add_column(col, justify="right")
     spec_layers = report["spec"]["layers"]
     for row, sl, np_ in zip(macs["layers"], spec_layers, params["layers"]):
         att, ffn = sl["attention"], sl["ffn"]
-        lt.add_row(str(row["index"]), str(att["num_heads"]) if att else "-", str(att["head_dim"]) if att else "-",
+        lt.add_row(str(row["index"] + 1), str(att["num_heads"]) if att else "-", str(att["head_dim"]) if att else "-",
                    str(ffn["d_ff"]) if ffn else "-", _g(row["attention"]), _g(row["ffn"]), _m(np_))
     console.print(lt)
 
