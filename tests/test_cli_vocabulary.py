@@ -133,3 +133,20 @@ def test_profile_numbers_layers_from_one() -> None:
     enc = load_encoder("tiny:wav2vec2")
     rows = mac_breakdown(enc.model, 16_000)["layers"]
     assert [r["layer"] for r in rows] == list(range(1, enc.num_layers + 1))
+
+
+def test_run_without_a_recommendation_says_why_instead_of_crashing(tmp_path, monkeypatch) -> None:
+    """The chance guard may recommend nothing; `run` then prints the reason (it used to end in StopIteration)."""
+    import speechprune.pipeline as pipeline
+    from speechprune.data.sources import write_audiofolder
+    from tests.test_train import tone_dataset
+
+    data = write_audiofolder(tone_dataset(n=12), tmp_path / "data")
+    message = "the unpruned model is not above chance on the validation split"
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, **kw: {
+        "candidates": [{"name": "baseline", "recommended": False}],
+        "evidence": {"chance_guard": {"message": message}}})
+    res = runner.invoke(app, ["run", "model=tiny:wav2vec2", f"data={data}", "label=word", f"out={tmp_path / 'r'}"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())  # rich wraps long lines
+    assert "no model is recommended" in said and message in said

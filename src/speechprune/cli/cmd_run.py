@@ -49,7 +49,12 @@ def register(app: typer.Typer) -> None:
 
         if not is_main_process():
             return  # one summary per multi-process run
-        rec = next(r for r in res["candidates"] if r["recommended"])
-        console.print(f"recommended: [bold]{rec['name']}[/bold] ({rec['kind']}), accuracy {rec['accuracy']:.3f}, "
-                      f"{rec['gmacs_per_s']:.2f} GMACs/s")
+        rec = next((r for r in res["candidates"] if r["recommended"]), None)
+        if rec is None:  # the chance guard, or no candidate keeps enough of the baseline: the report says why
+            guard = ((res.get("evidence") or {}).get("chance_guard") or {}).get("message")
+            console.print("[bold red]no model is recommended[/bold red]: "
+                          + (guard or "no candidate keeps enough of the unpruned model's validation accuracy"))
+        else:
+            console.print(f"recommended: [bold]{rec['name']}[/bold] ({rec['kind']}), accuracy {rec['accuracy']:.3f}, "
+                          f"{rec['gmacs_per_s']:.2f} GMACs/s")
         console.print(f"[green]report[/green] → {cfg.out}/report.html")
