@@ -298,7 +298,11 @@ class _Job:
                         break
                     segs = [self.dataset.items[i].segments for i in idx] if segmented else None
                     if isinstance(inputs, list):  # a batch with a clip above the chunk limit (rare)
-                        pooled = pool_batch(enc, inputs, {**opts, "layers": self.states}, segs)
+                        forward.paused = True  # its own forward passes must not feed this one's stacking buffer
+                        try:
+                            pooled = pool_batch(enc, inputs, {**opts, "layers": self.states}, segs)
+                        finally:
+                            forward.paused = False
                     else:
                         pooled = forward(inputs, segs)
                     writer.submit(batch_no, idx, pooled)
@@ -391,6 +395,7 @@ class _PooledForward:
         self.input_dtype = None if weights == torch.float32 else weights
         self.autocast = _autocast("fp32" if weights == torch.bfloat16 else self.dtype, device)
         self.arrivals = _Arrivals(self)
+        self.paused = False  # True while another forward (chunked long clips) runs under the installed hooks
         self.stacked: torch.Tensor | None = None
         self._hooks: list[Any] = []
 
@@ -404,7 +409,7 @@ class _PooledForward:
 
     def receive(self, state: int, x: torch.Tensor) -> None:
         slots = self.slots.get(state)
-        if not slots:
+        if not slots or self.paused:
             return
         if state == self.encoder.num_layers and self.final_norm is not None:
             with torch.autocast(self.device.type, enabled=False):  # as hidden_states applies it, after autocast
