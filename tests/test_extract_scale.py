@@ -25,8 +25,9 @@ LENGTHS = (16000, 4000, 12000, 6500)
 
 
 def same_entry_file(a: Path, b: Path) -> bool:
-    """Byte-identical, except meta.json's provenance timestamp (``written_utc``), which records when it was written."""
-    if a.name != "meta.json":
+    """Byte-identical, except the provenance timestamp (``written_utc``) of the JSON files, which records when each
+    was written."""
+    if a.suffix != ".json":
         return a.read_bytes() == b.read_bytes()
 
     def strip(x):
