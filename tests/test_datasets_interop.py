@@ -122,11 +122,15 @@ def test_audio_column_flag_flows_through_extract_and_finetune(saved: dict[str, P
 
 
 @pytest.mark.slow
-def test_run_on_a_saved_datasetdict_split(saved: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("source, audio", [("dict:train", None), ("single", "speech")])
+def test_run_on_a_saved_dataset(saved: dict[str, Path], tmp_path: Path, source: str, audio: str | None) -> None:
+    """A DatasetDict split, and a save_to_disk Dataset with a 44.1 kHz, non-default audio column and ClassLabel."""
     from speechprune.pipeline import load_run_config, run_pipeline
 
-    cfg = load_run_config(None, [
-        "model=tiny:wav2vec2", f"data={saved['dict']}:train", "label=word", "group=speaker",
+    folder, _, split = source.partition(":")
+    data = f"{saved[folder]}:{split}" if split else str(saved[folder])
+    cfg = load_run_config(None, [*([f"audio_column={audio}"] if audio else []),
+        "model=tiny:wav2vec2", f"data={data}", "label=word", "group=speaker",
         "split.test_groups=s2", "train.epochs=1", "analysis.metrics=similarity", "analysis.similarity=cosine,cka",
         "analysis.permutations=1",
         "compress.removal.enabled=false", "compress.truncate.enabled=false", "latency_repeats=1",
