@@ -26,9 +26,7 @@ manifest, ``hf:NAME``) or an already loaded :class:`~speechprune.data.types.Audi
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,45 +177,17 @@ def _by_convexity(enc: Any, data: str, label: str, group: Any, options: LayerPru
 
 def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, options: LayerPruneOptions, out: Path,
              progress: bool, log: Any) -> dict[str, Any]:
-    import numpy as np
-
-    from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-    from speechprune.models.classifier import class_names
-    from speechprune.data.splits import make_splits
-    from speechprune.utils.io import write_json_atomic
+    from speechprune.compress.layers import check_removal_inputs, remove_without_retraining, removable_at_95
 
     orders = list(options.orders)
-    class_names(enc)  # a clear error for a model without a head, before any work
-    for o in orders:
-        removal_order(o, max(enc.num_layers, 2), {i: 0.0 for i in range(1, enc.num_layers + 1)})
+    check_removal_inputs(enc, orders)
     ds = _data(data, [label, spec.split_column], group or spec.group_column)
-    parts = make_splits(ds, label, spec)
-    influence = None
-    if any("influence" in o for o in orders):
-        rng = np.random.default_rng(0)
-        probe = np.sort(rng.choice(parts["train"], size=min(options.influence_clips, len(parts["train"])),
-                                   replace=False))
-        influence = block_influence(enc, ds, probe, batch_size=options.batch_size)
-    rows = []
+    summary = remove_without_retraining(enc, ds, label, spec, orders, out, batch_size=options.batch_size,
+                                        profile_seconds=options.profile_seconds,
+                                        influence_clips=options.influence_clips, progress=progress)
     for o in orders:
-        seq = removal_order(o, enc.num_layers, (influence or {}).get(o))
-        rows += removal_curve(enc, ds, label, seq, parts["test"], batch_size=options.batch_size,
-                              profile_seconds=options.profile_seconds, order_name=o, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".removal.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out / "removal.csv")
-    plot_removal_curves(rows, out / "removal.png", title="removal without retraining")
-    summary = {"orders": orders, "split_spec": spec.to_dict(), "rows": rows,
-               "influence": {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()}}
-    write_json_atomic(out / "removal.json", summary)
-    for o in orders:
-        rs = [r for r in rows if r["order"] == o]
-        keep95 = max((r["removed"] for r in rs if r["retained"] >= 0.95), default=0)
-        log(f"{o}: up to {keep95} of {enc.num_layers} layers removed with ≥ 95 % retained")
+        log(f"{o}: up to {removable_at_95(summary['rows'], o)} of {enc.num_layers} layers removed with ≥ 95 % "
+            "retained")
     return summary
 
 

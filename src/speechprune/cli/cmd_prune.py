@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -127,42 +125,15 @@ def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float,
 
 def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: list[str], out: Path, batch_size: int,
              profile_seconds: float, influence_clips: int, progress: bool, audio_column: str | None = None) -> None:
-    import numpy as np
+    from speechprune.compress.layers import check_removal_inputs, remove_without_retraining, removable_at_95
 
-    from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
-    from speechprune.data.splits import make_splits
-    from speechprune.models.classifier import class_names
-    from speechprune.utils.io import write_json_atomic
-
-    class_names(enc)  # a clear error for a model without a head, before any work
-    for o in orders:
-        removal_order(o, max(enc.num_layers, 2), {i: 0.0 for i in range(1, enc.num_layers + 1)})
+    check_removal_inputs(enc, orders)
     columns = [label] + ([spec.split_column] if spec.split_column else [])
     ds = load_dataset_spec(data, columns, group or spec.group_column, audio_column=audio_column)
-    parts = make_splits(ds, label, spec)
-    influence = None
-    if any("influence" in o for o in orders):
-        rng = np.random.default_rng(0)
-        probe = np.sort(rng.choice(parts["train"], size=min(influence_clips, len(parts["train"])), replace=False))
-        influence = block_influence(enc, ds, probe, batch_size=batch_size)
-    rows = []
+    summary = remove_without_retraining(enc, ds, label, spec, orders, out, batch_size=batch_size,
+                                        profile_seconds=profile_seconds, influence_clips=influence_clips,
+                                        progress=progress)
     for o in orders:
-        seq = removal_order(o, enc.num_layers, (influence or {}).get(o))
-        rows += removal_curve(enc, ds, label, seq, parts["test"], batch_size=batch_size,
-                              profile_seconds=profile_seconds, order_name=o, progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".removal.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out / "removal.csv")
-    plot_removal_curves(rows, out / "removal.png", title="removal without retraining")
-    write_json_atomic(out / "removal.json", {"orders": orders, "split_spec": spec.to_dict(), "rows": rows,
-                                             "influence": {k: {str(i): v for i, v in d.items()}
-                                                           for k, d in (influence or {}).items()}})
-    for o in orders:
-        rs = [r for r in rows if r["order"] == o]
-        keep95 = max((r["removed"] for r in rs if r["retained"] >= 0.95), default=0)
+        keep95 = removable_at_95(summary["rows"], o)
         console.print(f"{o}: up to {keep95} of {enc.num_layers} layers removed with ≥ 95 % retained")
     console.print(f"[green]results[/green] → {out}")

@@ -230,3 +230,58 @@ def plot_removal_curves(rows: Sequence[dict[str, Any]], path: Any, title: str = 
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.04 if notes else 0, 1, 1))
     return _save(fig, path, 120)
+
+
+def check_removal_inputs(encoder: SpeechEncoder, orders: Sequence[str]) -> None:
+    """Fail before any work: the model needs a classification head, and every order name must be known."""
+    from speechprune.models.classifier import class_names
+
+    class_names(encoder)
+    for o in orders:
+        removal_order(o, max(encoder.num_layers, 2), {i: 0.0 for i in range(1, encoder.num_layers + 1)})
+
+
+def remove_without_retraining(encoder: SpeechEncoder, dataset: AudioDataset, label: str, spec: Any,
+                              orders: Sequence[str], out: Any, *, batch_size: int, profile_seconds: float,
+                              influence_clips: int, progress: bool = True) -> dict[str, Any]:
+    """``prune layers --no-retrain`` (and :func:`speechprune.api.prune_layers`): the removal curve of every order
+    on the split's test clips, written to ``out`` as ``removal.csv`` (atomically), ``removal.png`` and
+    ``removal.json``; the block influences are probed on up to ``influence_clips`` training clips (seed 0).
+    Returns the ``removal.json`` summary, whose ``rows`` are the curves."""
+    import csv
+    import os
+    from pathlib import Path
+
+    from speechprune.data.splits import make_splits
+    from speechprune.utils.io import write_json_atomic
+
+    orders = list(orders)
+    parts = make_splits(dataset, label, spec)
+    influence = None
+    if any("influence" in o for o in orders):
+        rng = np.random.default_rng(0)
+        probe = np.sort(rng.choice(parts["train"], size=min(influence_clips, len(parts["train"])), replace=False))
+        influence = block_influence(encoder, dataset, probe, batch_size=batch_size)
+    rows: list[dict[str, Any]] = []
+    for o in orders:
+        seq = removal_order(o, encoder.num_layers, (influence or {}).get(o))
+        rows += removal_curve(encoder, dataset, label, seq, parts["test"], batch_size=batch_size,
+                              profile_seconds=profile_seconds, order_name=o, progress=progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".removal.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, out / "removal.csv")
+    plot_removal_curves(rows, out / "removal.png", title="removal without retraining")
+    summary = {"orders": orders, "split_spec": spec.to_dict(), "rows": rows,
+               "influence": {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()}}
+    write_json_atomic(out / "removal.json", summary)
+    return summary
+
+
+def removable_at_95(rows: Sequence[dict[str, Any]], order: str) -> int:
+    """How many layers ``order`` removes while keeping at least 95 % of the unpruned accuracy."""
+    return max((r["removed"] for r in rows if r["order"] == order and r["retained"] >= 0.95), default=0)
