@@ -20,6 +20,7 @@ from torch import nn
 from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.registry import family_for
+from speechprune.portable.modeling_speechprune_student import SSLFrontEnd as PortableSSLFrontEnd
 from speechprune.profile.macs import conv1d_macs, conv_out_len, linear_macs
 
 
@@ -109,40 +110,15 @@ class WhisperFrontEnd(nn.Module):
                                               generator=gen)}
 
 
-class SSLFrontEnd(nn.Module):
+class SSLFrontEnd(PortableSSLFrontEnd):
     """The wav2vec2-family CNN and feature projection (B × samples → B × T × D, plus the valid-frame mask); the
-    interface of :class:`WhisperFrontEnd`, pooling over valid frames and without a position table."""
+    interface of :class:`WhisperFrontEnd`, pooling over valid frames and without a position table. Its modules and
+    forward pass are the standalone copy's (``portable/``), so a folder's custom code and speechprune compute alike."""
 
     input_kind = "waveform"
     pool_all_frames = False
     has_positions = False
     positional_table = None
-
-    def __init__(self, feature_extractor: nn.Module, feature_projection: nn.Module, kernels: list[int],
-                 strides: list[int]) -> None:
-        super().__init__()
-        self.feature_extractor = feature_extractor
-        self.feature_projection = feature_projection
-        self.kernels = [int(k) for k in kernels]
-        self.strides = [int(s) for s in strides]
-
-    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
-        n = sample_lengths.long()
-        for k, s in zip(self.kernels, self.strides):
-            n = torch.div(n - k, s, rounding_mode="floor") + 1
-        return n.clamp(min=0)
-
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.feature_extractor(input_values).transpose(1, 2)
-        hidden = self.feature_projection(feats)
-        if isinstance(hidden, tuple):  # wav2vec2/WavLM/data2vec-audio also return the normed features; HuBERT not
-            hidden = hidden[0]
-        mask = None
-        if attention_mask is not None:
-            lengths = self.frame_lengths(attention_mask.sum(-1))
-            mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
-        return hidden, mask
 
     def conv_macs(self, num_samples: int) -> tuple[int, int]:
         """(CNN MACs, frames) for a clip of ``num_samples``."""
