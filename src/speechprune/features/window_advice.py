@@ -21,18 +21,11 @@ RATIO = 3.0
 
 def clip_seconds(dataset: Any, limit: int = 200) -> list[float]:
     """Durations of up to ``limit`` clips, from file headers (no decoding) or in-memory arrays."""
-    import soundfile as sf
+    from speechprune.data.cliplen import clip_samples
+    from speechprune.data.types import TARGET_SAMPLING_RATE
 
-    out: list[float] = []
-    for item in dataset.items[:limit]:
-        if getattr(item, "array", None) is not None and getattr(item, "sampling_rate", None):
-            out.append(len(item.array) / float(item.sampling_rate))
-        elif getattr(item, "path", None) is not None:
-            try:
-                out.append(float(sf.info(str(item.path)).duration))
-            except Exception:  # an unreadable file is reported by the decoder later, with its name
-                continue
-    return out
+    lengths = (clip_samples(item) for item in dataset.items[:limit])
+    return [n / TARGET_SAMPLING_RATE for n in lengths if n is not None]
 
 
 def whisper_window_advice(encoder: Any, dataset: Any) -> str | None:
