@@ -148,7 +148,8 @@ def test_cli_finetune_evaluate_prune(tones, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(tmp_path / "rm" / "removal.csv")))
     assert {row["order"] for row in rows} == set(ORDERS)
-    assert all(float(row["accuracy"]) == res["accuracy"] for row in rows if row["removed"] == "0")
+    assert all(float(row["test_accuracy"]) == res["accuracy"] for row in rows if row["removed"] == "0")
+    assert "retained on validation (n = " in r.output and "reported only" in r.output
     assert (tmp_path / "rm" / "removal.png").stat().st_size > 1000
     r = _cli("prune", "layers", "tiny:wav2vec2", "-o", str(tmp_path / "cx"), "--by", "convexity", "--data",
              str(data), "-l", "word", "--no-progress")
@@ -158,6 +159,43 @@ def test_cli_finetune_evaluate_prune(tones, tmp_path: Path) -> None:
     best = max(layer_scores.values())
     assert meta["by"] == "convexity" and meta["depth"] == min(k for k, v in layer_scores.items() if v == best)
     assert transformers.AutoConfig.from_pretrained(tmp_path / "cx").num_hidden_layers == meta["depth"]
+
+
+def test_no_retrain_chooses_on_validation_only(tones, tmp_path: Path) -> None:
+    """prune layers --no-retrain: validation and test curves apart, the removable depth read from validation only
+    (shuffling the test labels changes test numbers, never the choice), test with its interval and n."""
+    from speechprune.compress.layers import remove_without_retraining
+    from speechprune.data.splits import SplitSpec
+    from tests.test_pipeline_discipline import shuffled_test_labels
+
+    clf = add_classification_head(load_encoder("tiny:wav2vec2"), ["w0", "w1", "w2"], seed=1)
+    spec = SplitSpec(test_groups=["4"], val_fraction=0.3, seed=0, group_column="speaker")
+    runs = {}
+    for tag, ds in (("true", tones), ("shuffled", shuffled_test_labels(tones, "4", seed=3))):
+        runs[tag] = remove_without_retraining(clf, ds, "word", spec, ["backward", "block-influence"], tmp_path / tag,
+                                              batch_size=8, profile_seconds=1.0, influence_clips=20, progress=False,
+                                              min_retained=0.9)
+    true, shuffled = runs["true"], runs["shuffled"]
+    assert true["chosen_on"] == "validation"
+    assert {o: c["removed"] for o, c in true["chosen"].items()} == {o: c["removed"] for o, c in
+                                                                   shuffled["chosen"].items()}
+    val = lambda s: [(r["order"], r["removed"], r["val_accuracy"]) for r in s["rows"]]  # noqa: E731
+    test = lambda s: [r["test_accuracy"] for r in s["rows"]]  # noqa: E731
+    assert val(true) == val(shuffled) and test(true) != test(shuffled)
+    for r in true["rows"]:
+        assert r["n_test"] == 9 and r["n_validation"] == true["n"]["validation"] > 0
+        assert r["test_accuracy_low"] <= r["test_accuracy"] <= r["test_accuracy_high"]
+    for o, c in true["chosen"].items():
+        ok = [r["removed"] for r in true["rows"] if r["order"] == o and r["val_retained"] >= 0.9]
+        assert c["removed"] == max(ok)
+    assert not true["validation"]["ok"] and "too small" in true["validation"]["note"]
+    # the rule itself, where validation and test disagree: test never moves the depth
+    from speechprune.compress.layers import chosen_removal
+
+    rows = [{"order": "o", "removed": r, "removed_layers": "", "val_retained": v, "test_retained": t}
+            for r, (v, t) in enumerate([(1.0, 1.0), (0.97, 0.5), (0.9, 1.0), (0.8, 1.0)])]
+    assert chosen_removal(rows, "o", 0.95)["removed"] == 1
+    assert (tmp_path / "true" / "removal.png").stat().st_size > 1000
 
 
 def test_cli_bad_input_fails_cleanly(tones, tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ def _by_convexity(enc: Any, data: str, label: str, group: Any, options: LayerPru
 
 def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, options: LayerPruneOptions, out: Path,
              progress: bool, log: Any) -> dict[str, Any]:
-    from speechprune.compress.layers import check_removal_inputs, remove_without_retraining, removable_at_95
+    from speechprune.compress.layers import check_removal_inputs, removal_lines, remove_without_retraining
 
     orders = list(options.orders)
     check_removal_inputs(enc, orders)
@@ -185,9 +185,8 @@ def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, options: La
     summary = remove_without_retraining(enc, ds, label, spec, orders, out, batch_size=options.batch_size,
                                         profile_seconds=options.profile_seconds,
                                         influence_clips=options.influence_clips, progress=progress)
-    for o in orders:
-        log(f"{o}: up to {removable_at_95(summary['rows'], o)} of {enc.num_layers} layers removed with ≥ 95 % "
-            "retained")
+    for line in removal_lines(summary, enc.num_layers):
+        log(line)
     return summary
 
 

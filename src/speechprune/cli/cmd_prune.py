@@ -125,7 +125,7 @@ def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float,
 
 def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: list[str], out: Path, batch_size: int,
              profile_seconds: float, influence_clips: int, progress: bool, audio_column: str | None = None) -> None:
-    from speechprune.compress.layers import check_removal_inputs, remove_without_retraining, removable_at_95
+    from speechprune.compress.layers import check_removal_inputs, removal_lines, remove_without_retraining
 
     check_removal_inputs(enc, orders)
     columns = [label] + ([spec.split_column] if spec.split_column else [])
@@ -133,7 +133,6 @@ def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: lis
     summary = remove_without_retraining(enc, ds, label, spec, orders, out, batch_size=batch_size,
                                         profile_seconds=profile_seconds, influence_clips=influence_clips,
                                         progress=progress)
-    for o in orders:
-        keep95 = removable_at_95(summary["rows"], o)
-        console.print(f"{o}: up to {keep95} of {enc.num_layers} layers removed with ≥ 95 % retained")
+    for line in removal_lines(summary, enc.num_layers):
+        console.print(line)
     console.print(f"[green]results[/green] → {out}")

@@ -172,6 +172,83 @@ def removal_curve(
     return rows
 
 
+def split_removal_curve(
+    encoder: SpeechEncoder,
+    dataset: AudioDataset,
+    label: str,
+    order: Sequence[int],
+    parts: dict[str, Any],
+    *,
+    batch_size: int = 8,
+    profile_seconds: float = 1.0,
+    order_name: str = "",
+    progress: bool = False,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """:func:`removal_curve` on the validation and the test clips of ``parts`` separately, from one forward pass per
+    step: the rows of ``speechprune run``'s removal and of ``prune layers --no-retrain``.
+
+    Each row: ``val_accuracy``/``val_macro_f1``/``val_retained`` (what a depth is chosen on) and
+    ``test_accuracy``/``test_macro_f1``/``test_retained`` (reported only) with the test accuracy's 95 % interval
+    (``test_accuracy_low``/``_high``: cluster bootstrap over groups when the data have ≥ 5 test groups, else Wilson;
+    :func:`speechprune.utils.stats.accuracy_interval`), ``n_validation`` and ``n_test``.
+    """
+    from speechprune.models.classifier import class_names
+    from speechprune.profile.macs import count_macs
+    from speechprune.train.evaluate import classification_metrics, predict_logits
+    from speechprune.utils.stats import accuracy_interval
+
+    classes = class_names(encoder)
+    index = {c: k for k, c in enumerate(classes)}
+    values = dataset.labels(label)
+    val = [int(i) for i in parts["validation"]]
+    test = [int(i) for i in parts["test"]]
+    unknown = sorted({values[i] for i in val + test} - set(index))
+    if unknown:
+        raise SpeechpruneError(f"{dataset.name}: label value(s) {unknown} of {label!r} are not classes of this model "
+                               f"({', '.join(classes)})")
+    groups = dataset.groups()
+    test_groups = [groups[i] for i in test] if dataset.group_column and all(groups[i] is not None for i in test) \
+        else None
+    y = {"validation": np.array([index[values[i]] for i in val], dtype=np.int64),
+         "test": np.array([index[values[i]] for i in test], dtype=np.int64)}
+    full_macs = count_macs(encoder.model, round(profile_seconds * 16_000))
+    steps = range(len(order) + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"removal {order_name}".strip(), unit="step")
+    base: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    for r in steps:
+        pruned = encoder if r == 0 else encoder.drop_layers(order[:r])
+        pred = predict_logits(pruned, dataset, val + test, batch_size=batch_size).argmax(1) if val + test else \
+            np.zeros(0, dtype=np.int64)
+        preds = {"validation": pred[:len(val)], "test": pred[len(val):]}
+        macs = count_macs(pruned.model, round(profile_seconds * 16_000))
+        row: dict[str, Any] = {
+            "order": order_name, "removed": r, "removed_layers": " ".join(map(str, order[:r])),
+            "kept_layers": " ".join(map(str, pruned.kept_layers or range(1, pruned.num_layers + 1))),
+            "macs": macs, "macs_fraction": macs / full_macs}
+        for split, tag in (("validation", "val"), ("test", "test")):
+            if len(y[split]):
+                m = classification_metrics(y[split], preds[split], classes)
+                acc, f1 = m["accuracy"], m["macro_f1"]
+            else:
+                acc = f1 = float("nan")
+            base.setdefault(split, acc)
+            row.update({f"{tag}_accuracy": acc, f"{tag}_macro_f1": f1,
+                        f"{tag}_retained": acc / base[split] if base[split] else float("nan")})
+        if test:
+            ci = accuracy_interval(preds["test"] == y["test"], test_groups, seed=seed)
+            row.update(test_accuracy_low=ci["low"], test_accuracy_high=ci["high"])
+        else:
+            row.update(test_accuracy_low=float("nan"), test_accuracy_high=float("nan"))
+        row.update(n_validation=len(val), n_test=len(test))
+        rows.append(row)
+    return rows
+
+
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
@@ -243,16 +320,21 @@ def check_removal_inputs(encoder: SpeechEncoder, orders: Sequence[str]) -> None:
 
 def remove_without_retraining(encoder: SpeechEncoder, dataset: AudioDataset, label: str, spec: Any,
                               orders: Sequence[str], out: Any, *, batch_size: int, profile_seconds: float,
-                              influence_clips: int, progress: bool = True) -> dict[str, Any]:
-    """``prune layers --no-retrain`` (and :func:`speechprune.api.prune_layers`): the removal curve of every order
-    on the split's test clips, written to ``out`` as ``removal.csv`` (atomically), ``removal.png`` and
-    ``removal.json``; the block influences are probed on up to ``influence_clips`` training clips (seed 0).
-    Returns the ``removal.json`` summary, whose ``rows`` are the curves."""
+                              influence_clips: int, progress: bool = True, min_retained: float = 0.95
+                              ) -> dict[str, Any]:
+    """``prune layers --no-retrain`` (and :func:`speechprune.api.prune_layers`): the removal curve of every order on
+    the split's validation and test clips separately (:func:`split_removal_curve`), written to ``out`` as
+    ``removal.csv`` (atomically), ``removal.png`` (two panels: validation, test) and ``removal.json``; the block
+    influences are probed on up to ``influence_clips`` training clips (seed 0).
+
+    How many layers each order can remove (``chosen``: at least ``min_retained`` of the unpruned accuracy) is read
+    from the *validation* curve only; the test accuracy at that depth, with its 95 % interval and n, is reported
+    beside it and never read to choose. Returns the ``removal.json`` summary, whose ``rows`` are the curves."""
     import csv
     import os
     from pathlib import Path
 
-    from speechprune.data.splits import make_splits
+    from speechprune.data.splits import make_splits, validation_check
     from speechprune.utils.io import write_json_atomic
 
     orders = list(orders)
@@ -265,8 +347,8 @@ def remove_without_retraining(encoder: SpeechEncoder, dataset: AudioDataset, lab
     rows: list[dict[str, Any]] = []
     for o in orders:
         seq = removal_order(o, encoder.num_layers, (influence or {}).get(o))
-        rows += removal_curve(encoder, dataset, label, seq, parts["test"], batch_size=batch_size,
-                              profile_seconds=profile_seconds, order_name=o, progress=progress)
+        rows += split_removal_curve(encoder, dataset, label, seq, parts, batch_size=batch_size,
+                                    profile_seconds=profile_seconds, order_name=o, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".removal.csv.tmp"
@@ -276,12 +358,45 @@ def remove_without_retraining(encoder: SpeechEncoder, dataset: AudioDataset, lab
         w.writerows(rows)
     os.replace(tmp, out / "removal.csv")
     plot_removal_curves(rows, out / "removal.png", title="removal without retraining")
-    summary = {"orders": orders, "split_spec": spec.to_dict(), "rows": rows,
+    labels = dataset.labels(label)
+    check = validation_check(labels, parts["validation"], sorted({labels[i] for i in parts["train"]}))
+    summary = {"orders": orders, "split_spec": spec.to_dict(), "min_retained": min_retained,
+               "n": {k: int(len(v)) for k, v in parts.items()},
+               "chosen": {o: chosen_removal(rows, o, min_retained) for o in orders},
+               "chosen_on": "validation", "validation": check, "rows": rows,
                "influence": {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()}}
     write_json_atomic(out / "removal.json", summary)
     return summary
 
 
-def removable_at_95(rows: Sequence[dict[str, Any]], order: str) -> int:
-    """How many layers ``order`` removes while keeping at least 95 % of the unpruned accuracy."""
-    return max((r["removed"] for r in rows if r["order"] == order and r["retained"] >= 0.95), default=0)
+def removable_at_95(rows: Sequence[dict[str, Any]], order: str, min_retained: float = 0.95) -> int:
+    """How many layers ``order`` removes while keeping at least 95 % (``min_retained``) of the unpruned accuracy —
+    on *validation* when the rows have it (``val_retained``; test is reported only), else on ``retained``."""
+    key = "val_retained" if any("val_retained" in r for r in rows) else "retained"
+    return max((r["removed"] for r in rows if r["order"] == order and r[key] >= min_retained), default=0)
+
+
+def chosen_removal(rows: Sequence[dict[str, Any]], order: str, min_retained: float = 0.95) -> dict[str, Any]:
+    """The depth :func:`removable_at_95` chooses on validation, with that row's test numbers beside it (reported
+    only): ``removed``, validation accuracy/retained and n, test accuracy with its 95 % interval, retained and n."""
+    k = removable_at_95(rows, order, min_retained)
+    row = next(r for r in rows if r["order"] == order and r["removed"] == k)
+    return {"removed": k, "removed_layers": row["removed_layers"], **{key: row.get(key) for key in (
+        "val_accuracy", "val_retained", "n_validation", "test_accuracy", "test_accuracy_low", "test_accuracy_high",
+        "test_retained", "n_test")}}
+
+
+def removal_lines(summary: dict[str, Any], num_layers: int) -> list[str]:
+    """What ``prune layers --no-retrain`` prints: per order the depth chosen on validation and, beside it, the test
+    accuracy at that depth (reported only), each with its n; then the validation-size warning when there is one."""
+    lines = []
+    for o, ch in summary["chosen"].items():
+        test = (f"test accuracy there {ch['test_accuracy']:.3f} [95 % CI {ch['test_accuracy_low']:.3f}–"
+                f"{ch['test_accuracy_high']:.3f}], {100 * ch['test_retained']:.1f} % retained (n = {ch['n_test']}, "
+                "reported only)" if ch.get("n_test") else "no test clips")
+        lines.append(f"{o}: up to {ch['removed']} of {num_layers} layers removed with ≥ "
+                     f"{100 * summary['min_retained']:.0f} % retained on validation (n = {ch['n_validation']}); {test}")
+    note = (summary.get("validation") or {}).get("note")
+    if note:
+        lines.append("warning: " + note)
+    return lines

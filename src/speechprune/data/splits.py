@@ -38,6 +38,7 @@ __all__ = [
     "make_splits",
     "check_classes",
     "cv_folds",
+    "validation_check",
     "split_by_column",
     "group_holdout",
     "group_holdout_indices",
@@ -152,6 +153,32 @@ def _carve_validation(ds: AudioDataset, label: str, pool: np.ndarray, spec: Spli
     else:
         tr, va = stratified_split_indices(sub, label, spec.val_fraction, spec.seed + 1)
     return pool[tr], pool[va]
+
+
+#: Below these a validation split cannot decide much (:func:`validation_check`).
+MIN_VALIDATION_CLIPS = 30
+MIN_VALIDATION_PER_CLASS = 2
+
+
+def validation_check(labels: Sequence[str], val: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """Is the validation split large enough to choose on? (≥ 30 clips and ≥ 2 clips of every class).
+
+    Returns ``{"n", "per_class", "ok", "note"}``; ``note`` says why not (empty when ``ok``)."""
+    counts = {c: 0 for c in classes}
+    for i in val:
+        counts[labels[int(i)]] = counts.get(labels[int(i)], 0) + 1
+    few = sorted(c for c, n in counts.items() if n < MIN_VALIDATION_PER_CLASS)
+    ok = len(val) >= MIN_VALIDATION_CLIPS and not few
+    note = ""
+    if not ok:
+        why = []
+        if len(val) < MIN_VALIDATION_CLIPS:
+            why.append(f"{len(val)} clips (< {MIN_VALIDATION_CLIPS})")
+        if few:
+            why.append(f"{len(few)} class(es) with fewer than {MIN_VALIDATION_PER_CLASS} clips ({', '.join(few[:8])})")
+        note = ("validation split too small to choose reliably: " + "; ".join(why) + ". Choices made on it are "
+                "noisy; give more validation data (split.val_fraction, split.val_groups or a split column).")
+    return {"n": int(len(val)), "per_class": counts, "ok": ok, "note": note}
 
 
 def cv_folds(

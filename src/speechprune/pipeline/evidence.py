@@ -20,33 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from speechprune.data.splits import validation_check
 from speechprune.utils.io import atomic_path
 from speechprune.utils.stats import above_chance, accuracy_interval, loss_verdict, paired_difference
-
-#: Below these a validation split cannot decide much; the run says so.
-MIN_VALIDATION_CLIPS = 30
-MIN_VALIDATION_PER_CLASS = 2
-
-
-def validation_check(labels: list[str], val: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Is the validation split large enough to choose on? (≥ 30 clips and ≥ 2 clips of every class)."""
-    counts = {c: 0 for c in classes}
-    for i in val:
-        counts[labels[i]] = counts.get(labels[i], 0) + 1
-    few = sorted(c for c, n in counts.items() if n < MIN_VALIDATION_PER_CLASS)
-    ok = len(val) >= MIN_VALIDATION_CLIPS and not few
-    note = ""
-    if not ok:
-        why = []
-        if len(val) < MIN_VALIDATION_CLIPS:
-            why.append(f"{len(val)} clips (< {MIN_VALIDATION_CLIPS})")
-        if few:
-            why.append(f"{len(few)} class(es) with fewer than {MIN_VALIDATION_PER_CLASS} clips ({', '.join(few[:8])})")
-        note = ("validation split too small to choose reliably: " + "; ".join(why) + ". Choices below (depths, "
-                "recommendation) are noisy; give more validation data (split.val_fraction, split.val_groups or a "
-                "split column). Group-aware cross-validation on the training pool is not implemented yet.")
-    return {"n": int(len(val)), "per_class": counts, "ok": ok, "note": note}
-
 
 def _metrics(y_true: list[str], y_pred: list[str], classes: list[str]) -> dict[str, Any]:
     from speechprune.train.evaluate import classification_metrics

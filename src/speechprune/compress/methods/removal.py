@@ -44,7 +44,7 @@ class Removal(Compression):
 
     def run(self, teacher: Teacher, task: Task, out: Workspace, train: Any, options: RemovalOptions
             ) -> list[Candidate]:
-        from speechprune.compress.layers import block_influence, plot_removal_curves, removal_curve, removal_order
+        from speechprune.compress.layers import block_influence, plot_removal_curves, removal_order, split_removal_curve
         from speechprune.data.splits import make_splits
 
         enc = teacher.load()
@@ -59,17 +59,9 @@ class Removal(Compression):
         rows: list[dict[str, Any]] = []
         for order in orders:
             seq = removal_order(order, enc.num_layers, (influence or {}).get(order))
-            curves = {split: removal_curve(enc, task.dataset, task.label, seq, parts[split], batch_size=out.batch_size,
-                                           profile_seconds=out.profile_seconds, order_name=order,
-                                           progress=out.progress)
-                      for split in ("validation", "test")}
-            for v, t in zip(curves["validation"], curves["test"]):
-                rows.append({**{k: v[k] for k in ("order", "removed", "removed_layers", "kept_layers", "macs",
-                                                    "macs_fraction")},
-                             "val_accuracy": v["accuracy"], "val_macro_f1": v["macro_f1"],
-                             "val_retained": v["retained"], "test_accuracy": t["accuracy"],
-                             "test_macro_f1": t["macro_f1"], "test_retained": t["retained"],
-                             "n_validation": len(parts["validation"]), "n_test": len(parts["test"])})
+            rows += split_removal_curve(enc, task.dataset, task.label, seq, parts, batch_size=out.batch_size,
+                                        profile_seconds=out.profile_seconds, order_name=order,
+                                        progress=out.progress, seed=train.seed)
         folder = out.folder(self.name)
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "removal.csv", "w", newline="") as f:
