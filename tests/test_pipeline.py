@@ -38,7 +38,10 @@ def overrides(data: Path, out: Path, *extra: str) -> list[str]:
             f"out={out}", "latency_repeats=2", "analysis.metrics=similarity,convexity", "analysis.permutations=1",
             "compress.removal.orders=backward,block-influence", "compress.distill.enabled=true",
             "compress.distill.mimickers=mlp:16:1", "compress.distill.stage1_epochs=2",
-            "compress.distill.stage2_epochs=2", "export.onnx=false", *extra]
+            "compress.distill.stage2_epochs=2", "export.onnx=false",
+            # 12 validation clips would start the cross-validation fallback (4 more fine-tunes per run); these tests
+            # are about stages, caching and the report — tests/test_pipeline_discipline.py covers the fallback
+            "selection.cv=never", *extra]
 
 
 @pytest.mark.parametrize("extra, message", [

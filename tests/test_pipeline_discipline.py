@@ -44,7 +44,8 @@ def choices(out: Path, res: dict) -> dict:
     }
 
 
-def test_shuffling_test_labels_changes_no_choice(tmp_path: Path) -> None:
+def run_both(tmp_path: Path, extra: list[str], chooser=None) -> dict:
+    """The same run on the true data and on the data with the test clips' labels shuffled."""
     ds = tone_dataset(n=45)
     runs = {}
     for tag, data in (("true", ds), ("shuffled", shuffled_test_labels(ds, "4"))):
@@ -53,10 +54,16 @@ def test_shuffling_test_labels_changes_no_choice(tmp_path: Path) -> None:
         cfg = load_run_config(None, [
             "model=tiny:wav2vec2", f"data={folder}", "label=word", "group=speaker", "split.test_groups=4",
             "split.val_fraction=0.3", "train.epochs=2", "train.lr=2e-3", "train.freeze_front_end=false",
-            f"out={out}", "latency_repeats=0", "analysis.metrics=convexity", "analysis.permutations=1",
-            "compress.removal.orders=backward,block-influence", "recommend_min_retained=0.9"])
+            f"out={out}", "latency_repeats=0", "recommend_min_retained=0.9", *extra])
         res = run_pipeline(cfg, progress=False, log=lambda _m: None)
-        runs[tag] = (choices(out, res), res)
+        runs[tag] = ((chooser or choices)(out, res), res)
+    return runs
+
+
+def test_shuffling_test_labels_changes_no_choice(tmp_path: Path) -> None:
+    """The validation path (``selection.cv=never``: every choice on the validation split, however small)."""
+    runs = run_both(tmp_path, ["selection.cv=never", "analysis.metrics=convexity", "analysis.permutations=1",
+                               "compress.removal.orders=backward,block-influence"])
     (true, res_true), (shuffled, res_shuffled) = runs["true"], runs["shuffled"]
     assert true == shuffled
     assert true["recommended"], "the guard should let this run recommend (validation is above chance)"
@@ -70,3 +77,47 @@ def test_shuffling_test_labels_changes_no_choice(tmp_path: Path) -> None:
 
 def true_val_n(out: Path) -> int:
     return json.loads((out / "stages" / "evaluate.json").read_text())["result"]["n"]["validation"]
+
+
+def cv_choices(out: Path, res: dict) -> dict:
+    stage = lambda name: json.loads((out / "stages" / f"{name}.json").read_text())["result"]  # noqa: E731
+    cv, removal, evaluate = stage("crossval"), stage("removal"), stage("evaluate")
+    return {
+        "best_epoch": json.loads((out / "models" / "baseline" / "training.json").read_text())["training"]["best_epoch"],
+        "folds": (cv["folds"], cv["fold_sizes"], cv["epochs"]),
+        "out_of_fold": [(p["key"], p["predicted"]) for p in cv["predictions"]],
+        "cv_removal_curves": [(r["order"], r["removed"], r["cv_accuracy"]) for r in cv["methods"]["removal"]["rows"]],
+        "removal_chosen_on": removal["chosen_on"],
+        "candidates": [c["name"] for c in res["candidates"]],
+        "chance_guard": (evaluate["chance_guard"]["split"], evaluate["chance_guard"]["above_chance"]),
+        "selection": evaluate["selection"],
+        "recommended": [c["name"] for c in res["candidates"] if c["recommended"]],
+    }
+
+
+def test_cross_validation_fallback_changes_no_choice_when_test_labels_are_shuffled(tmp_path: Path) -> None:
+    """Validation of 12 clips (< 30): the run falls back to leave-one-speaker-out cross-validation over the training
+    + validation clips for the removal depth and the chance guard, records which choices used it (with n) and which
+    stayed on validation, and still reads no test label."""
+    runs = run_both(tmp_path, ["analysis.enabled=false", "compress.truncate.enabled=false", "export.onnx=false",
+                               "compress.removal.orders=backward,block-influence"], cv_choices)
+    (true, res_true), (shuffled, res_shuffled) = runs["true"], runs["shuffled"]
+    assert true == shuffled
+    assert [c["accuracy"] for c in res_true["candidates"]] != [c["accuracy"] for c in res_shuffled["candidates"]]
+    ev = res_true["evidence"]
+    assert ev["crossval"]["applied"] and ev["crossval"]["folds"] == 4 and ev["crossval"]["grouped"]  # 4 speakers
+    assert ev["crossval"]["n"] == 36 and ev["n"]["test"] == 9  # the pool is train + validation, never test
+    assert true["folds"][1] == [[27, 9]] * 4 and len(true["out_of_fold"]) == 36
+    assert true["removal_chosen_on"].startswith("cross-validation (4 folds") and true["chance_guard"][0].startswith(
+        "cross-validation")
+    on = {e["choice"].split(" (")[0]: (e["chosen_on"], e["n"], e["note"]) for e in true["selection"]}
+    assert on["removal depth per order"][0].startswith("cross-validation") and on["removal depth per order"][1] == 36
+    assert on["chance guard"][0].startswith("cross-validation")
+    for choice in ("best epoch", "recommended candidate"):
+        assert on[choice][0] == "validation" and on[choice][1] == ev["n"]["validation"]
+        assert "re-fine-tuned" in on[choice][2]
+    assert "Fallback: group-aware cross-validation" in ev["validation"]["note"]
+    report = (tmp_path / "true" / "run" / "report.md").read_text()
+    assert "How each choice was made" in report and "removal depth per order: cross-validation" in report
+    rows = json.loads((tmp_path / "true" / "run" / "stages" / "removal.json").read_text())["result"]["rows"]
+    assert all(r["n_cv"] == 36 and "cv_retained" in r for r in rows)

@@ -33,7 +33,8 @@ def test_blocks_are_outlined_only_when_significant() -> None:
 @pytest.mark.slow
 def test_a_model_at_chance_gets_no_recommendation_and_the_report_says_why(tmp_path: Path) -> None:
     """The demo's shape (Whisper, spoken words, speakers as groups) with random weights that barely train: the
-    unpruned model is at chance on validation, so nothing is recommended, loudly."""
+    unpruned model is at chance (on validation, or in the cross-validation that replaces a too-small one), so
+    nothing is recommended, loudly."""
     data = write_audiofolder(synthesize_words(words=("yes", "no", "up", "down"), speakers=4, takes=2),
                              tmp_path / "data")
     out = tmp_path / "run"
@@ -46,7 +47,9 @@ def test_a_model_at_chance_gets_no_recommendation_and_the_report_says_why(tmp_pa
     assert not any(c["recommended"] for c in res["candidates"])
     assert res["warnings"][0].startswith("NO RECOMMENDATION — the unpruned model is not above chance")
     md = (out / "report.md").read_text()
-    assert "**No model is recommended**" in md and "not above chance on the validation split" in md
+    # 8 validation clips (< 30): the guard runs on the fold baselines' out-of-fold predictions (3 speakers, 24 clips)
+    assert "**No model is recommended**" in md and "not above chance in cross-validation over the training pool" in md
+    assert res["evidence"]["chance_guard"]["n"] == 24 and res["evidence"]["crossval"]["folds"] == 3
     assert "NO RECOMMENDATION" in (out / "report.html").read_text()
     # the evidence is there all the same: intervals, n, confusion matrices, per-clip predictions, provenance
     assert "test n" in md and "[0." in md and (out / "confusion.png").stat().st_size > 1000

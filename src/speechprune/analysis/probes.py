@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from speechprune.data.splits import Split, cv_folds
+from speechprune.data.splits import FoldPlan, Split, cv_folds, plan_folds  # noqa: F401  (re-exported)
 from speechprune.errors import SpeechpruneError
 
 
@@ -42,50 +42,6 @@ class ProbeResult:
             "n_train": self.n_train,
             "n_test": self.n_test,
         }
-
-
-@dataclass
-class FoldPlan:
-    """How one label will be probed, decided from its labels and groups alone (before any feature is computed).
-
-    ``n_splits`` is 0 when the label cannot be probed (``note`` says why), 1 for a given train/test split; otherwise
-    the folds adapt to the data:
-    at most the requested number, no more than the smallest class has examples (stratified), no more than there
-    are groups (group-aware; as many folds as groups is leave-one-group-out).
-    """
-
-    n_splits: int
-    grouped: bool
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.n_splits >= 1
-
-
-def plan_folds(labels: Sequence[str], groups: Sequence[Any] | None = None, requested: int = 5) -> FoldPlan:
-    """Adapt the number of probe folds to the data (see :class:`FoldPlan`); never raises."""
-    y = [str(v) for v in labels]
-    counts = Counter(y)
-    if len(counts) < 2:
-        return FoldPlan(0, False, f"only {len(counts)} class: nothing to probe")
-    if groups is not None:
-        n_groups = len({str(g) for g in groups})
-        k = min(requested, n_groups)
-        if k < 2:
-            return FoldPlan(0, True, f"only {n_groups} group: group-aware folds need at least 2")
-        how = "leave-one-group-out" if k == n_groups else f"{k}-fold group-aware"
-        note = "" if k == requested else f"{how} ({n_groups} groups; {requested} folds requested)"
-        return FoldPlan(k, True, note)
-    smallest = min(counts.values())
-    k = min(requested, smallest)
-    if k < 2:
-        rare = sorted(c for c, n in counts.items() if n < 2)
-        return FoldPlan(0, False, f"class(es) {rare[:10]} have a single example: stratified folds need at least 2 "
-                                  "per class (drop those classes or give a split)")
-    note = "" if k == requested else (f"{k}-fold stratified: the smallest class has {smallest} examples "
-                                      f"({requested} folds requested)")
-    return FoldPlan(k, False, note)
 
 
 def linear_probe(

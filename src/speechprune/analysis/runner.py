@@ -243,7 +243,7 @@ def _probe_split(feats: Any, dataset: Any, cfg: AnalysisConfig) -> tuple[tuple[n
 def plan_probes(dataset: Any, cfg: AnalysisConfig) -> dict[str, Any]:
     """How each label will be probed, from the dataset's labels and groups alone (no features needed), so that a
     label that cannot be probed is reported — and skipped — before any work. Folds adapt to the data
-    (:func:`speechprune.analysis.probes.plan_folds`); a given split is checked for test classes unseen in training.
+    (:func:`speechprune.data.splits.plan_folds`); a given split is checked for test classes unseen in training.
     """
     from speechprune.analysis.probes import FoldPlan, plan_folds
 

@@ -120,11 +120,13 @@ class Task:
 @dataclass
 class Teacher:
     """What a compression starts from: the fine-tuned unpruned ``baseline`` candidate, the pretrained model it was
-    fine-tuned from (loaded on first use), and the layer analysis's result when that stage ran."""
+    fine-tuned from (loaded on first use), the layer analysis's result when that stage ran, and the ``crossval``
+    stage's result (:mod:`speechprune.pipeline.crossval`: cross-validated choices when validation is too small)."""
 
     baseline: Candidate
     pretrained: Callable[[], Any]
     analysis: dict[str, Any] | None = None
+    crossval: dict[str, Any] | None = None
 
     def load(self) -> Any:
         """The fine-tuned baseline as a :class:`~speechprune.models.adapter.SpeechEncoder`."""
@@ -165,9 +167,9 @@ class Compression:
     dataclass (the only home of its defaults; it must have an ``enabled`` field), and :meth:`run`.
 
     ``inputs`` lists what the stage's cache key depends on besides the options: ``"data"`` (model, data, label,
-    split, seed), ``"train"`` (the run's training options), ``"analysis"`` (the analysis stage) and
-    ``"baseline"`` (the fine-tuned baseline). ``trains`` says that :meth:`run` trains, so in a multi-process
-    launch it runs on every process (it must then return candidates on the main process only). ``figures`` are
+    split, seed), ``"train"`` (the run's training options), ``"analysis"`` (the analysis stage), ``"baseline"``
+    (the fine-tuned baseline) and ``"crossval"`` (the cross-validation stage). ``trains`` says that :meth:`run`
+    trains, so in a multi-process launch it runs on every process (it must then return candidates on the main process only). ``figures`` are
     ``(title, path relative to the run folder)`` pairs the report shows when the file exists.
     """
 
@@ -182,8 +184,22 @@ class Compression:
         run's :class:`~speechprune.train.loop.TrainConfig` (seed included)."""
         raise NotImplementedError
 
+    #: What :meth:`cross_validate` decides, in words (the run's record of how each choice was made).
+    cv_choice: ClassVar[str] = ""
+
     def validate(self, options: Any) -> None:
         """Raise :class:`SpeechpruneError` naming the field for options that cannot work (before any model loads)."""
+
+    def cross_validate(self, fold_model: Any, task: Task, train: Any, held: Any, out: Workspace, seed: int,
+                       options: Any) -> list[dict[str, Any]] | None:
+        """Evidence for a choice this method makes on validation, from one cross-validation fold: called by the
+        ``crossval`` stage (:mod:`speechprune.pipeline.crossval`, when the validation split is too small) with a
+        *fold baseline* fine-tuned like the run's baseline on the dataset indices ``train`` only, to be scored on
+        ``held``. Returns rows, each with the keys that identify a step (e.g. order and layers removed) plus
+        ``correct`` and ``n`` on the held-out clips; the stage sums them over folds and hands the pooled rows
+        (``cv_accuracy``, ``n_cv``) to :meth:`run` as ``teacher.crossval["methods"][name]["rows"]``. ``None``: the
+        method has no such choice (the default)."""
+        return None
 
     def load(self, candidate: Candidate) -> Any:
         from speechprune.models import load_encoder

@@ -184,6 +184,7 @@ def split_removal_curve(
     order_name: str = "",
     progress: bool = False,
     seed: int = 0,
+    unknown_wrong: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`removal_curve` on the validation and the test clips of ``parts`` separately, from one forward pass per
     step: the rows of ``speechprune run``'s removal and of ``prune layers --no-retrain``.
@@ -191,7 +192,8 @@ def split_removal_curve(
     Each row: ``val_accuracy``/``val_macro_f1``/``val_retained`` (what a depth is chosen on) and
     ``test_accuracy``/``test_macro_f1``/``test_retained`` (reported only) with the test accuracy's 95 % interval
     (``test_accuracy_low``/``_high``: cluster bootstrap over groups when the data have ≥ 5 test groups, else Wilson;
-    :func:`speechprune.utils.stats.accuracy_interval`), ``n_validation`` and ``n_test``.
+    :func:`speechprune.utils.stats.accuracy_interval`), ``n_validation`` and ``n_test``. A clip of a class the model
+    does not know is an error, or with ``unknown_wrong`` (cross-validation folds) simply never correct.
     """
     from speechprune.models.classifier import class_names
     from speechprune.profile.macs import count_macs
@@ -204,9 +206,12 @@ def split_removal_curve(
     val = [int(i) for i in parts["validation"]]
     test = [int(i) for i in parts["test"]]
     unknown = sorted({values[i] for i in val + test} - set(index))
-    if unknown:
+    if unknown and not unknown_wrong:
         raise SpeechpruneError(f"{dataset.name}: label value(s) {unknown} of {label!r} are not classes of this model "
                                f"({', '.join(classes)})")
+    if unknown:
+        classes = [*classes, *unknown]  # never predicted: those clips count as wrong
+        index = {c: k for k, c in enumerate(classes)}
     groups = dataset.groups()
     test_groups = [groups[i] for i in test] if dataset.group_column and all(groups[i] is not None for i in test) \
         else None

@@ -38,6 +38,9 @@ __all__ = [
     "make_splits",
     "check_classes",
     "cv_folds",
+    "FoldPlan",
+    "plan_folds",
+    "pool_folds",
     "validation_check",
     "split_by_column",
     "group_holdout",
@@ -153,6 +156,68 @@ def _carve_validation(ds: AudioDataset, label: str, pool: np.ndarray, spec: Spli
     else:
         tr, va = stratified_split_indices(sub, label, spec.val_fraction, spec.seed + 1)
     return pool[tr], pool[va]
+
+
+@dataclass
+class FoldPlan:
+    """How one label will be probed (or a selection cross-validated), decided from its labels and groups alone
+    (before any feature is computed).
+
+    ``n_splits`` is 0 when the label cannot be probed (``note`` says why), 1 for a given train/test split; otherwise
+    the folds adapt to the data:
+    at most the requested number, no more than the smallest class has examples (stratified), no more than there
+    are groups (group-aware; as many folds as groups is leave-one-group-out).
+    """
+
+    n_splits: int
+    grouped: bool
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.n_splits >= 1
+
+
+def plan_folds(labels: Sequence[str], groups: Sequence[Any] | None = None, requested: int = 5) -> FoldPlan:
+    """Adapt the number of probe folds to the data (see :class:`FoldPlan`); never raises."""
+    y = [str(v) for v in labels]
+    counts = Counter(y)
+    if len(counts) < 2:
+        return FoldPlan(0, False, f"only {len(counts)} class: nothing to probe")
+    if groups is not None:
+        n_groups = len({str(g) for g in groups})
+        k = min(requested, n_groups)
+        if k < 2:
+            return FoldPlan(0, True, f"only {n_groups} group: group-aware folds need at least 2")
+        how = "leave-one-group-out" if k == n_groups else f"{k}-fold group-aware"
+        note = "" if k == requested else f"{how} ({n_groups} groups; {requested} folds requested)"
+        return FoldPlan(k, True, note)
+    smallest = min(counts.values())
+    k = min(requested, smallest)
+    if k < 2:
+        rare = sorted(c for c, n in counts.items() if n < 2)
+        return FoldPlan(0, False, f"class(es) {rare[:10]} have a single example: stratified folds need at least 2 "
+                                  "per class (drop those classes or give a split)")
+    note = "" if k == requested else (f"{k}-fold stratified: the smallest class has {smallest} examples "
+                                      f"({requested} folds requested)")
+    return FoldPlan(k, False, note)
+
+
+def pool_folds(labels: Sequence[str], groups: Sequence[Any] | None, pool: Sequence[int], requested: int = 5,
+               seed: int = 0) -> tuple[FoldPlan, list[Split]]:
+    """Cross-validation folds over the clips ``pool`` (dataset indices; the training + validation clips, never the
+    test clips) for choices made when the validation split is too small: group-aware when ``groups`` are given
+    (leave-one-group-out when there are no more groups than ``requested``), stratified otherwise, the number of
+    folds adapted to the data (:func:`plan_folds`). Returns the plan and (training, held-out) *dataset* index
+    arrays; no folds when the plan says the data cannot be split (``plan.note`` says why)."""
+    pool = np.asarray(sorted(int(i) for i in pool), dtype=np.int64)
+    y = [str(labels[i]) for i in pool]
+    g = None if groups is None else [str(groups[i]) for i in pool]
+    plan = plan_folds(y, g, requested)
+    if plan.n_splits < 2:
+        return plan, []
+    folds = cv_folds(y, groups=g, n_splits=plan.n_splits, seed=seed)
+    return plan, [(pool[tr], pool[te]) for tr, te in folds]
 
 
 #: Below these a validation split cannot decide much (:func:`validation_check`).

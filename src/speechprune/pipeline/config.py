@@ -51,12 +51,24 @@ class AnalysisSection:
     similarity: list[str] = field(default_factory=lambda: ["cosine", "cka", "mutual_knn"])
     permutations: int = 2
     max_pairs: int = 5000
-    # probe folds: an upper bound; they adapt to the smallest class / the number of groups (analysis.probes.plan_folds)
+    # probe folds: an upper bound; they adapt to the smallest class / the number of groups (data.splits.plan_folds)
     probe_folds: int = 5
     knn_k: int = 10
     convexity_k: int = 10
     pooling: str = "mean"
     processes: int = 2
+
+
+@dataclass
+class SelectionSection:
+    """``selection``: what choices fall back to when the validation split is too small (< 30 clips or < 2 of a
+    class). ``cv``: ``auto`` — group-aware cross-validation over the training + validation clips for the removal
+    depth and the chance guard when validation is too small (:mod:`speechprune.pipeline.crossval`); ``always``;
+    ``never`` — choose on validation whatever its size (not ``off``: YAML reads that as false). ``folds``: an upper bound; folds adapt to the number of groups
+    (leave-one-group-out) or the smallest class."""
+
+    cv: str = "auto"
+    folds: int = 5
 
 
 def onnx_available() -> bool:
@@ -114,6 +126,7 @@ class RunConfig:
     split: SplitOptions = field(default_factory=SplitOptions)
     train: TrainSection = field(default_factory=TrainSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
+    selection: SelectionSection = field(default_factory=SelectionSection)
     compress: CompressSection = field(default_factory=default_compress)
     export: ExportSection = field(default_factory=ExportSection)
 
@@ -270,6 +283,10 @@ def _check_semantics(cfg: RunConfig) -> None:
             raise ConfigError(f"compress.{name}: {exc}") from exc
     if cfg.split.test_groups and not cfg.group:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
+    if cfg.selection.cv not in ("auto", "always", "never"):
+        raise ConfigError(f"selection.cv must be auto, always or never, got {cfg.selection.cv!r}")
+    if cfg.selection.folds < 2:
+        raise ConfigError(f"selection.folds must be at least 2, got {cfg.selection.folds}")
     if cfg.analysis.probe_folds < 2:
         raise ConfigError(f"analysis.probe_folds must be at least 2, got {cfg.analysis.probe_folds}")
     from speechprune.utils.device import DeviceError, check_device

@@ -2,7 +2,9 @@
 test, per-clip predictions saved, and the uncertainty that the report prints.
 
 Three-way discipline: every *choice* of the run (best epoch, convexity depth, removal depth, which candidate to
-recommend, whether to recommend at all) reads training and validation clips only; test clips are predicted here,
+recommend, whether to recommend at all) reads training and validation clips only (with a too-small validation
+split the removal depth and the chance guard use the ``crossval`` stage's cross-validation over those clips;
+``selection`` in the result records what each choice was made on); test clips are predicted here,
 once per final candidate, and only reported. ``tests/test_pipeline_discipline.py`` shuffles the test labels and
 checks that no choice changes.
 
@@ -96,7 +98,18 @@ def evaluate_candidates(run: Any, candidates: list[Any]) -> dict[str, Any]:
             d["verdict"] = loss_verdict(d["difference_low"], d["difference_high"], d["margin"])
             res["test"]["paired"] = d
     guard = None
-    if base in preds and len(parts["validation"]):
+    cv = run.results.get("crossval") or {}
+    if cv.get("applied") and base in preds:  # validation too small: the fold baselines' out-of-fold predictions
+        guard = dict(cv["chance_guard"])
+        if not guard["above_chance"]:
+            guard["message"] = (
+                f"the unpruned model is not above chance in cross-validation over the training pool (fold baselines "
+                f"fine-tuned like it; the validation split is too small to tell): "
+                f"out-of-fold accuracy {guard['accuracy']:.3f} on {guard['n']} clips ({cv['folds']} folds) against a "
+                f"chance level of {guard['chance']['level']:.3f} (one-sided binomial p = {guard['p_value']:.3g} ≥ "
+                f"{guard['alpha']}). Nothing it learned can be compressed, so no model is recommended: train longer, "
+                "with more data, or check the labels.")
+    elif base in preds and len(parts["validation"]):
         y_val = [labels[i] for i in parts["validation"]]
         guard = above_chance(y_val, preds[base]["validation"], [labels[i] for i in parts["train"]])
         guard["split"] = "validation"
@@ -108,6 +121,27 @@ def evaluate_candidates(run: Any, candidates: list[Any]) -> dict[str, Any]:
                 f"{guard['chance'].get('permutation', float('nan')):.3f}; one-sided binomial p = "
                 f"{guard['p_value']:.3g} ≥ {guard['alpha']}). Nothing it learned can be compressed, so no model is "
                 "recommended: train longer, with more data, or check the labels.")
-    return {"candidates": per, "validation": validation_check(labels, parts["validation"], train_classes),
+    from speechprune.pipeline.crossval import selection_record
+
+    check = validation_check(labels, parts["validation"], train_classes)
+    if not check["ok"]:
+        check["note"] += (
+            f" Fallback: group-aware cross-validation over the training pool ({cv['folds']} folds, n = {cv['n']}) "
+            "chose the removal depth and ran the chance guard; the best epoch and the recommendation stay on "
+            "validation (they would need every candidate re-fine-tuned per fold)." if cv.get("applied") else
+            f" Cross-validation fallback not applied: {cv.get('reason', 'the crossval stage did not run')}.")
+    n_pool = int(len(parts["train"]) + len(parts["validation"]))
+    return {"candidates": per, "validation": check,
+            "selection": selection_record(cv or None, int(len(parts["validation"])), n_pool,
+                                          [m.cv_choice for m in _cv_methods(c)]),
+            "crossval": {k: cv.get(k) for k in ("applied", "reason", "folds", "grouped", "grouped_by", "plan_note", "n",
+                                                "epochs", "accuracy", "fold_sizes") if k in cv} or None,
             "chance_guard": guard, "n": {k: int(len(v)) for k, v in parts.items()}, "grouped_by": ds.group_column
             if grouped else None, "margin": margin, "folder": str(folder)}
+
+
+def _cv_methods(cfg: Any) -> list[Any]:
+    """The enabled compressions that make a choice cross-validation can take over (they define ``cv_choice``)."""
+    from speechprune.compress.base import methods
+
+    return [m for m in methods() if m.cv_choice and cfg.compress[m.name].enabled]

@@ -173,19 +173,33 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log: Callable[[str], 
                   lambda: stages.analysis(run), prepare=lambda: stages.analysis_features(run))
     run.stage("baseline", {**base, "train": cfg.train.__dict__}, lambda: stages.baseline(run), all_processes=True)
     candidates = [Candidate.from_dict(c) for c in run.results["baseline"]["candidates"]]
+    # a too-small validation split: group-aware cross-validation over the training pool for the choices that allow it
+    from speechprune.pipeline.crossval import skipped
+
+    no_cv = skipped(run)  # the same on every process (config and data only); multi-process launches skip it
+    if no_cv is not None:
+        run.results["crossval"] = no_cv
+    else:
+        run.stage("crossval", {**base, "train": cfg.train.__dict__, "baseline": run.keys["baseline"],
+                               "selection": cfg.selection.__dict__, "batch_size": cfg.batch_size,
+                               "profile_seconds": cfg.profile_seconds,
+                               "compress": {m.name: cfg.compress[m.name].__dict__ for m in methods()
+                                            if cfg.compress[m.name].enabled}},
+                  lambda: stages.crossval(run))
     for method in methods():
         options = cfg.compress[method.name]
         if not options.enabled:
             continue
-        inputs = {"data": base, "train": {"train": cfg.train.__dict__}, "analysis": {"analysis": run.keys.get("analysis")},
-                  "baseline": {"baseline": run.keys["baseline"]}}
+        inputs = {"data": base, "train": {"train": cfg.train.__dict__},
+                  "analysis": {"analysis": run.keys.get("analysis")}, "baseline": {"baseline": run.keys["baseline"]},
+                  "crossval": {"crossval": run.keys.get("crossval")}}
         depends = {k: v for name in method.inputs for k, v in inputs[name].items()}
         result = run.stage(method.name, {**depends, method.name: options.__dict__},
                            lambda: stages.compress(run, method, options), all_processes=method.trains)
         candidates += [Candidate.from_dict(c, method.name) for c in result.get("candidates", [])]
     # every final candidate predicted once on validation (choices) and test (reported only): intervals, chance guard
     run.stage("evaluate", {**base, "candidates": [(c.name, run.keys.get(c.method)) for c in candidates],
-                           "min_retained": cfg.recommend_min_retained},
+                           "min_retained": cfg.recommend_min_retained, "crossval": run.keys.get("crossval")},
               lambda: stages.evaluate(run, candidates))
     run.stage("profile", {"candidates": [(c.name, run.keys.get(c.method)) for c in candidates],
                           "seconds": cfg.profile_seconds, "repeats": cfg.latency_repeats},

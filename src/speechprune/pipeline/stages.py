@@ -66,10 +66,16 @@ def baseline(run: Any) -> dict[str, Any]:
     return {"candidates": [c.to_dict() for c in cands]}
 
 
+def crossval(run: Any) -> dict[str, Any]:
+    from speechprune.pipeline.crossval import crossval as run_crossval
+
+    return run_crossval(run)
+
+
 def compress(run: Any, method: Compression, options: Any) -> dict[str, Any]:
     """One compression's stage: its candidates (as plain data) and the details it recorded."""
     teacher = Teacher(Candidate.from_dict(run.results["baseline"]["candidates"][0]), lambda: run.encoder,
-                      run.results.get("analysis"))
+                      run.results.get("analysis"), run.results.get("crossval"))
     out = run.workspace()
     cands = method.run(teacher, run.task(), out, run.train_config(), options)
     return {"candidates": [c.to_dict() for c in cands], **out.details}

@@ -207,8 +207,9 @@ HOW_TO_READ = {
               "convexity curve; a rise only counts where it clears the chance line.",
     "removal": "Retained capacity (accuracy ÷ unpruned accuracy) as layers are removed without retraining, one "
                "line per order. Left: validation, where the removal depth is chosen (first row below the dashed "
-               "95 % line stops it). Right: test, reported only. Orders are offset slightly so that identical "
-               "curves stay visible; a note under the plot names curves that coincide.",
+               "95 % line stops it; with a too-small validation split the cross-validated curve of the crossval stage "
+               "chooses instead, see 'How each choice was made'). Right: test, reported only. Orders are offset "
+               "slightly so that identical curves stay visible; a note under the plot names curves that coincide.",
     "confusion": "Test-split counts per candidate: rows are the true class, columns the prediction; the diagonal "
                  "is correct. Off-diagonal mass shows which classes a compression confuses.",
     "pareto": "Test accuracy (with its 95 % interval) against compute and latency. Up and left is better; the "
@@ -366,6 +367,18 @@ def _fmt(v: Any, key: str) -> str:
     return "–" if v is None else str(v)
 
 
+def _selection_lines(data: dict[str, Any]) -> list[str]:
+    """One line per choice of the run: what it was made on, with n (validation, or the cross-validation fallback
+    when validation is too small), and why a choice stayed on validation."""
+    out = []
+    for e in (data.get("evidence") or {}).get("selection") or []:
+        line = f"{e['choice']}: {e['chosen_on']} (n = {e['n']})"
+        if e.get("note"):
+            line += f" — {e['note']}"
+        out.append(line)
+    return out
+
+
 def _recommendation_text(data: dict[str, Any]) -> str:
     rec = next((r for r in data["candidates"] if r["recommended"]), None)
     if rec is None:
@@ -419,13 +432,17 @@ def _markdown(data: dict[str, Any], figures: list[tuple[str, Path, str]], out: P
     ev = data.get("evidence") or {}
     n = ev.get("n") or {}
     if n:
-        lines += [f"Clips: {n.get('train')} train, {n.get('validation')} validation (every choice), {n.get('test')} "
+        lines += [f"Clips: {n.get('train')} train, {n.get('validation')} validation (choices; see how each was "
+                  f"made), {n.get('test')} "
                   f"test (reported only). Intervals are 95 %: "
                   + (f"cluster bootstrap over {ev['grouped_by']} groups when there are ≥ 5, else Wilson"
                      if ev.get("grouped_by") else "Wilson score intervals")
                   + "; retained uses the paired bootstrap of (candidate − unpruned) on the same test clips. "
                   f"\"no loss\" is claimed only when that interval stays above −{100 * ev.get('margin', 0):.0f} % of "
                   "the unpruned accuracy.", ""]
+    sel = _selection_lines(data)
+    if sel:
+        lines += ["How each choice was made:", ""] + [f"- {x}" for x in sel] + [""]
     lines += ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in data["candidates"]:
         cells = [_cell(r, k) for k, _ in COLUMNS]
@@ -469,10 +486,15 @@ def _html(data: dict[str, Any], figures: list[tuple[str, Path, str]]) -> str:
     rec_html = esc(md_rec).replace("**", "")
     ev = data.get("evidence") or {}
     n = ev.get("n") or {}
-    clips = (f"<p class=\"note\">Clips: {n.get('train')} train, {n.get('validation')} validation (every choice), "
+    clips = (f"<p class=\"note\">Clips: {n.get('train')} train, {n.get('validation')} validation (choices; see how "
+             "each was made), "
              f"{n.get('test')} test (reported only). 95 % intervals; retained from the paired bootstrap of "
              f"(candidate − unpruned) on the same test clips; &ldquo;no loss&rdquo; only when that interval stays "
              f"above −{100 * ev.get('margin', 0):.0f} % of the unpruned accuracy.</p>") if n else ""
+    sel = _selection_lines(data)
+    if sel:
+        clips += ('<p class="note">How each choice was made:</p><ul class="note" id="selection">'
+                  + "".join(f"<li>{esc(x)}</li>" for x in sel) + "</ul>")
     blocks = "".join(f"<li>{esc(b)}</li>" for b in data.get("blocks") or [])
     names, pc = _per_class_rows(data)
     pc_html = ""
