@@ -186,6 +186,8 @@ class Compression:
 
     #: What :meth:`cross_validate` decides, in words (the run's record of how each choice was made).
     cv_choice: ClassVar[str] = ""
+    #: A choice made on the whole training + validation pool without any held-out clips, in words (for that record).
+    pool_choice: ClassVar[str] = ""
 
     def validate(self, options: Any) -> None:
         """Raise :class:`SpeechpruneError` naming the field for options that cannot work (before any model loads)."""

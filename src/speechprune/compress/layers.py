@@ -269,7 +269,8 @@ def plot_removal_curves(rows: Sequence[dict[str, Any]], path: Any, title: str = 
     that identical curves stay visible, and a note naming the curves that coincide).
 
     Rows with ``val_retained`` / ``test_retained`` (``speechprune run``) give two panels: validation — what the
-    depth is chosen on — and test, reported only. Rows with ``retained`` alone give retained capacity against
+    depth is chosen on — and test, reported only; with ``cv_retained`` too (a too-small validation split) a first
+    panel shows the cross-validated curve that chooses instead. Rows with ``retained`` alone give retained capacity against
     removed layers and against MACs.
     """
     import matplotlib
@@ -284,7 +285,11 @@ def plot_removal_curves(rows: Sequence[dict[str, Any]], path: Any, title: str = 
     panels = ([("val_retained", "removed", "validation (the depth is chosen here)"),
                ("test_retained", "removed", "test (reported only)")] if split else
               [("retained", "removed", ""), ("retained", "macs_fraction", "")])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3), sharey=True)
+    if split and "cv_retained" in rows[0]:  # validation too small: cross-validation over the training pool chooses
+        panels = [("cv_retained", "removed", f"cross-validation, n = {rows[0].get('n_cv')} (chooses)"),
+                  ("val_retained", "removed", f"validation, n = {rows[0].get('n_validation')} (too small)"),
+                  ("test_retained", "removed", "test (reported only)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.3), sharey=True)
     width = 0.08 * (len(orders) - 1)
     notes = []
     for ax, (key, xkey, sub) in zip(axes, panels):
@@ -297,7 +302,7 @@ def plot_removal_curves(rows: Sequence[dict[str, Any]], path: Any, title: str = 
             ax.set_title(sub, fontsize=10)
         same = coinciding(rows, key)
         if same:
-            notes.append(f"{sub.split(' ')[0] if sub else key}: " + "; ".join(f"{a} = {b}" for a, b in same))
+            notes.append(f"{sub.split(' ')[0].rstrip(',') if sub else key}: " + "; ".join(f"{a} = {b}" for a, b in same))
         ax.axhline(0.95, color="grey", lw=0.8, ls="--")
         ax.grid(alpha=0.3)
         ax.set_xlabel("layers removed (no retraining; orders offset slightly)" if xkey == "removed"

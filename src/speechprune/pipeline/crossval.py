@@ -163,10 +163,11 @@ NOT_CROSS_VALIDATED = (
 
 
 def selection_record(cv: dict[str, Any] | None, n_validation: int, n_pool: int,
-                     choices: list[str] | None = None) -> list[dict[str, Any]]:
+                     choices: list[str] | None = None, pool_choices: list[str] | None = None) -> list[dict[str, Any]]:
     """One entry per choice of the run: what it was made on (``validation``, ``cross-validation`` or the pool),
     with n, and why a choice was not cross-validated when the fallback is active. ``choices``: the
-    :attr:`~speechprune.compress.base.Compression.cv_choice` of the enabled methods that could cross-validate."""
+    :attr:`~speechprune.compress.base.Compression.cv_choice` of the enabled methods that could cross-validate;
+    ``pool_choices``: their ``pool_choice`` ("what: why no held-out clips are needed")."""
     applied = bool(cv and cv.get("applied"))
     small = bool(cv) and not (cv.get("validation") or {}).get("ok", True)
     cv_on = (f"cross-validation ({cv['folds']} folds, {'group-aware' if cv.get('grouped') else 'stratified'}, over "
@@ -175,9 +176,10 @@ def selection_record(cv: dict[str, Any] | None, n_validation: int, n_pool: int,
     reason = (cv or {}).get("reason", "") if small else ""
     val = {"chosen_on": "validation", "n": n_validation}
     cv_methods = {v["choice"] for v in ((cv or {}).get("methods") or {}).values()} if applied else set()
-    out = [{"choice": "best epoch (every fine-tuned model)", **val, "note": why},
-           {"choice": "convexity depth (truncation)", "chosen_on": "training + validation clips", "n": n_pool,
-            "note": "convexity of the pretrained model's features; no model is fitted, no held-out clips needed"}]
+    out = [{"choice": "best epoch (every fine-tuned model)", **val, "note": why}]
+    for text in pool_choices or []:
+        choice, _, note = text.partition(": ")
+        out.append({"choice": choice, "chosen_on": "training + validation clips", "n": n_pool, "note": note})
     for choice in choices or []:
         out.append({"choice": choice, "chosen_on": cv_on, "n": cv["n"], "note": ""} if choice in cv_methods else
                    {"choice": choice, **val, "note": reason})

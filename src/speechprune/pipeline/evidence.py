@@ -133,15 +133,16 @@ def evaluate_candidates(run: Any, candidates: list[Any]) -> dict[str, Any]:
     n_pool = int(len(parts["train"]) + len(parts["validation"]))
     return {"candidates": per, "validation": check,
             "selection": selection_record(cv or None, int(len(parts["validation"])), n_pool,
-                                          [m.cv_choice for m in _cv_methods(c)]),
+                                          [m.cv_choice for m in _enabled(c) if m.cv_choice],
+                                          [m.pool_choice for m in _enabled(c) if m.pool_choice]),
             "crossval": {k: cv.get(k) for k in ("applied", "reason", "folds", "grouped", "grouped_by", "plan_note", "n",
                                                 "epochs", "accuracy", "fold_sizes") if k in cv} or None,
             "chance_guard": guard, "n": {k: int(len(v)) for k, v in parts.items()}, "grouped_by": ds.group_column
             if grouped else None, "margin": margin, "folder": str(folder)}
 
 
-def _cv_methods(cfg: Any) -> list[Any]:
-    """The enabled compressions that make a choice cross-validation can take over (they define ``cv_choice``)."""
+def _enabled(cfg: Any) -> list[Any]:
+    """The enabled compressions (their ``cv_choice`` / ``pool_choice`` name the choices they make)."""
     from speechprune.compress.base import methods
 
-    return [m for m in methods() if m.cv_choice and cfg.compress[m.name].enabled]
+    return [m for m in methods() if cfg.compress[m.name].enabled]

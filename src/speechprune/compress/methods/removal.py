@@ -87,13 +87,6 @@ class Removal(Compression):
             rows += split_removal_curve(enc, task.dataset, task.label, seq, parts, batch_size=out.batch_size,
                                         profile_seconds=out.profile_seconds, order_name=order,
                                         progress=out.progress, seed=train.seed)
-        folder = out.folder(self.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "removal.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        plot_removal_curves(rows, folder / "removal.png", title="layer removal without retraining")
         cv = teacher.crossval or {}
         cv_rows = {(r["order"], r["removed"]): r for r in ((cv.get("methods") or {}).get(self.name) or {}).get(
             "rows", [])} if cv.get("applied") else {}
@@ -104,6 +97,13 @@ class Removal(Compression):
                 c, c0 = cv_rows[(r["order"], r["removed"])], cv_rows[(r["order"], 0)]
                 r.update(cv_accuracy=c["cv_accuracy"], n_cv=c["n_cv"], cv_retained=c["cv_accuracy"] /
                          c0["cv_accuracy"] if c0["cv_accuracy"] else float("nan"))
+        folder = out.folder(self.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "removal.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        plot_removal_curves(rows, folder / "removal.png", title="layer removal without retraining")
         chosen_on = (f"cross-validation ({cv['folds']} folds over the training pool, n = {cv['n']})" if use_cv
                      else f"validation (n = {len(parts['validation'])})")
         candidates = []
@@ -121,7 +121,7 @@ class Removal(Compression):
                 {"accuracy": best["test_accuracy"], "macro_f1": best["test_macro_f1"]},
                 {"num_layers": pruned.num_layers, "kept_layers": pruned.kept_layers, "train_seconds": 0.0,
                  "val_accuracy": best["val_accuracy"], "depth_chosen_on": chosen_on}, self.name))
-        out.details.update({"chosen_on": chosen_on,
-            "csv": str(folder / "removal.csv"), "plot": str(folder / "removal.png"), "rows": rows,
+        out.details.update({
+            "chosen_on": chosen_on, "csv": str(folder / "removal.csv"), "plot": str(folder / "removal.png"), "rows": rows,
             "influence": {k: {str(i): v for i, v in d.items()} for k, d in (influence or {}).items()}})
         return candidates

@@ -21,6 +21,8 @@ class TruncateOptions:
 class Truncation(Compression):
     name = "truncate"
     options = TruncateOptions
+    pool_choice = ("convexity depth (truncation): convexity of the pretrained model's features for the label; no "
+                   "model is fitted, no held-out clips needed")
     inputs = ("data", "train", "analysis")
     trains = True
 
