@@ -3,6 +3,7 @@ ratios follow MAC ratios (a model cut to half its layers)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -63,7 +64,7 @@ def test_half_the_layers_take_the_mac_share_of_the_time() -> None:
     cfg = tiny_config("whisper", num_layers=8, d_model=128, encoder_ffn_dim=512, encoder_attention_heads=4)
     with torch.random.fork_rng(devices=[]):
         full = build_model(cfg).get_encoder().eval()
-    half = build_model(cfg).get_encoder().eval()
+    half = build_model(copy.deepcopy(cfg)).get_encoder().eval()  # its own config: full keeps encoder_layers = 8
     half.layers = half.layers[:4]
     half.config.encoder_layers = 4
     macs = {"full": count_macs(full, 16_000), "half": count_macs(half, 16_000)}
