@@ -66,8 +66,10 @@ def register(app: typer.Typer) -> None:
                                             pretrained model for L (with --tolerance: the shallowest within it);
         --keep N / --drop i,j               by hand;
         --no-retrain --data D --label L     from a fine-tuned classifier, remove layers one at a time in each
-                                            --order and evaluate after each removal (retained-capacity curves,
-                                            CSV + PNG). Layer 1 is never removed (WavLM keeps its position bias there).
+                                            --order and evaluate after each removal on validation and on test
+                                            (retained-capacity curves, CSV + PNG); how many layers can go is read
+                                            from validation, test is reported only. Layer 1 is never removed (WavLM
+                                            keeps its position bias there).
 
         Pruned models reload with plain transformers `from_pretrained`; speechprune.json records the kept layers.
         """
