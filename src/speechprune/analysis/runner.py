@@ -245,7 +245,7 @@ def plan_probes(dataset: Any, cfg: AnalysisConfig) -> dict[str, Any]:
     label that cannot be probed is reported — and skipped — before any work. Folds adapt to the data
     (:func:`speechprune.data.splits.plan_folds`); a given split is checked for test classes unseen in training.
     """
-    from speechprune.analysis.probes import FoldPlan, plan_folds
+    from speechprune.data.splits import FoldPlan, plan_folds
 
     groups = dataset.groups()
     all_grouped = bool(groups) and all(g is not None for g in groups)
