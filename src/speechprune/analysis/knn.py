@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from speechprune.analysis import topk as _topk
 from speechprune.errors import SpeechpruneError
 
 DEFAULT_BLOCK = 2048
@@ -141,6 +142,8 @@ class _Search:
         self.block, self.dev = block, data.device
         self.take = min(k + margin + 1, available)  # candidates kept per row (one more than k for the gap check)
         self.symmetric = n > DENSE_MAX_ROWS if symmetric is None else symmetric
+        # CPU: compiled merges (one pass per block side) instead of torch.topk; forcing a scheme keeps torch's
+        self.compiled = _topk.HAVE_NUMBA and self.dev.type == "cpu" and symmetric is None
         self._prepare(normalize)
 
     # -- fp32 operands and the error bound ---------------------------------------------------------------------
@@ -196,6 +199,8 @@ class _Search:
     def _candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, indices), N × take, ascending by fp32 score."""
         n, take, b = self.n, self.take, self.block
+        if self.compiled:
+            return self._compiled_candidates()
         if not self.symmetric:
             vals = torch.empty((n, take), dtype=torch.float32, device=self.dev)
             idx = torch.empty((n, take), dtype=torch.int64, device=self.dev)
@@ -222,6 +227,27 @@ class _Search:
                     s.fill_diagonal_(float("inf"))
                 self._merge(vals, idx, slice(lo, hi), s, lo2)
         return vals, idx
+
+    def _compiled_candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The symmetric scheme with the compiled merges of :mod:`speechprune.analysis.topk` (CPU): each product of
+        blocks on and above the diagonal updates the lists of both blocks' rows in one pass, whatever N."""
+        n, take, b = self.n, self.take, self.block
+        vals = np.full((n, take), np.inf, dtype=np.float32)
+        idx = np.full((n, take), -1, dtype=np.int64)
+        x32 = self.x32
+        sq = self.sq.numpy()
+        euclidean = self.metric == "euclidean"
+        _topk.set_threads(torch.get_num_threads())
+        starts = list(range(0, n, b))
+        for i, lo in enumerate(starts):
+            hi = min(lo + b, n)
+            for lo2 in starts[i:]:
+                hi2 = min(lo2 + b, n)
+                g = (x32[lo:hi] @ x32[lo2:hi2].T).numpy()
+                _topk.merge_rows(g, sq[lo2:hi2], lo, lo2, vals, idx, euclidean, self.exclude_self and lo2 == lo)
+                if lo2 != lo:
+                    _topk.merge_columns(g, sq[lo:hi], lo, lo2, vals, idx, euclidean)
+        return torch.from_numpy(vals), torch.from_numpy(idx)
 
     def _merge(self, vals: torch.Tensor, idx: torch.Tensor, rows: slice, s: torch.Tensor, offset: int) -> None:
         """Merge the top candidates of the score block ``s`` (columns = points ``offset + j``) into ``rows``."""
@@ -272,6 +298,13 @@ class _Search:
         Euclidean: the difference form ``Σ (c − q)²`` (exactly 0 for duplicates, no cancellation); inner product:
         one batched float64 GEMV per chunk on the raw rows, scaled by the float64 inverse norms afterwards."""
         out = torch.empty(cand.shape, dtype=torch.float64, device=self.dev)
+        if self.compiled and self.metric == "euclidean" and self.data.dtype in (torch.float32, torch.float64):
+            n = self.n
+            scale = self.scale if self.scale is not None else torch.ones(n, dtype=torch.float64)
+            shift = self.shift if self.shift is not None else torch.zeros(self.data.shape[1], dtype=torch.float64)
+            _topk.squared_distances(self.data.numpy(), scale.numpy(), shift.numpy(), rows.numpy(),
+                                    np.ascontiguousarray(cand.numpy()), out.numpy())
+            return out
         width = cand.shape[1]
         step = max(1, chunk // max(1, width * self.data.shape[1]))
         for lo in range(0, rows.numel(), step):
