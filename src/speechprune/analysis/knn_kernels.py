@@ -1,4 +1,6 @@
-"""Compiled candidate lists for the exact kNN search: one pass over each fp32 product block, no sorting.
+"""Compiled parts of the exact kNN search on the CPU: operands, candidate lists, float64 checks.
+
+Candidate lists: one pass over each fp32 product block, no sorting.
 
 Why (measured at N = 20 000, D = 768, k = 10 on this 2-core CPU, ``benchmarks/analysis_kernels.py``): with
 ``torch.topk`` the search spent as long selecting and merging candidates as multiplying — per 2 048 × 2 048 block
@@ -49,13 +51,14 @@ if HAVE_NUMBA:
         two = np.float32(2.0)
         for i in prange(bi):
             r = row_lo + i
+            worst = vals[r, last]  # the list's threshold, in a register: it changes only on an insert
             for j in range(bj):
-                c = col_lo + j
-                if skip_self and c == r:
-                    continue
                 s = col_sq[j] - two * g[i, j] if euclidean else -g[i, j]
-                if s < vals[r, last] or (s == vals[r, last] and c < idx[r, last]):
-                    _insert(vals, idx, r, s, c)
+                if s <= worst:
+                    c = col_lo + j
+                    if (s < worst or c < idx[r, last]) and not (skip_self and c == r):
+                        _insert(vals, idx, r, s, c)
+                        worst = vals[r, last]
 
     @njit(cache=True, nogil=True, parallel=True)
     def merge_columns(g, row_sq, row_lo, col_lo, vals, idx, euclidean):  # type: ignore[no-untyped-def]
@@ -67,13 +70,18 @@ if HAVE_NUMBA:
         for q in prange(chunks):
             j0 = q * COLUMN_CHUNK
             j1 = min(j0 + COLUMN_CHUNK, bj)
+            worst = np.empty(j1 - j0, np.float32)  # the chunk's thresholds, updated on every insert
+            for j in range(j0, j1):
+                worst[j - j0] = vals[col_lo + j, last]
             for i in range(bi):
                 c = row_lo + i
                 for j in range(j0, j1):
-                    r = col_lo + j
                     s = row_sq[i] - two * g[i, j] if euclidean else -g[i, j]
-                    if s < vals[r, last] or (s == vals[r, last] and c < idx[r, last]):
-                        _insert(vals, idx, r, s, c)
+                    if s <= worst[j - j0]:
+                        r = col_lo + j
+                        if s < worst[j - j0] or c < idx[r, last]:
+                            _insert(vals, idx, r, s, c)
+                            worst[j - j0] = vals[r, last]
 
     @njit(cache=True, nogil=True, parallel=True)
     def squared_distances(x, scale, shift, rows, cand, out):  # type: ignore[no-untyped-def]
@@ -94,6 +102,76 @@ if HAVE_NUMBA:
                     diff = (np.float64(x[c, t]) * scale[c] - shift[t]) - (np.float64(x[q, t]) * scale[q] - shift[t])
                     acc += diff * diff
                 out[a, b] = acc
+
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def inner_products(x, scale, rows, cand, out):  # type: ignore[no-untyped-def]
+        """float64 ``−(Σ_d x_q,d · x_c,d) · s_q · s_c`` of each row q = rows[a] and candidate c = cand[a, b] (−1 →
+        inf): the inner-product branch of ``knn._Search._exact`` without its float64 gathers."""
+        n_rows, width = cand.shape
+        d = x.shape[1]
+        for a in prange(n_rows):
+            q = rows[a]
+            for b in range(width):
+                c = cand[a, b]
+                if c < 0:
+                    out[a, b] = np.inf
+                    continue
+                acc = 0.0
+                for t in range(d):
+                    acc += np.float64(x[c, t]) * np.float64(x[q, t])
+                out[a, b] = -(acc * scale[q] * scale[c])
+
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def prepare_rows(x, normalize, center, scale, shift, x32, sq):  # type: ignore[no-untyped-def]
+        """The search's operands in one pass per step, as ``knn._Search._prepare`` forms them with torch: float64
+        inverse norms (``normalize``; zero rows stay zero), the float64 column mean of the scaled rows
+        (``center``), the fp32 rows ``x·s − m`` and their fp32 squared norms. Small-op torch calls cost more in
+        thread start-up than in work at N ≈ 1 000, and stall whenever another process holds a core."""
+        n, d = x.shape
+        for i in prange(n):
+            s = 1.0
+            if normalize:
+                acc = 0.0
+                for t in range(d):
+                    v = np.float64(x[i, t])
+                    acc += v * v
+                s = 1.0 / max(np.sqrt(acc), 1e-12)
+            scale[i] = s
+        shift[:] = 0.0
+        if center and n > 0:
+            parts = min(n, 64)
+            partial = np.zeros((parts, d))
+            for p in prange(parts):
+                for i in range(p * n // parts, (p + 1) * n // parts):
+                    for t in range(d):
+                        partial[p, t] += np.float64(x[i, t]) * scale[i]
+            for t in range(d):
+                acc = 0.0
+                for p in range(parts):
+                    acc += partial[p, t]
+                shift[t] = acc / n
+        for i in prange(n):
+            acc32 = np.float32(0.0)
+            for t in range(d):
+                v = np.float32(np.float64(x[i, t]) * scale[i] - shift[t])
+                x32[i, t] = v
+                acc32 += v * v
+            sq[i] = acc32
+
+    @njit(cache=True, nogil=True)
+    def all_finite(x):  # type: ignore[no-untyped-def]
+        """Whether every entry is finite (stops at the first that is not; no N × D boolean temporary)."""
+        flat = x.reshape(-1) if x.flags.c_contiguous else x.copy().reshape(-1)
+        for v in flat:
+            if not np.isfinite(v):
+                return False
+        return True
 
 
 def set_threads(threads: int) -> None:
