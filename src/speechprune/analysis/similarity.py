@@ -422,7 +422,8 @@ class StreamingCKA:
         f64 = torch.float64
         with torch.no_grad(), exact_fp32(self.device):
             p = self._row_norms2(z)  # r × S in the compute dtype
-            self._sum += z.sum(dim=0, dtype=f64)
+            for lo in range(0, r, 256):  # float64 sums of 256-row slices: a float64 copy of z would be 327 MB
+                self._sum += z[lo:lo + 256].sum(dim=0, dtype=f64)
             p64 = p.to(f64)
             self._pq += p64.T @ p64
             self._py += (p.T @ z).to(f64)
