@@ -134,8 +134,7 @@ class _Search:
         # keeps torch's, as does every other device
         self.compiled = (_kernels.HAVE_NUMBA and data.device.type == "cpu" and symmetric is None
                          and data.dtype in (torch.float32, torch.float64))
-        finite = _kernels.all_finite(data.numpy()) if self.compiled else bool(torch.isfinite(data).all())
-        if not finite:
+        if not _kernels.finite(data):
             raise SpeechpruneError("features contain NaN or inf values; cannot compute neighbours")
         available = n - 1 if exclude_self else n
         if k < 1 or k > available:

@@ -174,6 +174,20 @@ if HAVE_NUMBA:
         return True
 
 
+def finite(x: "np.ndarray | torch.Tensor") -> bool:
+    """Whether every entry of ``x`` is finite: compiled for CPU float32/float64 data (one pass, stops early, no
+    boolean temporary), ``torch.isfinite`` otherwise (other dtypes, GPU tensors)."""
+    import torch
+
+    arr = x
+    if isinstance(x, torch.Tensor):
+        arr = x.numpy() if x.device.type == "cpu" and not x.requires_grad else None
+    if HAVE_NUMBA and isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64):
+        return bool(all_finite(arr))
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return bool(torch.isfinite(t).all()) if t.is_floating_point() else True
+
+
 def set_threads(threads: int) -> None:
     """Use ``threads`` (capped at numba's pool size) for the parallel kernels of this module."""
     if HAVE_NUMBA:

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from speechprune.analysis.knn import as_device, exact_fp32, knn
+from speechprune.analysis.knn_kernels import finite
 from speechprune.errors import LayerIndexError, SpeechpruneError
 from speechprune.utils.io import atomic_path, write_text_atomic
 
@@ -203,7 +204,7 @@ def _check_finite(states: Sequence[np.ndarray | torch.Tensor], labels: Sequence[
     """Refuse NaN/inf features, naming the state and the first bad row (checked in the data's own dtype)."""
     for x, label in zip(states, labels, strict=True):
         for start in range(0, int(x.shape[0]), chunk):
-            if not bool(torch.isfinite(_tensor(x[start:start + chunk])).all()):
+            if not finite(x[start:start + chunk]):
                 _rows64(x, slice(start, start + chunk), label)
 
 
