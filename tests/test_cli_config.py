@@ -42,10 +42,10 @@ def test_config_values_are_used_and_flags_override(tmp_path: Path, monkeypatch) 
         return {"summary": {}}
 
     import speechprune.analysis.runner as runner_mod
-    import speechprune.cli.cmd_analyze as cmd
+    import speechprune.data.sources as sources  # the loader that api.analyze, which the command calls, uses
 
     monkeypatch.setattr(runner_mod, "run_analysis", fake_run)
-    monkeypatch.setattr(cmd, "load_dataset_spec", lambda *a, **k: object())
+    monkeypatch.setattr(sources, "load_dataset_spec", lambda *a, **k: object())
     cfg = _write(tmp_path, "batch_size: 3\npermutations: 0\nlabel: [word]\nmetrics: [probes]\n")
     res = runner.invoke(app, ["analyze", "tiny:wav2vec2", "data", "--config", str(cfg), "--permutations", "2",
                               "--out", str(tmp_path / "o")])

@@ -80,3 +80,22 @@ def test_min_keep_and_init() -> None:
     assert float(h.log_alpha.std()) == pytest.approx(0.01, rel=0.05)
     with pytest.raises(ValueError):
         HardConcrete(0)
+
+
+def test_seeded_gates_do_not_depend_on_the_global_rng() -> None:
+    """Structured pruning seeds the gates' initialisation itself (issue 16): the same seed gives the same initial
+    gates whatever was drawn from torch's global generator before."""
+    from speechprune.compress.structured import attach_gates
+    from speechprune.models import load_encoder
+
+    def initial(global_seed: int, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(global_seed)
+        gated = attach_gates(load_encoder("tiny:wav2vec2").model, seed=seed)
+        try:
+            return {k: g.log_alpha.detach().clone() for k, g in gated.gates.items()}
+        finally:
+            gated.detach()
+
+    a, b, other = initial(1, 0), initial(2, 0), initial(1, 3)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], other[k]) for k in a)

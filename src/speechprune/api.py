@@ -1,21 +1,27 @@
 """The Python API: one function per command, taking the options dataclass the command builds from its flags.
+The commands are built on it: each parses its flags, builds the options, calls its function here and prints the
+result (``tests/test_api_cli.py`` fails if a command stops calling its function).
 
-=====================  =======================================================  ==========================
-function               options                                                  command
-=====================  =======================================================  ==========================
-:func:`finetune`       :class:`~speechprune.train.loop.TrainConfig`             ``speechprune finetune``
-:func:`analyze`        :class:`~speechprune.analysis.runner.AnalysisConfig`     ``speechprune analyze``
-:func:`prune_layers`   :class:`LayerPruneOptions`                               ``speechprune prune layers``
-:func:`prune_structured` :class:`~speechprune.compress.structured.train.PruneOptions` + ``TrainConfig``
-                                                                                ``speechprune prune structured``
-:func:`distill`        :class:`~speechprune.compress.distill.train.DistillConfig`  ``speechprune distill``
-:func:`run`            :class:`~speechprune.pipeline.config.RunConfig`          ``speechprune run``
-=====================  =======================================================  ==========================
+=========================  ============================================================  ==============================
+function                   options                                                       command
+=========================  ============================================================  ==============================
+:func:`finetune`           :class:`~speechprune.train.loop.TrainConfig`                  ``speechprune finetune``
+:func:`analyze`            :class:`~speechprune.analysis.runner.AnalysisConfig`          ``speechprune analyze``
+:func:`evaluate`           keyword arguments                                             ``speechprune evaluate``
+:func:`prune_layers`       :class:`LayerPruneOptions`                                    ``speechprune prune layers``
+:func:`prune_structured`   :class:`~speechprune.compress.structured.train.PruneOptions`  ``speechprune prune structured``
+                           + ``TrainConfig``
+:func:`distill`            :class:`~speechprune.compress.distill.train.DistillConfig`    ``speechprune distill``
+:func:`run`                :class:`~speechprune.pipeline.config.RunConfig`               ``speechprune run``
+=========================  ============================================================  ==============================
 
 Each dataclass is the one home of its command's defaults (``tests/test_option_defaults.py`` holds every CLI flag
-to it). Splits are a :class:`~speechprune.data.splits.SplitSpec`; ``None`` means the command's usual choice
-(the split recorded in a fine-tuned model's ``training.json`` where there is one). ``data`` is a spec (folder,
-manifest, ``hf:NAME``) or an already loaded :class:`~speechprune.data.types.AudioDataset`. Example::
+to it). A split is a :class:`~speechprune.data.splits.SplitSpec` (used as given) or the
+:class:`~speechprune.data.splits.SplitOptions` of the split flags; ``None``, or options that name no split column
+and no groups, mean the command's usual choice (the split recorded in a fine-tuned model's ``training.json`` where
+there is one). ``data`` is a spec (folder, manifest, ``save_to_disk`` folder, ``hf:NAME``) or an already loaded
+:class:`~speechprune.data.types.AudioDataset`. The functions print nothing unless given a
+``log`` callable (:func:`run`'s defaults to ``print``). Example::
 
     from speechprune import api
     from speechprune.train.loop import TrainConfig
@@ -26,73 +32,110 @@ manifest, ``hf:NAME``) or an already loaded :class:`~speechprune.data.types.Audi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from speechprune.errors import SpeechpruneError
 
-__all__ = ["LayerPruneOptions", "analyze", "distill", "finetune", "prune_layers", "prune_structured", "run"]
+__all__ = ["LayerPruneOptions", "analyze", "distill", "evaluate", "finetune", "prune_layers", "prune_structured",
+           "run"]
 
 
-def _data(data: Any, columns: list[str], group: str | None, segments_dir: str | None = None) -> Any:
+def _data(data: Any, columns: list[str | None], group: str | None, segments_dir: str | None = None,
+          audio_column: str | None = None) -> Any:
     """``data`` as loaded: an :class:`~speechprune.data.types.AudioDataset` as it is, else a spec to load (an
-    audiofolder, a CSV/JSONL manifest or ``hf:NAME[:CONFIG][:SPLIT]``) with these label columns."""
-    from speechprune.data.sources import load_data
+    audiofolder, a CSV/JSONL manifest, a ``save_to_disk`` folder or ``hf:NAME[:CONFIG][:SPLIT]``) with these label
+    columns (empty names and repeats dropped)."""
+    from speechprune.data.sources import load_dataset_spec
 
     if not isinstance(data, (str, Path)):
         return data
-    kwargs: dict[str, Any] = {"segments_dir": Path(segments_dir)} if segments_dir else {}
-    return load_data(data, label_columns=[c for c in columns if c] or None, group_column=group, **kwargs)
+    return load_dataset_spec(data, list(dict.fromkeys(c for c in columns if c)), group, segments_dir, audio_column)
 
 
-def _recorded_split(model: str | Path) -> Any:
-    """The split a speechprune fine-tuning recorded in the model folder's ``training.json``, if any."""
-    from speechprune.data.splits import SplitSpec
+def _split(model: Any, split: Any, seed: int) -> tuple[Any, bool]:
+    """The split to use, and whether it is the one recorded in ``model``'s ``training.json``.
 
-    path = Path(model) / "training.json"
-    spec = json.loads(path.read_text()).get("split_spec") if path.is_file() else None
-    return SplitSpec(**spec) if spec else None
+    ``split`` is a :class:`~speechprune.data.splits.SplitSpec` (used as given), a
+    :class:`~speechprune.data.splits.SplitOptions` as a user says it (the command's split flags) or ``None``. Options
+    that name no split column and no groups — ``None`` included — mean the split the model was fine-tuned with where
+    it recorded one (so it is evaluated, pruned or distilled on the clips it was tested on), else these options
+    with ``seed``."""
+    from speechprune.data.splits import SplitOptions, SplitSpec, recorded_split
+
+    if isinstance(split, SplitSpec):
+        return split, False
+    opts = split or SplitOptions()
+    if not (opts.split_column or opts.test_groups or opts.val_groups):
+        recorded = recorded_split(model)
+        if recorded is not None:
+            return recorded, True
+    return opts.spec(seed=seed), False
 
 
-def finetune(model: str, data: str, label: str, out: str | Path, train: Any = None, split: Any = None, *,
+def _quiet(_message: str) -> None:
+    """The default ``log``: the functions print nothing unless given a ``log`` (the commands pass their console)."""
+
+
+def finetune(model: str, data: Any, label: str, out: str | Path, train: Any = None, split: Any = None, *,
              group: str | None = None, window: float | None = None, keep: int | None = None, resume: bool = False,
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune ``model`` for ``label`` with the standard head (``train``: a ``TrainConfig``); returns the summary
-    also written to ``out/training.json``."""
+             overwrite: bool = False, progress: bool = True, audio_column: str | None = None) -> dict[str, Any]:
+    """Fine-tune ``model`` for ``label`` with the standard head (``train``: a ``TrainConfig``; ``split``: a
+    ``SplitSpec`` or ``SplitOptions``, default the ``SplitOptions`` defaults with the training seed); returns the
+    summary also written to ``out/training.json`` (without ``model_dir`` on a helper process of a multi-process
+    launch or an interrupted run)."""
+    from speechprune.data.splits import SplitOptions, SplitSpec
     from speechprune.models import load_encoder
     from speechprune.train.finetune import finetune as run_finetune
     from speechprune.train.finetune import prepare_output
     from speechprune.train.loop import TrainConfig
-    from speechprune.data.splits import SplitSpec
 
     cfg = (train or TrainConfig()).validate()
-    split = split or SplitSpec(seed=cfg.seed)
+    if not isinstance(split, SplitSpec):  # a fine-tuning makes its split (and records it); it reads none
+        split = (split or SplitOptions()).spec(seed=cfg.seed)
     out = Path(out)
     prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
-    ds = _data(data, [label, split.split_column], group)
+    ds = _data(data, [label, split.split_column], group, audio_column=audio_column)
     enc = load_encoder(model, window_seconds=window)
     if keep is not None:
         enc = enc.keep_layers(keep)
     return run_finetune(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress)
 
 
-def analyze(model: str, data: str, out: str | Path, options: Any, *, group: str | None = None,
+def analyze(model: str, data: Any, out: str | Path, options: Any, *, group: str | None = None,
             window: float | None = None, segments_dir: str | None = None, cache_dir: str | Path | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """Layer similarity, convexity and probes (``options``: an ``AnalysisConfig``) written to ``out``."""
+            overwrite: bool = False, audio_column: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Layer similarity, convexity and probes (``options``: an ``AnalysisConfig``) written to ``out`` as a whole
+    (all results or none). On a helper process of a multi-process launch it only helps extract the features and
+    returns ``{}``."""
     from speechprune.analysis.runner import run_analysis
     from speechprune.models import load_encoder
+    from speechprune.utils.device import place_model, resolve_device
+    from speechprune.utils.distributed import is_main_process
+    from speechprune.utils.outputs import output_folder
 
     options.validate()
-    ds = _data(data, list(options.labels), group, segments_dir)
-    from speechprune.features.window_advice import warn_if_window_too_long
+    device = options.device
+    dev = resolve_device(device)
+    options.device = str(dev)
+    labels = list(options.labels)
+    if not is_main_process():  # another process of a multi-process launch: it only helps extract the features
+        from speechprune.analysis.runner import analysis_features
 
-    enc = load_encoder(model, window_seconds=window, device=options.device)
-    warn_if_window_too_long(enc, ds)
-    return run_analysis(enc, ds, options, Path(out), cache_dir=Path(cache_dir) if cache_dir else None,
-                        progress=progress)
+        enc = load_encoder(model, window_seconds=window, device=device)
+        analysis_features(enc, _data(data, labels, group, segments_dir), options,
+                          cache_dir=Path(cache_dir) if cache_dir else None, progress=False)
+        return {}
+    with output_folder(Path(out), overwrite=overwrite, command="analyze") as tmp:  # all results or none
+        ds = _data(data, labels + [options.split_column], group, segments_dir, audio_column)
+        enc = load_encoder(model, window_seconds=window)
+        place_model(enc.model, dev, options.dtype)
+        from speechprune.features.window_advice import warn_if_window_too_long
+
+        warn_if_window_too_long(enc, ds)
+        return run_analysis(enc, ds, options, tmp, cache_dir=Path(cache_dir) if cache_dir else None,
+                            progress=progress)
 
 
 @dataclass
@@ -126,48 +169,50 @@ class LayerPruneOptions:
 
 
 def prune_layers(model: str, out: str | Path, options: LayerPruneOptions, split: Any = None, *,
-                 data: str | None = None, label: str | None = None, group: str | None = None,
-                 window: float | None = None, overwrite: bool = False, progress: bool = True,
-                 log: Any = None) -> dict[str, Any]:
+                 data: Any = None, label: str | None = None, group: str | None = None,
+                 window: float | None = None, seed: int = 0, device: str = "auto", overwrite: bool = False,
+                 audio_column: str | None = None, progress: bool = True, log: Any = None) -> dict[str, Any]:
     """Prune whole layers of ``model`` into ``out`` (or, with ``no_retrain``, write removal curves to ``out``);
-    returns what the command prints as JSON."""
+    returns what the command prints as JSON (``no_retrain``: the ``removal.json`` summary). ``split`` (for
+    ``no_retrain``) follows :func:`_split`: default the model's recorded split, else the defaults with ``seed``."""
     from speechprune.models import load_encoder
-
-    log = log or (lambda _m: None)
+    from speechprune.utils.device import resolve_device
     from speechprune.utils.outputs import claim_output
 
+    log = log or _quiet
     options.validate()
     out = Path(out)
     claim_output(out, overwrite=overwrite, command="prune layers")  # usable, unused (or --overwrite), locked
     if (options.by or options.no_retrain) and not (data and label):
         raise SpeechpruneError(f"{'--by' if options.by else '--no-retrain'} needs --data and --label")
-    enc = load_encoder(model, window_seconds=window)
+    enc = load_encoder(model, window_seconds=window, device=resolve_device(device))
     if options.no_retrain:
-        from speechprune.data.splits import SplitSpec
-
-        spec = split or _recorded_split(model) or SplitSpec()
-        return _removal(enc, data, label, group, spec, options, out, progress, log)
+        spec, _ = _split(model, split, seed)
+        return _removal(enc, data, label, group, spec, options, out, progress, log, audio_column)
     meta: dict[str, Any] = {}
     if options.keep is not None:
         pruned = enc.keep_layers(options.keep)
     elif options.drop:
         pruned = enc.drop_layers(list(options.drop))
     else:
-        pruned, meta = _by_convexity(enc, data, label, group, options, progress, log)
+        pruned, meta = _by_convexity(enc, data, label, group, options, progress, log, audio_column)
+    pruned.model.to("cpu")
     drop = ",".join(map(str, options.drop)) if options.drop else None
     pruned.save_pretrained(out, metadata={"layer_pruning": meta or {"keep": options.keep, "drop": drop}})
     log(f"kept layers {pruned.kept_layers} of {enc.num_layers} → {out}")
     return {"model_dir": str(out), "kept_layers": pruned.kept_layers, **meta}
 
 
-def _by_convexity(enc: Any, data: str, label: str, group: Any, options: LayerPruneOptions, progress: bool,
-                  log: Any) -> tuple[Any, dict[str, Any]]:
+def _by_convexity(enc: Any, data: Any, label: str, group: Any, options: LayerPruneOptions, progress: bool,
+                  log: Any, audio_column: str | None) -> tuple[Any, dict[str, Any]]:
     from speechprune.analysis.convexity import convexity_by_layer
     from speechprune.compress.layers import choose_depth
     from speechprune.features.extract import extract_features
+    from speechprune.utils.device import model_device
 
-    ds = _data(data, [label], group)
-    feats = extract_features(enc, ds, pooling="mean", batch_size=options.batch_size, progress=progress)
+    ds = _data(data, [label], group, audio_column=audio_column)
+    feats = extract_features(enc, ds, pooling="mean", batch_size=options.batch_size,
+                             device=str(model_device(enc.model)), progress=progress)
     rows = convexity_by_layer(feats, label)
     choice = choose_depth({r["state"]: r["score"] for r in rows}, options.tolerance)
     log("convexity by state: " + ", ".join(f"{r['state']}: {r['score']:.1f}" for r in rows))
@@ -175,15 +220,16 @@ def _by_convexity(enc: Any, data: str, label: str, group: Any, options: LayerPru
     return enc.keep_layers(choice.depth), {"by": "convexity", "label": label, **choice.to_dict()}
 
 
-def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, options: LayerPruneOptions, out: Path,
-             progress: bool, log: Any) -> dict[str, Any]:
+def _removal(enc: Any, data: Any, label: str, group: Any, spec: Any, options: LayerPruneOptions, out: Path,
+             progress: bool, log: Any, audio_column: str | None) -> dict[str, Any]:
+    from speechprune.compress.base import Task
     from speechprune.compress.layers import check_removal_inputs, remove_without_retraining, removable_at_95
 
     orders = list(options.orders)
     check_removal_inputs(enc, orders)
-    ds = _data(data, [label, spec.split_column], group or spec.group_column)
-    summary = remove_without_retraining(enc, ds, label, spec, orders, out, batch_size=options.batch_size,
-                                        profile_seconds=options.profile_seconds,
+    task = Task.load(data, label, spec, group=group, audio_column=audio_column)
+    summary = remove_without_retraining(enc, task.dataset, task.label, task.split, orders, out,
+                                        batch_size=options.batch_size, profile_seconds=options.profile_seconds,
                                         influence_clips=options.influence_clips, progress=progress)
     for o in orders:
         log(f"{o}: up to {removable_at_95(summary['rows'], o)} of {enc.num_layers} layers removed with ≥ 95 % "
@@ -191,51 +237,55 @@ def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, options: La
     return summary
 
 
-def prune_structured(model: str, data: str, label: str, out: str | Path, options: Any = None, train: Any = None,
+def prune_structured(model: str, data: Any, label: str, out: str | Path, options: Any = None, train: Any = None,
                      split: Any = None, *, group: str | None = None, resume: bool = False, overwrite: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
+                     audio_column: str | None = None, progress: bool = True) -> dict[str, Any]:
     """HJ-Pruning of the fine-tuned classifier ``model`` (``options``: a ``PruneOptions``; ``train``: a
-    ``TrainConfig``); the split defaults to the one recorded in the model's ``training.json``."""
+    ``TrainConfig``); the split defaults to the one recorded in the model's ``training.json`` (see :func:`_split`).
+    Returns the summary also written to ``out/training.json``."""
     from speechprune.compress.structured.train import PruneOptions
     from speechprune.compress.structured.train import prune_structured as run_prune
     from speechprune.models import load_encoder
     from speechprune.train.finetune import prepare_output
     from speechprune.train.loop import TrainConfig
-    from speechprune.data.splits import SplitSpec
 
     opts = (options or PruneOptions()).validate()
     cfg = (train or TrainConfig()).validate()
     out = Path(out)
     prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
-    spec = split or _recorded_split(model) or SplitSpec(seed=cfg.seed)
+    spec, _ = _split(model, split, cfg.seed)
     enc = load_encoder(model)
-    ds = _data(data, [label, spec.split_column], group or spec.group_column)
+    ds = _data(data, [label, spec.split_column], group or spec.group_column, audio_column=audio_column)
     return run_prune(enc, ds, label, out, cfg=cfg, split=spec, options=opts, resume=resume, overwrite=overwrite,
                      progress=progress)
 
 
-def distill(teacher: str, data: str, label: str, out: str | Path, options: Any = None, split: Any = None, *,
+def distill(teacher: str, data: Any, label: str, out: str | Path, options: Any = None, split: Any = None, *,
             group: str | None = None, window: float | None = None, latency: bool = True, resume: bool = False,
-            overwrite: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
-            log: Any = None) -> dict[str, Any]:
+            overwrite: bool = False, cache_dir: str | Path | None = None, audio_column: str | None = None,
+            progress: bool = True, log: Any = None) -> dict[str, Any]:
     """Distil the fine-tuned classifier ``teacher`` into a small student (``options``: a ``DistillConfig``); the
-    split defaults to the one recorded in the teacher's ``training.json``. With ``latency``, teacher and student
-    are timed back to back and ``out/latency.json`` is written (also returned under ``"latency"``)."""
+    split defaults to the one recorded in the teacher's ``training.json`` (see :func:`_split`). With ``latency``,
+    teacher and student are timed back to back on the CPU and ``out/latency.json`` is written (also returned under
+    ``"latency"``)."""
+    from speechprune.compress.distill import distill as run_distill
     from speechprune.compress.distill.train import DistillConfig
-    from speechprune.compress.distill.train import distill as run_distill
     from speechprune.models import load_encoder
-    from speechprune.data.splits import SplitSpec
+    from speechprune.utils.device import resolve_device
+    from speechprune.utils.outputs import check_dir_target
 
-    log = log or (lambda _m: None)
+    log = log or _quiet
     cfg = options or DistillConfig()
-    if split is None:
-        split = _recorded_split(teacher)
-        if split is not None:
-            log(f"splits as in the teacher's training.json: {split.to_dict()}")
-    split = split or SplitSpec(seed=cfg.seed)
+    split, recorded = _split(teacher, split, cfg.seed)
+    if recorded:
+        log(f"splits as in the teacher's training.json: {split.to_dict()}")
+    dev = resolve_device(cfg.stage1.device)
     out = Path(out)
-    enc = load_encoder(teacher, window_seconds=window)
-    ds = _data(data, [label], group)
+    check_dir_target(out, "--out")  # a usable output folder, before loading anything
+    # the split's own columns must be loaded too (a split column given here or recorded by the teacher's
+    # fine-tuning; its group column), or the split cannot find them
+    ds = _data(data, [label, split.split_column], group or split.group_column, audio_column=audio_column)
+    enc = load_encoder(teacher, window_seconds=window, device=dev)
     res = run_distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,
                       cache_dir=cache_dir)
     if latency:
@@ -244,6 +294,7 @@ def distill(teacher: str, data: str, label: str, out: str | Path, options: Any =
         from speechprune.utils.io import write_json_atomic
 
         student = load_student(out)
+        enc.model.to("cpu")  # the latency protocol times both on the CPU, one thread
         lat = compare_latency({"teacher": (enc.model, teacher_latency_inputs(enc)),
                                "student": (student, dummy_student_inputs(student))}, rounds=3, repeats=5)
         lat["latency_gain"] = lat["teacher"]["median_ms"] / lat["student"]["median_ms"]
@@ -253,14 +304,51 @@ def distill(teacher: str, data: str, label: str, out: str | Path, options: Any =
     return res
 
 
-def run(config: Any = None, overrides: list[str] | None = None, *, progress: bool = True, log: Any = print
-        ) -> dict[str, Any]:
+def evaluate(model: str, data: Any, label: str, split: Any = None, *, part: str = "test", group: str | None = None,
+             seed: int = 0, batch_size: int = 8, max_seconds: float | None = None, profile_seconds: float = 1.0,
+             latency_repeats: int = 20, device: str = "auto", out: str | Path | None = None,
+             audio_column: str | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1, confusion matrix and cost of the classifier ``model`` on one ``part`` of ``data`` (test,
+    validation, train or all); the split defaults to the one recorded in the model's ``training.json`` (see
+    :func:`_split`). With ``out``, the result is also written there as JSON."""
+    from speechprune.data.splits import make_splits
+    from speechprune.models import load_encoder
+    from speechprune.train.evaluate import evaluate_classifier
+    from speechprune.utils.device import resolve_device
+    from speechprune.utils.io import write_json_atomic
+
+    if out is not None:
+        from speechprune.utils.outputs import check_file_target
+
+        check_file_target(out, "--out")
+    if part not in ("test", "validation", "train", "all"):
+        raise SpeechpruneError(f"--split: choose test, validation, train or all, got {part!r}")
+    spec, _ = _split(model, split, seed)
+    dev = resolve_device(device)
+    ds = _data(data, [label, spec.split_column], group or spec.group_column, audio_column=audio_column)
+    enc = load_encoder(model, device=dev)
+    indices = None if part == "all" else make_splits(ds, label, spec)[part]
+    res = evaluate_classifier(enc, ds, label, indices, batch_size=batch_size, max_seconds=max_seconds,
+                              profile_seconds=profile_seconds, latency_repeats=latency_repeats, progress=True)
+    res.update(model=model, data=data if isinstance(data, (str, Path)) else repr(data), split=part,
+               split_spec=spec.to_dict())
+    if out:
+        write_json_atomic(out, res)
+    return res
+
+
+def run(config: Any = None, overrides: list[str] | None = None, *, overwrite: bool = False, progress: bool = True,
+        log: Any = print) -> dict[str, Any]:
     """``speechprune run``: ``config`` is a :class:`~speechprune.pipeline.config.RunConfig`, or the path of a YAML
-    file (``None``: overrides only) that ``overrides`` (``key.sub=value``) amend. Returns the report's data."""
+    file (``None``: overrides only) that ``overrides`` (``key.sub=value``) amend. The output folder is claimed
+    first (an earlier run's is resumed; anything else non-empty needs ``overwrite``). Returns the report's data."""
     from speechprune.pipeline import load_run_config, run_pipeline
     from speechprune.pipeline.config import RunConfig
+    from speechprune.utils.outputs import claim_run_output
 
     if isinstance(config, RunConfig) and overrides:
         raise SpeechpruneError("overrides go with a YAML path; change the RunConfig's fields instead")
     cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides)
+    path = None if isinstance(config, RunConfig) else config
+    claim_run_output(cfg.out, overwrite=overwrite, config=path)  # usable, ours or overwrite; locked
     return run_pipeline(cfg, progress=progress, log=log)

@@ -91,25 +91,17 @@ class WerResult:
 
     utterances: list[UtteranceWer] = field(default_factory=list)
 
-    @property
-    def edits(self) -> int:
-        return sum(u.edits for u in self.utterances)
+    def _total(count: str) -> property:  # noqa: N805  (a helper of the class body, not a method)
+        """The corpus total of one per-utterance count, as a read-only property."""
+        return property(lambda self: sum(getattr(u, count) for u in self.utterances),
+                        doc=f"Total {count.replace('_', ' ')} over the utterances.")
 
-    @property
-    def ref_words(self) -> int:
-        return sum(u.ref_words for u in self.utterances)
-
-    @property
-    def substitutions(self) -> int:
-        return sum(u.substitutions for u in self.utterances)
-
-    @property
-    def deletions(self) -> int:
-        return sum(u.deletions for u in self.utterances)
-
-    @property
-    def insertions(self) -> int:
-        return sum(u.insertions for u in self.utterances)
+    edits = _total("edits")
+    ref_words = _total("ref_words")
+    substitutions = _total("substitutions")
+    deletions = _total("deletions")
+    insertions = _total("insertions")
+    del _total
 
     @property
     def wer(self) -> float:

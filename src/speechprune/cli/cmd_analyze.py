@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec, parse_states
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, parse_states
 from speechprune.cli.config import config_option
-from speechprune.utils.device import DEVICE_HELP, place_model, resolve_device
+from speechprune.utils.device import DEVICE_HELP
 
 
 def _split_list(values: List[str]) -> List[str]:
@@ -61,9 +61,8 @@ def register(app: typer.Typer) -> None:
 
             speechprune analyze models/whisper-base ../shared/data/emodb -l emotion -l speaker --group speaker --test-groups 14,15,16
         """
-        from speechprune.analysis.runner import AnalysisConfig, run_analysis
-        from speechprune.models import load_encoder
-        from speechprune.utils.outputs import output_folder
+        from speechprune import api
+        from speechprune.analysis.runner import AnalysisConfig
 
         cfg = AnalysisConfig(
             labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
@@ -72,27 +71,10 @@ def register(app: typer.Typer) -> None:
             split_column=split_column, test_groups=_split_list(test_groups) or None, seed=seed, processes=processes,
             chunk_seconds=chunk_seconds,
         )
-        cfg.validate()
-        dev = resolve_device(device)
-        cfg.device = str(dev)
-        from speechprune.utils.distributed import is_main_process
-
-        if not is_main_process():  # another process of a multi-process launch: it only helps extract the features
-            from speechprune.analysis.runner import analysis_features
-
-            enc = load_encoder(model, window_seconds=window, device=device)
-            analysis_features(enc, load_dataset_spec(data, list(label), group, segments_dir), cfg,
-                              cache_dir=cache_dir, progress=False)
-            return
-        with output_folder(out, overwrite=overwrite, command="analyze") as tmp:  # all results or none
-            ds = load_dataset_spec(data, list(label) + ([split_column] if split_column else []), group, segments_dir,
-                                   audio_column)
-            enc = load_encoder(model, window_seconds=window)
-            place_model(enc.model, dev, dtype)
-            from speechprune.features.window_advice import warn_if_window_too_long
-
-            warn_if_window_too_long(enc, ds)
-            result = run_analysis(enc, ds, cfg, tmp, cache_dir=cache_dir, progress=progress)
+        result = api.analyze(model, data, out, cfg, group=group, window=window, segments_dir=segments_dir,
+                             cache_dir=cache_dir, overwrite=overwrite, audio_column=audio_column, progress=progress)
+        if not result:
+            return  # a helper process of a multi-process launch
         for lab, s in result["summary"].items():
             if not lab.startswith("_"):
                 console.print(f"[bold]{lab}[/bold]: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

@@ -7,10 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.cmd_finetune import saved_split, split_options, split_spec_for
-from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console, load_dataset_spec
+from speechprune.cli.cmd_finetune import split_flags, split_options
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console
 from speechprune.cli.config import config_option
-from speechprune.utils.device import DEVICE_HELP, resolve_device
+from speechprune.utils.device import DEVICE_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -76,9 +76,8 @@ def register(app: typer.Typer) -> None:
 
             speechprune distill runs/fsdd-word ../shared/data/fsdd --label word --mimicker mlp --hidden 64 --blocks 2
         """
-        from speechprune.compress.distill import distill
+        from speechprune import api
         from speechprune.compress.distill.train import DistillConfig
-        from speechprune.models import load_encoder
         from speechprune.train.loop import TrainConfig
 
         def stage(epochs: int) -> TrainConfig:
@@ -89,38 +88,14 @@ def register(app: typer.Typer) -> None:
         cfg = DistillConfig(mimicker=mimicker, hidden=hidden, blocks=blocks, nhead=nhead, intermediate=intermediate,
                             positions=positions, freeze_mimicker=freeze_mimicker, stage1=stage(stage1_epochs),
                             stage2=stage(stage2_epochs), seed=seed)
-        split = split_spec_for(teacher, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-        if not (split_column or test_groups or val_groups) and saved_split(teacher):
-            console.print(f"splits as in the teacher's training.json: {split.to_dict()}")
-        dev = resolve_device(device)
-        from speechprune.utils.outputs import check_dir_target
-
-        check_dir_target(out, "--out")  # a usable output folder, before loading anything
-        # the split's own columns must be loaded too (a split column given here or recorded by the teacher's
-        # fine-tuning; its group column), or the split cannot find them
-        columns = list(dict.fromkeys([label, *([split.split_column] if split.split_column else [])]))
-        ds = load_dataset_spec(data, columns, group or split.group_column, audio_column=audio_column)
-        enc = load_encoder(teacher, window_seconds=window, device=dev)
-        res = distill(enc, ds, label, out, cfg, split, resume=resume, overwrite=overwrite, progress=progress,
-                      cache_dir=cache_dir)
+        split = split_flags(split_column, test_groups, val_groups, test_fraction, val_fraction)
+        res = api.distill(teacher, data, label, out, cfg, split, group=group, window=window, latency=latency,
+                          resume=resume, overwrite=overwrite, cache_dir=cache_dir, audio_column=audio_column,
+                          progress=progress, log=console.print)
         cost = res["cost"]
         test = res.get("test", {})
-        if latency:
-            from speechprune.compress.distill import load_student
-            from speechprune.compress.distill.evaluate import (
-                compare_latency,
-                dummy_student_inputs,
-                teacher_latency_inputs,
-            )
-            from speechprune.utils.io import write_json_atomic
-
-            student = load_student(out)
-            enc.model.to("cpu")  # the latency protocol times both on the CPU, one thread
-            lat = compare_latency({"teacher": (enc.model, teacher_latency_inputs(enc)),
-                                   "student": (student, dummy_student_inputs(student))}, rounds=3, repeats=5)
-            lat["latency_gain"] = lat["teacher"]["median_ms"] / lat["student"]["median_ms"]
-            lat["mac_gain"] = cost["mac_gain"]
-            write_json_atomic(out / "latency.json", lat)
+        lat = res.get("latency")
+        if lat:
             console.print(f"latency: teacher {lat['teacher']['median_ms']:.2f} ms, student "
                           f"{lat['student']['median_ms']:.2f} ms ({lat['latency_gain']:.1f}x; MACs predict "
                           f"{cost['mac_gain']:.1f}x)")

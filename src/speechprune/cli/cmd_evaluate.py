@@ -8,10 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.cmd_finetune import split_options, split_spec_for
-from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec
+from speechprune.cli.cmd_finetune import split_flags, split_options
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console
 from speechprune.cli.config import config_option
-from speechprune.utils.device import DEVICE_HELP, resolve_device
+from speechprune.utils.device import DEVICE_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -42,27 +42,13 @@ def register(app: typer.Typer) -> None:
         """Evaluate a classifier on a split of DATA. Without split options, a model fine-tuned by speechprune is
         evaluated on the split recorded in its training.json (so `evaluate` sees the same test clips); otherwise
         the options define the split, and --split all uses every clip."""
-        from speechprune.data.splits import make_splits
-        from speechprune.models import load_encoder
-        from speechprune.train.evaluate import evaluate_classifier
-        from speechprune.utils.io import write_json_atomic
+        from speechprune import api
 
-        if out is not None:
-            from speechprune.utils.outputs import check_file_target
-
-            check_file_target(out, "--out")
         if split not in ("test", "validation", "train", "all"):
             raise typer.BadParameter("choose test, validation, train or all", param_hint="--split")
-        spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-        dev = resolve_device(device)
-        columns = [label] + ([spec.split_column] if spec.split_column else [])
-        ds = load_dataset_spec(data, columns, group or spec.group_column, audio_column=audio_column)
-        enc = load_encoder(model, device=dev)
-        indices = None if split == "all" else make_splits(ds, label, spec)[split]
-        res = evaluate_classifier(enc, ds, label, indices, batch_size=batch_size, max_seconds=max_seconds,
-                                  profile_seconds=profile_seconds, latency_repeats=latency_repeats, progress=True)
-        res.update(model=model, data=data, split=split, split_spec=spec.to_dict())
-        if out:
-            write_json_atomic(out, res)
+        options = split_flags(split_column, test_groups, val_groups, test_fraction, val_fraction)
+        res = api.evaluate(model, data, label, options, part=split, group=group, seed=seed, batch_size=batch_size,
+                           max_seconds=max_seconds, profile_seconds=profile_seconds,
+                           latency_repeats=latency_repeats, device=device, out=out, audio_column=audio_column)
         console.print(f"accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f} on {res['n']} clips")
         typer.echo(json.dumps(res, default=str))

@@ -41,7 +41,7 @@ def onnx_cmd(
 
     speechprune export onnx runs/fsdd-word exports/fsdd-word --quantize int8 --data ../shared/data/fsdd -l word
     """
-    from speechprune.deploy.onnx import check_opset, export_onnx, require_onnx, saved_split
+    from speechprune.deploy.onnx import check_opset, export_onnx, require_onnx
     from speechprune.errors import SpeechpruneError
 
     check_opset(opset)  # the cheap checks first: nothing is loaded or written for a bad flag
@@ -54,10 +54,10 @@ def onnx_cmd(
         raise SpeechpruneError(f"{out} exists; choose another OUT or pass --overwrite")
     dataset, indices, extra = None, None, {}
     if data:
-        from speechprune.data.splits import SplitSpec, make_splits
+        from speechprune.data.splits import SplitSpec, make_splits, recorded_split
 
-        recorded = saved_split(model) if not split_column else None
-        spec = SplitSpec(**recorded) if recorded else SplitSpec(split_column=split_column)
+        recorded = recorded_split(model) if not split_column else None
+        spec = recorded or SplitSpec(split_column=split_column)
         columns: List[str] = [label] + ([spec.split_column] if spec.split_column else [])
         dataset = load_dataset_spec(data, columns, spec.group_column)
         if split == "test":

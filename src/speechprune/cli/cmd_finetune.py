@@ -8,9 +8,9 @@ from typing import Any, List, Optional
 
 import typer
 
-from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console, load_dataset_spec
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console
 from speechprune.cli.config import config_option
-from speechprune.data.splits import SplitOptions, SplitSpec
+from speechprune.data.splits import SplitOptions
 from speechprune.utils.device import DEVICE_HELP
 
 
@@ -31,28 +31,12 @@ def split_options() -> dict[str, Any]:
     )
 
 
-def make_split_spec(split_column: str | None, test_groups: List[str], val_groups: List[str], test_fraction: float,
-                    val_fraction: float, seed: int) -> SplitSpec:
+def split_flags(split_column: str | None, test_groups: List[str], val_groups: List[str], test_fraction: float,
+                val_fraction: float) -> SplitOptions:
+    """The split flags as :class:`~speechprune.data.splits.SplitOptions` (the API decides what they mean: with no
+    split column and no groups, a fine-tuned model's recorded split comes first)."""
     return SplitOptions(split_column=split_column, test_groups=split_list(test_groups),
-                        val_groups=split_list(val_groups), test_fraction=test_fraction,
-                        val_fraction=val_fraction).spec(seed=seed)
-
-
-def saved_split(model: str) -> dict | None:
-    """The split a speechprune fine-tuning recorded in the model folder, if any."""
-    path = Path(model) / "training.json"
-    if path.is_file():
-        return json.loads(path.read_text()).get("split_spec")
-    return None
-
-
-def split_spec_for(model: str, split_column: str | None, test_groups: List[str], val_groups: List[str],
-                   test_fraction: float, val_fraction: float, seed: int) -> SplitSpec:
-    """The split the options give; without split options, the one recorded in the model's training.json (so a
-    fine-tuned model is evaluated, pruned or distilled on the clips it was tested on), else the defaults."""
-    recorded = None if (split_column or test_groups or val_groups) else saved_split(model)
-    return SplitSpec(**recorded) if recorded else make_split_spec(split_column, test_groups, val_groups,
-                                                                   test_fraction, val_fraction, seed)
+                        val_groups=split_list(val_groups), test_fraction=test_fraction, val_fraction=val_fraction)
 
 
 def register(app: typer.Typer) -> None:
@@ -102,23 +86,17 @@ def register(app: typer.Typer) -> None:
 
             speechprune finetune models/whisper-base ../shared/data/emodb -l emotion --group speaker --test-groups 14,15,16 --window 2 -o runs/emodb
         """
-        from speechprune.models import load_encoder
-        from speechprune.train.finetune import finetune, prepare_output
+        from speechprune import api
         from speechprune.train.loop import TrainConfig
 
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, head_lr=head_lr,
                           weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
                           freeze_front_end=freeze_front_end, freeze_encoder=freeze_encoder, patience=patience,
                           seed=seed, mixed_precision=mixed_precision, max_seconds=max_seconds, device=device,
-                          report_to=report_to).validate()
-        spec = make_split_spec(split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-        prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
-        ds = load_dataset_spec(data, [label] + ([split_column] if split_column else []), group,
-                               audio_column=audio_column)
-        enc = load_encoder(model, window_seconds=window)
-        if keep is not None:
-            enc = enc.keep_layers(keep)
-        res = finetune(enc, ds, label, out, cfg, spec, resume=resume, overwrite=overwrite, progress=progress)
+                          report_to=report_to)
+        split = split_flags(split_column, test_groups, val_groups, test_fraction, val_fraction)
+        res = api.finetune(model, data, label, out, cfg, split, group=group, window=window, keep=keep, resume=resume,
+                           overwrite=overwrite, progress=progress, audio_column=audio_column)
         if "model_dir" not in res:
             return  # a non-main process of a multi-process run, or an interrupted run
         t = res["training"]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
-from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
-from speechprune.cli.common import AUDIO_COLUMN_HELP, console, load_dataset_spec
+from speechprune.cli.cmd_finetune import split_flags, split_list, split_options
+from speechprune.cli.common import AUDIO_COLUMN_HELP, console
 from speechprune.cli.config import config_option
 from speechprune.errors import SpeechpruneError
-from speechprune.utils.device import DEVICE_HELP, resolve_device
+from speechprune.utils.device import DEVICE_HELP
 
 prune_app = typer.Typer(help="Remove parts of a model: whole layers (`layers`), or channels/heads/FFN units.",
                         no_args_is_help=True)
@@ -71,69 +71,17 @@ def register(app: typer.Typer) -> None:
 
         Pruned models reload with plain transformers `from_pretrained`; speechprune.json records the kept layers.
         """
-        chosen = [name for name, on in (("--by", by), ("--keep", keep is not None), ("--drop", drop),
-                                        ("--no-retrain", no_retrain)) if on]
-        if len(chosen) != 1:
-            raise SpeechpruneError("give exactly one of --by convexity, --keep, --drop, --no-retrain"
-                                   + (f" (got {', '.join(chosen)})" if chosen else ""))
-        if by is not None and by != "convexity":
-            raise SpeechpruneError(f"--by supports 'convexity' only, got {by!r}")
-        from speechprune.utils.outputs import claim_output
+        from speechprune import api
 
-        claim_output(out, overwrite=overwrite, command="prune layers")  # usable, unused (or --overwrite), locked
-        if (by or no_retrain) and not (data and label):
-            raise SpeechpruneError(f"{chosen[0]} needs --data and --label")
-        from speechprune.models import load_encoder
-
-        dev = resolve_device(device)
-        enc = load_encoder(model, window_seconds=window, device=dev)
+        options = api.LayerPruneOptions(by=by, keep=keep, drop=_layer_list(drop) if drop else None,
+                                        no_retrain=no_retrain, orders=split_list(order), tolerance=tolerance,
+                                        batch_size=batch_size, profile_seconds=profile_seconds,
+                                        influence_clips=influence_clips)
+        split = split_flags(split_column, test_groups, val_groups, test_fraction, val_fraction)
+        res = api.prune_layers(model, out, options, split, data=data, label=label, group=group, window=window,
+                               seed=seed, device=device, overwrite=overwrite, audio_column=audio_column,
+                               progress=progress, log=console.print)
         if no_retrain:
-            spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-            _removal(enc, data, label, group, spec, split_list(order), out, batch_size, profile_seconds,
-                     influence_clips, progress, audio_column)
-            return
-        meta: dict[str, Any] = {}
-        if keep is not None:
-            pruned = enc.keep_layers(keep)
-        elif drop:
-            pruned = enc.drop_layers(_layer_list(drop))
+            console.print(f"[green]results[/green] → {out}")
         else:
-            pruned, meta = _by_convexity(enc, data, label, group, tolerance, batch_size, progress, audio_column)
-        pruned.model.to("cpu")
-        pruned.save_pretrained(out, metadata={"layer_pruning": meta or {"keep": keep, "drop": drop}})
-        console.print(f"kept layers {pruned.kept_layers} of {enc.num_layers} → {out}")
-        typer.echo(json.dumps({"model_dir": str(out), "kept_layers": pruned.kept_layers, **meta}))
-
-
-def _by_convexity(enc: Any, data: str, label: str, group: Any, tolerance: float, batch_size: int,
-                  progress: bool, audio_column: str | None = None) -> tuple[Any, dict[str, Any]]:
-    from speechprune.analysis.convexity import convexity_by_layer
-    from speechprune.compress.layers import choose_depth
-    from speechprune.features.extract import extract_features
-
-    ds = load_dataset_spec(data, [label], group, audio_column=audio_column)
-    from speechprune.utils.device import model_device
-
-    feats = extract_features(enc, ds, pooling="mean", batch_size=batch_size, device=str(model_device(enc.model)),
-                             progress=progress)
-    rows = convexity_by_layer(feats, label)
-    choice = choose_depth({r["state"]: r["score"] for r in rows}, tolerance)
-    console.print("convexity by state: " + ", ".join(f"{r['state']}: {r['score']:.1f}" for r in rows))
-    console.print(f"best layer {choice.best_layer} ({choice.best_score:.1f} %); keeping {choice.depth} layer(s)")
-    return enc.keep_layers(choice.depth), {"by": "convexity", "label": label, **choice.to_dict()}
-
-
-def _removal(enc: Any, data: str, label: str, group: Any, spec: Any, orders: list[str], out: Path, batch_size: int,
-             profile_seconds: float, influence_clips: int, progress: bool, audio_column: str | None = None) -> None:
-    from speechprune.compress.layers import check_removal_inputs, remove_without_retraining, removable_at_95
-
-    check_removal_inputs(enc, orders)
-    columns = [label] + ([spec.split_column] if spec.split_column else [])
-    ds = load_dataset_spec(data, columns, group or spec.group_column, audio_column=audio_column)
-    summary = remove_without_retraining(enc, ds, label, spec, orders, out, batch_size=batch_size,
-                                        profile_seconds=profile_seconds, influence_clips=influence_clips,
-                                        progress=progress)
-    for o in orders:
-        keep95 = removable_at_95(summary["rows"], o)
-        console.print(f"{o}: up to {keep95} of {enc.num_layers} layers removed with ≥ 95 % retained")
-    console.print(f"[green]results[/green] → {out}")
+            typer.echo(json.dumps(res))

@@ -8,9 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.cmd_finetune import split_list, split_options, split_spec_for
+from speechprune.cli.cmd_finetune import split_flags, split_list, split_options
 from speechprune.cli.cmd_prune import prune_app
-from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console, load_dataset_spec
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, REPORT_TO_HELP, console
 from speechprune.cli.config import config_option
 from speechprune.utils.device import DEVICE_HELP
 
@@ -75,26 +75,21 @@ def structured_cmd(
 
         speechprune prune structured runs/fsdd-word data/fsdd -l word --split-column split --budget macs=0.5 -o runs/fsdd-hj50
     """
-    from speechprune.compress.structured.train import PruneOptions, prune_structured
-    from speechprune.models import load_encoder
-    from speechprune.train.finetune import prepare_output
+    from speechprune import api
+    from speechprune.compress.structured.train import PruneOptions
     from speechprune.train.loop import TrainConfig
 
     opts = PruneOptions(budgets=budget, structures=tuple(split_list(structures)), target_warmup=target_warmup,
                         p0_keep=p0_keep, gate_lr=gate_lr, reg_lr=reg_lr, reg_update=reg_update, distill_weight=distill_weight,
-                        finetune_epochs=finetune_epochs, calibrate=calibrate, tolerance=tolerance).validate()
+                        finetune_epochs=finetune_epochs, calibrate=calibrate, tolerance=tolerance)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, head_lr=head_lr,
                       weight_decay=weight_decay, schedule=schedule, warmup_ratio=warmup_ratio,
                       freeze_front_end=freeze_front_end, patience=patience, seed=seed, max_seconds=max_seconds,
-                      device=device, mixed_precision=mixed_precision, report_to=report_to).validate()
-    prepare_output(out, resume=resume, overwrite=overwrite)  # fail before loading anything
+                      device=device, mixed_precision=mixed_precision, report_to=report_to)
     # the split the classifier was fine-tuned with (recorded in its training.json) unless one is given
-    spec = split_spec_for(model, split_column, test_groups, val_groups, test_fraction, val_fraction, seed)
-    enc = load_encoder(model)
-    ds = load_dataset_spec(data, [label] + ([spec.split_column] if spec.split_column else []),
-                           group or spec.group_column, audio_column=audio_column)
-    res = prune_structured(enc, ds, label, out, cfg=cfg, split=spec, options=opts, resume=resume,
-                           overwrite=overwrite, progress=progress)
+    split = split_flags(split_column, test_groups, val_groups, test_fraction, val_fraction)
+    res = api.prune_structured(model, data, label, out, opts, cfg, split, group=group, resume=resume,
+                               overwrite=overwrite, audio_column=audio_column, progress=progress)
     if "model_dir" not in res:
         return
     for name, b in res["budgets"].items():

@@ -36,15 +36,11 @@ def register(app: typer.Typer) -> None:
             speechprune run run.yaml train.epochs=2
             speechprune run model=models/whisper-base data=../shared/data/emodb label=emotion group=speaker split.test_groups=14,15,16 window=2 out=runs/emodb
         """
-        from speechprune.pipeline import load_run_config, run_pipeline
+        from speechprune import api
 
         items = list(args or [])
         config = items.pop(0) if items and "=" not in items[0] else None
-        cfg = load_run_config(config, items)
-        from speechprune.utils.outputs import claim_run_output
-
-        claim_run_output(cfg.out, overwrite=overwrite, config=config)  # usable, ours or --overwrite; locked
-        res = run_pipeline(cfg, progress=progress, log=lambda m: console.print(m))
+        res = api.run(config, items, overwrite=overwrite, progress=progress, log=lambda m: console.print(m))
         from speechprune.utils.distributed import is_main_process
 
         if not is_main_process():
@@ -57,4 +53,4 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"recommended: [bold]{rec['name']}[/bold] ({rec['kind']}), accuracy {rec['accuracy']:.3f}, "
                           f"{rec['gmacs_per_s']:.2f} GMACs/s")
-        console.print(f"[green]report[/green] → {cfg.out}/report.html")
+        console.print(f"[green]report[/green] → {res['config']['out']}/report.html")

@@ -36,6 +36,7 @@ __all__ = [
     "SplitOptions",
     "SplitSpec",
     "make_splits",
+    "recorded_split",
     "check_classes",
     "cv_folds",
     "split_by_column",
@@ -93,6 +94,17 @@ class SplitSpec(SplitOptions):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def recorded_split(model_dir: Any) -> SplitSpec | None:
+    """The split a speechprune training recorded in the model folder's ``training.json`` (``split_spec``), if
+    any: ``evaluate``, ``prune``, ``distill`` and ``export`` rebuild the exact split the model was fine-tuned with."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "training.json"
+    spec = json.loads(path.read_text()).get("split_spec") if path.is_file() else None
+    return SplitSpec(**spec) if spec else None
 
 
 def make_splits(ds: AudioDataset, label: str, spec: SplitSpec) -> dict[str, np.ndarray]:

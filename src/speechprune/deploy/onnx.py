@@ -20,7 +20,6 @@ recorded. Everything lands in ``OUT/export.json``; ``OUT`` is written atomically
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -322,10 +321,3 @@ def latency(ex: Exportable, sessions: dict[str, Any], *, threads: int = 1, secon
             "threads": threads, "clip_seconds": seconds, "batch": 1, "repeats": repeats, "interleaved": True,
             "load_avg_before": load_before[0], "load_avg_after": os.getloadavg()[0], "cpu_cores": os.cpu_count()}
 
-
-def saved_split(model_dir: str | Path) -> dict[str, Any] | None:
-    """The split a speechprune training recorded in the model folder (``training.json``), if any."""
-    path = Path(model_dir) / "training.json"
-    if path.is_file():
-        return json.loads(path.read_text()).get("split_spec")
-    return None

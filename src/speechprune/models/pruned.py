@@ -10,7 +10,10 @@ adapters and ``save_pretrained`` treat it as the stock class, and :func:`load_pr
 such a folder fails loudly on the shape mismatch rather than loading something else.
 
 This lives with the models (not with the pruner) because loading a saved model must not depend on how it was
-made: :func:`speechprune.models.load_encoder` reads these folders like any other.
+made: :func:`speechprune.models.load_encoder` reads these folders like any other. How one layer is reshaped is
+the standalone custom-code file's (:func:`~speechprune.portable.modeling_speechprune_pruned.shaped_attention`,
+``shaped_ffn``), so a folder's copied code and speechprune build the same modules; which modules those are is
+the family's (its module map).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from torch import nn
 
 from speechprune.errors import SpeechpruneError, UnsupportedModelError
 from speechprune.models.family import LayerPart
-from speechprune.models.modules import EmptyAttention, WavLMPrunedAttention, linear
 from speechprune.models.registry import family_of
+from speechprune.portable.modeling_speechprune_pruned import shaped_attention, shaped_ffn
 
 #: Config attribute holding the per-layer shapes of a result the stock config cannot describe.
 STRUCTURE_KEY = "speechprune_structure"
@@ -53,34 +56,13 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
 
 
 def _shape_attention(part: LayerPart, lay: dict[str, Any], fused: bool) -> None:
-    attn = part.attn
-    heads, bias = list(lay["heads"]), bool(lay["attention_bias"])
-    full = int(lay["full_heads"])
-    if fused:
-        setattr(part.layer, part.attn_attr, WavLMPrunedAttention(attn, heads, full, bias))
-        return
-    head_dim = int(attn.head_dim)
-    num_heads = int(attn.q_proj.out_features) // head_dim
-    d_model = int(attn.q_proj.in_features)
-    if heads == list(range(num_heads)) and bias:
-        return
-    if not heads:
-        setattr(part.layer, part.attn_attr, EmptyAttention(attn, bias))
-        return
-    h = len(heads)
-    for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(attn, name, linear(d_model, h * head_dim, getattr(attn, name).bias is not None, attn))
-    attn.out_proj = linear(h * head_dim, d_model, bias, attn)
-    attn.num_heads = h
+    setattr(part.layer, part.attn_attr, shaped_attention(part.attn, lay, fused))
 
 
 def _shape_ffn(part: LayerPart, lay: dict[str, Any]) -> None:
-    f, bias = int(lay["intermediate_size"]), bool(lay["ffn_bias"])
-    fc1, fc2 = part.fc1, part.fc2
-    if f == fc1.out_features and bias == (fc2.bias is not None):
-        return
-    d_model = int(fc1.in_features)
-    part.set_ffn(linear(d_model, f, fc1.bias is not None, fc1), linear(f, d_model, bias, fc2))
+    shaped = shaped_ffn(part.fc1, part.fc2, lay)
+    if shaped is not None:
+        part.set_ffn(*shaped)
 
 
 def stock_class(cls: type) -> type:

@@ -182,31 +182,44 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
 
 
 def _shape_attention(layer: nn.Module, attr: str, lay: dict[str, Any], wavlm: bool) -> None:
-    attn = getattr(layer, attr)
+    setattr(layer, attr, shaped_attention(getattr(layer, attr), lay, wavlm))
+
+
+def shaped_attention(attn: nn.Module, lay: dict[str, Any], fused: bool) -> nn.Module:
+    """The module that replaces the stock attention ``attn`` of a layer whose structure entry is ``lay`` (kept
+    ``heads`` among ``full_heads``, ``attention_bias``): ``attn`` itself, reshaped in place, or a
+    :class:`WavLMPrunedAttention` (``fused``: WavLM's attention) / :class:`EmptyAttention` (no heads left).
+    speechprune's own loader (``speechprune.models.pruned``) calls it too."""
     heads, bias, full = list(lay["heads"]), bool(lay["attention_bias"]), int(lay["full_heads"])
-    if wavlm:
-        setattr(layer, attr, WavLMPrunedAttention(attn, heads, full, bias))
-        return
+    if fused:
+        return WavLMPrunedAttention(attn, heads, full, bias)
     dh, d = int(attn.head_dim), int(attn.q_proj.in_features)
     if heads == list(range(attn.q_proj.out_features // dh)) and bias:
-        return
+        return attn
     if not heads:
-        setattr(layer, attr, EmptyAttention(attn, bias))
-        return
+        return EmptyAttention(attn, bias)
     h = len(heads)
     for name in ("q_proj", "k_proj", "v_proj"):
         setattr(attn, name, linear(d, h * dh, getattr(attn, name).bias is not None, attn))
     attn.out_proj = linear(h * dh, d, bias, attn)
     attn.num_heads = h
+    return attn
 
 
 def _shape_ffn(owner: nn.Module, n1: str, n2: str, lay: dict[str, Any]) -> None:
-    fc1, fc2 = getattr(owner, n1), getattr(owner, n2)
+    shaped = shaped_ffn(getattr(owner, n1), getattr(owner, n2), lay)
+    if shaped is not None:
+        setattr(owner, n1, shaped[0])
+        setattr(owner, n2, shaped[1])
+
+
+def shaped_ffn(fc1: nn.Linear, fc2: nn.Linear, lay: dict[str, Any]) -> tuple[nn.Linear, nn.Linear] | None:
+    """The two FFN Linears of a layer whose structure entry is ``lay`` (``intermediate_size``, ``ffn_bias``), new
+    and unloaded; ``None`` when the stock ones already have that shape."""
     f, bias = int(lay["intermediate_size"]), bool(lay["ffn_bias"])
     if f == fc1.out_features and bias == (fc2.bias is not None):
-        return
-    setattr(owner, n1, linear(fc1.in_features, f, fc1.bias is not None, fc1))
-    setattr(owner, n2, linear(f, fc2.out_features, bias, fc2))
+        return None
+    return (linear(fc1.in_features, f, fc1.bias is not None, fc1), linear(f, fc2.out_features, bias, fc2))
 
 
 # ---------------------------------------------------------------------------------------------------------------

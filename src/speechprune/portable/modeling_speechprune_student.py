@@ -136,6 +136,9 @@ class MimickerStack(nn.Module):
 class WhisperFrontEnd(nn.Module):
     """``conv1 → GELU → conv2 → GELU`` (B × mel × 2T → B × T × D) and the window's position table."""
 
+    #: What a wrong number of log-mel frames raises (speechprune's own subclass raises its error type).
+    window_error: type[Exception] = ValueError
+
     def __init__(self, num_mel_bins: int, d_model: int, positions: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(num_mel_bins, d_model, kernel_size=3, padding=1)
@@ -149,8 +152,8 @@ class WhisperFrontEnd(nn.Module):
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
         expected = self.window_positions * 2
         if input_features.shape[-1] != expected:
-            raise ValueError(f"this Whisper student expects {expected} log-mel frames (its window), got "
-                             f"{input_features.shape[-1]}")
+            raise self.window_error(f"this Whisper student expects {expected} log-mel frames (its window), got "
+                                    f"{input_features.shape[-1]}")
         x = nn.functional.gelu(self.conv1(input_features.to(self.conv1.weight.dtype)))
         x = nn.functional.gelu(self.conv2(x))
         return x.permute(0, 2, 1)

@@ -324,34 +324,29 @@ def _nan(v: Any) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
+def _interval(r: dict[str, Any], key: str) -> str:
+    """`` [low, high]`` of ``key``'s interval (``<key>_low``/``<key>_high``), or nothing where there is none."""
+    return "" if _nan(r.get(f"{key}_low")) else f" [{r[f'{key}_low']:.2f}, {r[f'{key}_high']:.2f}]"
+
+
 def _cell(r: dict[str, Any], key: str) -> str:
     """A table cell with its uncertainty: intervals beside accuracies and retained, spread and flags on latency."""
     v = r.get(key)
-    if key == "accuracy":
-        if _nan(v):
-            return "–"
-        ci = "" if _nan(r.get("accuracy_low")) else f" [{r['accuracy_low']:.2f}, {r['accuracy_high']:.2f}]"
-        return f"{v:.3f}{ci}"
-    if key == "retained":
-        if _nan(v):
-            return "–"
-        if r.get("verdict") == "reference":
-            return "1 (reference)"
-        ci = "" if _nan(r.get("retained_low")) else f" [{r['retained_low']:.2f}, {r['retained_high']:.2f}]"
-        return f"{v:.3f}{ci}"
-    if key == "val_accuracy":
-        if _nan(v):
-            return "–"
-        return f"{v:.3f} (n = {r['n_validation']})" if r.get("n_validation") is not None else f"{v:.3f}"
-    if key == "latency_ms":
-        if _nan(v):
-            return "–"
-        spread = "" if r.get("latency_spread") is None else f" (±{50 * r['latency_spread']:.0f} %)"
-        flag = " ⚠" if (r.get("latency_flagged") or r.get("latency_check")) else ""
-        return f"{v:.2f}{spread}{flag}"
     if key == "verdict":
         return str(v or "–")
-    return _fmt(v, key)
+    if key not in ("accuracy", "retained", "val_accuracy", "latency_ms"):
+        return _fmt(v, key)
+    if _nan(v):
+        return "–"
+    if key == "retained" and r.get("verdict") == "reference":
+        return "1 (reference)"
+    if key in ("accuracy", "retained"):
+        return f"{v:.3f}{_interval(r, key)}"
+    if key == "val_accuracy":
+        return f"{v:.3f} (n = {r['n_validation']})" if r.get("n_validation") is not None else f"{v:.3f}"
+    spread = "" if r.get("latency_spread") is None else f" (±{50 * r['latency_spread']:.0f} %)"
+    flag = " ⚠" if (r.get("latency_flagged") or r.get("latency_check")) else ""
+    return f"{v:.2f}{spread}{flag}"
 
 
 def _fmt(v: Any, key: str) -> str:

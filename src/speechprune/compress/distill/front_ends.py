@@ -15,45 +15,28 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from torch import nn
 
 from speechprune.errors import SpeechpruneError
 from speechprune.models.adapter import SpeechEncoder
 from speechprune.models.registry import family_for
 from speechprune.portable.modeling_speechprune_student import SSLFrontEnd as PortableSSLFrontEnd
+from speechprune.portable.modeling_speechprune_student import WhisperFrontEnd as PortableWhisperFrontEnd
 from speechprune.profile.macs import conv1d_macs, conv_out_len, linear_macs
 
 
-class WhisperFrontEnd(nn.Module):
+class WhisperFrontEnd(PortableWhisperFrontEnd):
     """``conv1 → GELU → conv2 → GELU`` (B × mel × 2T → B × T × D) and the window's position table.
 
     Like every student front end it answers :meth:`run` (model inputs → frames, valid-frame mask),
     :meth:`prepare`, :meth:`frames_for`, :meth:`macs`, :meth:`param_parts` and :meth:`dummy_inputs`; Whisper's
     stock head averages over the whole window (``pool_all_frames``), and its fixed position table can be added
-    back (``positional_table``)."""
+    back (``positional_table``). Its modules and forward pass are the standalone copy's (``portable/``); a wrong
+    window raises :class:`~speechprune.errors.SpeechpruneError` here, ``ValueError`` there."""
 
     input_kind = "log_mel"
     pool_all_frames = True
     has_positions = True
-
-    def __init__(self, num_mel_bins: int, d_model: int, positions: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(num_mel_bins, d_model, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1)
-        self.embed_positions = nn.Parameter(torch.zeros(positions, d_model), requires_grad=False)
-
-    @property
-    def window_positions(self) -> int:
-        return int(self.embed_positions.shape[0])
-
-    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        expected = self.window_positions * 2
-        if input_features.shape[-1] != expected:
-            raise SpeechpruneError(f"this Whisper student expects {expected} log-mel frames (its window), got "
-                                   f"{input_features.shape[-1]}")
-        x = nn.functional.gelu(self.conv1(input_features.to(self.conv1.weight.dtype)))
-        x = nn.functional.gelu(self.conv2(x))
-        return x.permute(0, 2, 1)
+    window_error = SpeechpruneError
 
     def conv_macs(self) -> int:
         t_mel = self.window_positions * 2

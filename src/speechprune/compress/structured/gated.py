@@ -52,6 +52,7 @@ class GatedModel(nn.Module):
         *,
         p0_keep: float = P0_KEEP,
         p0_ffn: float = P0_FFN,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -60,19 +61,23 @@ class GatedModel(nn.Module):
         self.cost_model = CostModel(self.sites)
         self.gates = nn.ModuleDict()
         ref = next(model.parameters())
+        # the initial gates come from their own generator (seeded): the same seed gives the same gates whatever ran
+        # before in the process (None: torch's global generator)
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         if "conv" in self.structures:
             for i in self.sites.gatable_convs:
-                self.gates[gate_name("conv", i)] = HardConcrete(self.sites.convs[i].channels, p0_keep, min_keep=1)
+                self.gates[gate_name("conv", i)] = HardConcrete(self.sites.convs[i].channels, p0_keep, min_keep=1,
+                                                                generator=gen)
         for site in self.sites.layers:
             n = site.number
             if "head" in self.structures and site.num_heads > 0:
-                self.gates[gate_name("head", n)] = HardConcrete(site.num_heads, p0_keep)
+                self.gates[gate_name("head", n)] = HardConcrete(site.num_heads, p0_keep, generator=gen)
             if "interm" in self.structures and site.ffn_dim > 0:
-                self.gates[gate_name("interm", n)] = HardConcrete(site.ffn_dim, p0_ffn)
+                self.gates[gate_name("interm", n)] = HardConcrete(site.ffn_dim, p0_ffn, generator=gen)
             if "attlayer" in self.structures:
-                self.gates[gate_name("attlayer", n)] = HardConcrete(1, p0_keep)
+                self.gates[gate_name("attlayer", n)] = HardConcrete(1, p0_keep, generator=gen)
             if "ffnlayer" in self.structures:
-                self.gates[gate_name("ffnlayer", n)] = HardConcrete(1, p0_keep)
+                self.gates[gate_name("ffnlayer", n)] = HardConcrete(1, p0_keep, generator=gen)
         self.gates.to(ref.device)
         self._masks: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []

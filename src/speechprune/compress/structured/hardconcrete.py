@@ -47,6 +47,7 @@ class HardConcrete(nn.Module):
         r: float = 1.1,
         eps: float = 1e-6,
         min_keep: int = 0,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if n <= 0:
@@ -64,12 +65,14 @@ class HardConcrete(nn.Module):
         #: Shift that turns log_alpha into the logit of P(gate != 0).
         self.l0_shift = -self.beta * math.log(-self.l / self.r)
         self.log_alpha = nn.Parameter(torch.empty(self.n))
-        self.reset_parameters()
+        self.reset_parameters(generator)
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw ``log_alpha`` around the initial drop rate, from ``generator`` (a CPU generator; ``None``: torch's
+        global one) — a seeded generator makes the initial gates independent of what ran before."""
         mean = math.log(1.0 - self.init_mean) - math.log(self.init_mean)
         with torch.no_grad():
-            self.log_alpha.normal_(mean, self.init_std)
+            self.log_alpha.normal_(mean, self.init_std, generator=generator)
 
     def prob_nonzero(self) -> torch.Tensor:
         """P(z_i != 0) per gate (differentiable)."""

@@ -248,7 +248,7 @@ class _Prepared:
     parts: dict[str, Any] = field(default_factory=dict)
 
 
-def _prepare(encoder: Any, dataset: Any, label: str, opts: PruneOptions, split: Any) -> _Prepared:
+def _prepare(encoder: Any, dataset: Any, label: str, opts: PruneOptions, split: Any, seed: int) -> _Prepared:
     from speechprune.data.splits import make_splits
     from speechprune.models.classifier import class_names, is_classifier
 
@@ -258,7 +258,8 @@ def _prepare(encoder: Any, dataset: Any, label: str, opts: PruneOptions, split: 
             f"this {encoder.family} model has no classification head: structured pruning needs a fine-tuned "
             "classifier (run `speechprune finetune` first)")
     classes = class_names(encoder)
-    gated = attach_gates(copy.deepcopy(encoder.model), opts.structures, p0_keep=opts.p0_keep, p0_ffn=opts.p0_ffn)
+    gated = attach_gates(copy.deepcopy(encoder.model), opts.structures, p0_keep=opts.p0_keep, p0_ffn=opts.p0_ffn,
+                         seed=seed)  # the initial gates from the run's seed, not from the global RNG's state
     try:
         check_reachable(budgets, gated, opts.num_samples)
     except BudgetError:
@@ -326,7 +327,7 @@ def prune_structured(
         split.group_column = dataset.group_column
     out = Path(out)
     prepare_output(out, resume=resume, overwrite=overwrite)  # before any heavy work
-    prep = _prepare(encoder, dataset, label, opts, split)
+    prep = _prepare(encoder, dataset, label, opts, split, cfg.seed)
     work = work_dir_for(out)
     gated, parts, classes = prep.gated, prep.parts, prep.classes
 
