@@ -11,7 +11,11 @@ from scipy.sparse.csgraph import dijkstra
 from scipy.spatial.distance import cdist
 
 from speechprune.analysis import paths
-from speechprune.analysis.convexity import convexity_by_labels, convexity_by_layer, knn_graph
+from speechprune.analysis.convexity import (
+    convexity_by_labels,
+    convexity_by_layer,
+    knn_graph,
+)
 from speechprune.analysis.knn import knn
 from speechprune.analysis.similarity import (
     StreamingCKA,

@@ -318,11 +318,9 @@ class _Search:
         if self.compiled and self.data.dtype in (torch.float32, torch.float64):
             scale = (self.scale if self.scale is not None else torch.ones(self.n, dtype=torch.float64)).numpy()
             cand_np = np.ascontiguousarray(cand.numpy())
-            if self.metric == "euclidean":
-                shift = self.shift if self.shift is not None else torch.zeros(self.data.shape[1], dtype=torch.float64)
-                _kernels.squared_distances(self.data.numpy(), scale, shift.numpy(), rows.numpy(), cand_np, out.numpy())
-            else:
-                _kernels.inner_products(self.data.numpy(), scale, rows.numpy(), cand_np, out.numpy())
+            shift = self.shift if self.shift is not None else torch.zeros(self.data.shape[1], dtype=torch.float64)
+            _kernels.exact_scores(self.data.numpy(), scale, shift.numpy(), rows.numpy(), cand_np, out.numpy(),
+                                  self.metric == "euclidean")
             return out
         width = cand.shape[1]
         step = max(1, chunk // max(1, width * self.data.shape[1]))

@@ -18,6 +18,7 @@ no two threads ever touch the same list.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 try:  # numba is a declared dependency; without it the search keeps torch.topk
     import numba
@@ -84,10 +85,11 @@ if HAVE_NUMBA:
                             worst[j - j0] = vals[r, last]
 
     @njit(cache=True, nogil=True, parallel=True)
-    def squared_distances(x, scale, shift, rows, cand, out):  # type: ignore[no-untyped-def]
-        """float64 ``Σ_d ((x_c·s_c − m_d) − (x_q·s_q − m_d))²`` of each row q = rows[a] and candidate c = cand[a, b]
-        (−1 → inf): the difference form of ``knn._Search._exact``, with the same operations in the same order per
-        element, without its float64 gathers of R × C × D temporaries."""
+    def exact_scores(x, scale, shift, rows, cand, out, euclidean):  # type: ignore[no-untyped-def]
+        """float64 score of each row q = rows[a] against candidate c = cand[a, b] (−1 → inf), the two branches of
+        ``knn._Search._exact`` without their float64 gathers of R × C × D temporaries: Euclidean, the difference
+        form ``Σ_d ((x_c·s_c − m_d) − (x_q·s_q − m_d))²`` with the same operations per element; inner product,
+        ``−(Σ_d x_q,d · x_c,d) · s_q · s_c``."""
         n_rows, width = cand.shape
         d = x.shape[1]
         for a in prange(n_rows):
@@ -98,34 +100,16 @@ if HAVE_NUMBA:
                     out[a, b] = np.inf
                     continue
                 acc = 0.0
-                for t in range(d):
-                    diff = (np.float64(x[c, t]) * scale[c] - shift[t]) - (np.float64(x[q, t]) * scale[q] - shift[t])
-                    acc += diff * diff
-                out[a, b] = acc
-
-
-if HAVE_NUMBA:
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def inner_products(x, scale, rows, cand, out):  # type: ignore[no-untyped-def]
-        """float64 ``−(Σ_d x_q,d · x_c,d) · s_q · s_c`` of each row q = rows[a] and candidate c = cand[a, b] (−1 →
-        inf): the inner-product branch of ``knn._Search._exact`` without its float64 gathers."""
-        n_rows, width = cand.shape
-        d = x.shape[1]
-        for a in prange(n_rows):
-            q = rows[a]
-            for b in range(width):
-                c = cand[a, b]
-                if c < 0:
-                    out[a, b] = np.inf
-                    continue
-                acc = 0.0
-                for t in range(d):
-                    acc += np.float64(x[c, t]) * np.float64(x[q, t])
-                out[a, b] = -(acc * scale[q] * scale[c])
-
-
-if HAVE_NUMBA:
+                if euclidean:
+                    for t in range(d):
+                        diff = (np.float64(x[c, t]) * scale[c] - shift[t]) - (np.float64(x[q, t]) * scale[q]
+                                                                                - shift[t])
+                        acc += diff * diff
+                    out[a, b] = acc
+                else:
+                    for t in range(d):
+                        acc += np.float64(x[c, t]) * np.float64(x[q, t])
+                    out[a, b] = -(acc * scale[q] * scale[c])
 
     @njit(cache=True, nogil=True, parallel=True)
     def prepare_rows(x, normalize, center, scale, shift, x32, sq):  # type: ignore[no-untyped-def]
@@ -174,11 +158,9 @@ if HAVE_NUMBA:
         return True
 
 
-def finite(x: "np.ndarray | torch.Tensor") -> bool:
+def finite(x: np.ndarray | torch.Tensor) -> bool:
     """Whether every entry of ``x`` is finite: compiled for CPU float32/float64 data (one pass, stops early, no
     boolean temporary), ``torch.isfinite`` otherwise (other dtypes, GPU tensors)."""
-    import torch
-
     arr = x
     if isinstance(x, torch.Tensor):
         arr = x.numpy() if x.device.type == "cpu" and not x.requires_grad else None

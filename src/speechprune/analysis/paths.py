@@ -37,8 +37,9 @@ owns O(N + nnz) scratch, reset after every pair by walking the vertices it touch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
