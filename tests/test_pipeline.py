@@ -52,6 +52,8 @@ def overrides(data: Path, out: Path, *extra: str) -> list[str]:
     (["compress.removal.orders=sideways"], "allowed: backward, forward"),
     (["label=emotion"], "label/column 'emotion' is not in the data"),
     (["data=/nonexistent/folder"], "data: path /nonexistent/folder does not exist"),
+    (["selection.cv=sometimes"], "selection.cv must be auto, always or never"),
+    (["selection.folds=1"], "selection.folds must be at least 2"),
 ])
 def test_bad_config_fails_fast_naming_the_key(data: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     t0 = time.perf_counter()

@@ -262,6 +262,10 @@ def _check_semantics(cfg: RunConfig) -> None:
     for key in ("model", "data", "label"):
         if not getattr(cfg, key):
             raise ConfigError(f"{key} is required (in the YAML file or as {key}=...)")
+    if cfg.selection.cv not in ("auto", "always", "never"):
+        raise ConfigError(f"selection.cv must be auto, always or never, got {cfg.selection.cv!r}")
+    if cfg.selection.folds < 2:
+        raise ConfigError(f"selection.folds must be at least 2, got {cfg.selection.folds}")
     if not cfg.data.startswith("hf:"):
         from speechprune.data.sources import split_suffix
 
@@ -283,10 +287,6 @@ def _check_semantics(cfg: RunConfig) -> None:
             raise ConfigError(f"compress.{name}: {exc}") from exc
     if cfg.split.test_groups and not cfg.group:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
-    if cfg.selection.cv not in ("auto", "always", "never"):
-        raise ConfigError(f"selection.cv must be auto, always or never, got {cfg.selection.cv!r}")
-    if cfg.selection.folds < 2:
-        raise ConfigError(f"selection.folds must be at least 2, got {cfg.selection.folds}")
     if cfg.analysis.probe_folds < 2:
         raise ConfigError(f"analysis.probe_folds must be at least 2, got {cfg.analysis.probe_folds}")
     from speechprune.utils.device import DeviceError, check_device
