@@ -78,6 +78,10 @@ def crossval(run: Any) -> dict[str, Any]:
     plan, folds = pool_folds(labels, groups if grouped else None, pool, c.selection.folds, seed=c.seed)
     if not folds:
         return {**base, "reason": f"the training pool cannot be cross-validated: {plan.note}"}
+    for k, (train, _held) in enumerate(folds):
+        if len({labels[i] for i in train}) < 2:
+            return {**base, "reason": f"fold {k + 1}'s training part has a single class of {c.label!r}: no classifier "
+                                      "can be fine-tuned on it"}
     epochs = _baseline_best_epoch(run) or c.train.epochs
     tcfg = run.train_config(epochs=epochs, patience=None)
     active = [m for m in methods() if c.compress[m.name].enabled]
