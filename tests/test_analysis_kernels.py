@@ -11,7 +11,11 @@ from scipy.sparse.csgraph import dijkstra
 from scipy.spatial.distance import cdist
 
 from speechprune.analysis import paths
-from speechprune.analysis.convexity import convexity_by_labels, convexity_by_layer, knn_graph
+from speechprune.analysis.convexity import (
+    convexity_by_labels,
+    convexity_by_layer,
+    knn_graph,
+)
 from speechprune.analysis.knn import knn
 from speechprune.analysis.similarity import (
     StreamingCKA,
@@ -31,7 +35,7 @@ def _ref_euclidean(x: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(d, axis=1, kind="stable")[:, :k]  # ties: smaller index first
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("symmetric", [None, False, True])  # None: the compiled CPU merges
 @pytest.mark.parametrize("block", [64, 1000])
 def test_knn_schemes_equal_float64_brute_force(symmetric: bool, block: int) -> None:
     rng = np.random.default_rng(0)
@@ -43,7 +47,7 @@ def test_knn_schemes_equal_float64_brute_force(symmetric: bool, block: int) -> N
     np.testing.assert_allclose(nb.distances, np.take_along_axis(cdist(x, x), ref, 1), rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("symmetric", [None, False, True])  # None: the compiled CPU merges
 def test_knn_inner_product_normalised_and_set_only(symmetric: bool) -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((300, 16)).astype(np.float32)
@@ -61,7 +65,7 @@ def test_knn_inner_product_normalised_and_set_only(symmetric: bool) -> None:
 def test_knn_exact_ties_are_broken_by_index() -> None:
     """Integer grid points: many neighbours at exactly equal distances, on both schemes."""
     g = np.stack(np.meshgrid(np.arange(12), np.arange(12)), -1).reshape(-1, 2).astype(np.float64)
-    for symmetric in (False, True):
+    for symmetric in (None, False, True):
         nb = knn(g, 4, symmetric=symmetric, block=50)
         np.testing.assert_array_equal(nb.indices, _ref_euclidean(g, 4))
 
@@ -109,6 +113,28 @@ def test_bidirectional_paths_equal_scipy_dijkstra(threads: int) -> None:
         assert interior[i] == len(inner)  # real-valued weights: the shortest path is unique
         want = 1.0 if not inner else sum(codes[j] == cls[i] for j in inner) / len(inner)
         assert score[i] == pytest.approx(want, abs=0)
+
+
+@pytest.mark.skipif(not paths.HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("dim", [3, 40])
+def test_astar_paths_equal_plain_dijkstra_with_fewer_settled_vertices(dim: int) -> None:
+    """The A* bound from the principal projection changes only how much is searched, never the answer (lengths
+    and scores equal the unguided search), also when the projection keeps only part of the variance (dim 40)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((600, dim)) * np.linspace(3.0, 0.2, dim)
+    g = knn_graph(x, 5)
+    us, vs = rng.integers(0, 600, 500), rng.integers(0, 600, 500)
+    codes = rng.integers(0, 3, 600)
+    coords = paths.projection(x, rank=min(dim, 8))
+    assert coords.shape[0] == 600 and 1 <= coords.shape[1] <= min(dim, 8)  # fewer axes if they hold 99.5 %
+    d = cdist(coords[:50], coords[:50])
+    assert (d <= cdist(x[:50], x[:50]) + 1e-12).all()  # a lower bound on every straight line
+    plain = paths.pair_paths(g.indptr, g.indices, g.data, codes, us, vs, codes[us])
+    guided = paths.pair_paths(g.indptr, g.indices, g.data, codes, us, vs, codes[us], coords=coords, threads=2)
+    np.testing.assert_allclose(guided[2], plain[2], rtol=1e-12)
+    np.testing.assert_array_equal(guided[0], plain[0])
+    np.testing.assert_array_equal(guided[1], plain[1])
+    assert guided[3] < plain[3]
 
 
 @pytest.mark.skipif(not paths.HAVE_NUMBA, reason="numba not installed")

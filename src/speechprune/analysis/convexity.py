@@ -20,11 +20,12 @@ Why it is fast (``docs/methods.md`` §5.3, ``benchmarks/results/analysis_convexi
 * The graph is exact-kNN sparse (never N × N), from :func:`speechprune.analysis.knn.knn`: fp32 GEMM blocks on and
   above the diagonal only (each product serves both blocks' rows), top-k, and a float64 check of the rows whose
   ranking fp32 could get wrong; edge weights are float64 distances. ``device="cuda"`` runs these products there.
-* Paths (``paths="compiled"``, the default where numba is installed): one *bidirectional* Dijkstra per pair in a
+* Paths (``paths="compiled"``, the default where numba is installed): one *bidirectional A** search per pair in a
   compiled kernel (:mod:`speechprune.analysis.paths`), on threads sharing one graph (the kernel releases the GIL).
-  It settles two balls of half the path's radius instead of a whole single-source tree: 1.5 % of the graph per
-  pair at N = 20 000 against 29 % per source for a single-source search that stops once all its targets are
-  settled (which itself beats whole trees). Pairs whose endpoints lie in different connected components are
+  Bidirectional, it settles two balls of half the path's radius instead of a whole single-source tree (1.5 % of
+  the graph per pair at N = 20 000 against 29 % per source for a single-source search that stops once all its
+  targets are settled); guided by a lower bound on the remaining distance (the points' distance on their top
+  principal axes), the balls shrink to ellipsoids around the straight line (4× fewer vertices at N = 5 000). Pairs whose endpoints lie in different connected components are
   scored 0 without a search, and with ``use_symmetry`` the sampled pairs (u, v) and (v, u) share one search
   (the graph is undirected, so they share the path; every pair is searched from its smaller index).
 * ``paths="scipy"`` keeps the earlier route, an independent cross-check: pairs grouped by source, scipy's
@@ -155,6 +156,13 @@ class _Prepared:
     components: np.ndarray
     n_components: int
     seconds_graph: float
+    coords: np.ndarray | None = None  # the A* projection (compiled paths), made on first use
+
+    def guide(self) -> np.ndarray:
+        """The rows on their top principal axes (:func:`speechprune.analysis.paths.projection`), computed once."""
+        if self.coords is None:
+            self.coords = _paths.projection(self.x)
+        return self.coords
 
 
 # ----------------------------------------------------------------------------------------------------- public API
@@ -616,7 +624,7 @@ def _compiled_path_scores(prep: _Prepared, codes: np.ndarray, pairs: np.ndarray,
     with tqdm(total=_paths.n_pieces(len(su), threads), desc="convexity paths", unit="piece",
               disable=not progress) as bar:
         sc_, it_, _, settled = _paths.pair_paths(graph.indptr, graph.indices, graph.data, codes, su, sv, sc,
-                                                 threads=threads, on_piece=bar.update)
+                                                 coords=prep.guide(), threads=threads, on_piece=bar.update)
     scores[linked] = sc_[inverse]
     interior[linked] = it_[inverse]
     return scores, interior, int(len(np.unique(su))), int(len(su)), settled

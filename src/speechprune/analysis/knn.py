@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from speechprune.analysis import knn_kernels as _kernels
 from speechprune.errors import SpeechpruneError
 
 DEFAULT_BLOCK = 2048
@@ -129,7 +130,11 @@ class _Search:
         if not data.is_floating_point():
             data = data.to(torch.float64)
         n = data.shape[0]
-        if not bool(torch.isfinite(data).all()):
+        # CPU: compiled operands and merges (one pass per block side) instead of torch.topk; a forced scheme
+        # keeps torch's, as does every other device
+        self.compiled = (_kernels.HAVE_NUMBA and data.device.type == "cpu" and symmetric is None
+                         and data.dtype in (torch.float32, torch.float64))
+        if not _kernels.finite(data):
             raise SpeechpruneError("features contain NaN or inf values; cannot compute neighbours")
         available = n - 1 if exclude_self else n
         if k < 1 or k > available:
@@ -152,6 +157,15 @@ class _Search:
         self.shift = None
         self.scale = None  # float64 1/‖x‖ per row when normalising
         step = max(1, (1 << 24) // max(d, 1))  # float64 temporaries of ≈ 128 MB at most
+        if self.compiled:
+            scale, shift = torch.empty(n, dtype=f64), torch.empty(d, dtype=f64)
+            self.x32, self.sq = torch.empty((n, d), dtype=torch.float32), torch.empty(n, dtype=torch.float32)
+            _kernels.prepare_rows(self.data.numpy(), normalize, self.metric == "euclidean", scale.numpy(),
+                                  shift.numpy(), self.x32.numpy(), self.sq.numpy())
+            self.scale = scale if normalize else None
+            self.shift = shift if self.metric == "euclidean" else None
+            self._bound()
+            return
         if normalize:  # first: the search sees normalised rows, centred afterwards for Euclidean
             norms = torch.empty(n, dtype=f64, device=self.dev)
             for lo in range(0, n, step):
@@ -168,7 +182,13 @@ class _Search:
             x32[lo:lo + step] = rows.to(torch.float32)
         self.x32 = x32
         self.sq = (x32 * x32).sum(dim=1)  # fp32, consistent with the GEMM operands
-        norm = self.sq.to(f64).sqrt()
+        self._bound()
+
+    def _bound(self) -> None:
+        """Each row's score error bound ε (as ``tol`` = 2ε: comparing two scores) from the fp32 norms."""
+        d = self.data.shape[1]
+        norm = self.sq.to(torch.float64).sqrt()
+        n = self.n
         big = float(norm.max()) if n else 0.0
         gamma = d * _U32 / (1 - d * _U32) + 4 * _U32  # dot product bound + input rounding, with slack
         if self.metric == "euclidean":  # s = ‖y‖² − 2 x·y: both terms err
@@ -196,6 +216,8 @@ class _Search:
     def _candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, indices), N × take, ascending by fp32 score."""
         n, take, b = self.n, self.take, self.block
+        if self.compiled:
+            return self._compiled_candidates()
         if not self.symmetric:
             vals = torch.empty((n, take), dtype=torch.float32, device=self.dev)
             idx = torch.empty((n, take), dtype=torch.int64, device=self.dev)
@@ -222,6 +244,27 @@ class _Search:
                     s.fill_diagonal_(float("inf"))
                 self._merge(vals, idx, slice(lo, hi), s, lo2)
         return vals, idx
+
+    def _compiled_candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The symmetric scheme with the compiled merges of :mod:`speechprune.analysis.knn_kernels` (CPU): each product of
+        blocks on and above the diagonal updates the lists of both blocks' rows in one pass, whatever N."""
+        n, take, b = self.n, self.take, self.block
+        vals = np.full((n, take), np.inf, dtype=np.float32)
+        idx = np.full((n, take), -1, dtype=np.int64)
+        x32 = self.x32
+        sq = self.sq.numpy()
+        euclidean = self.metric == "euclidean"
+        _kernels.set_threads(torch.get_num_threads())
+        starts = list(range(0, n, b))
+        for i, lo in enumerate(starts):
+            hi = min(lo + b, n)
+            for lo2 in starts[i:]:
+                hi2 = min(lo2 + b, n)
+                g = (x32[lo:hi] @ x32[lo2:hi2].T).numpy()
+                _kernels.merge_rows(g, sq[lo2:hi2], lo, lo2, vals, idx, euclidean, self.exclude_self and lo2 == lo)
+                if lo2 != lo:
+                    _kernels.merge_columns(g, sq[lo:hi], lo, lo2, vals, idx, euclidean)
+        return torch.from_numpy(vals), torch.from_numpy(idx)
 
     def _merge(self, vals: torch.Tensor, idx: torch.Tensor, rows: slice, s: torch.Tensor, offset: int) -> None:
         """Merge the top candidates of the score block ``s`` (columns = points ``offset + j``) into ``rows``."""
@@ -272,6 +315,13 @@ class _Search:
         Euclidean: the difference form ``Σ (c − q)²`` (exactly 0 for duplicates, no cancellation); inner product:
         one batched float64 GEMV per chunk on the raw rows, scaled by the float64 inverse norms afterwards."""
         out = torch.empty(cand.shape, dtype=torch.float64, device=self.dev)
+        if self.compiled and self.data.dtype in (torch.float32, torch.float64):
+            scale = (self.scale if self.scale is not None else torch.ones(self.n, dtype=torch.float64)).numpy()
+            cand_np = np.ascontiguousarray(cand.numpy())
+            shift = self.shift if self.shift is not None else torch.zeros(self.data.shape[1], dtype=torch.float64)
+            _kernels.exact_scores(self.data.numpy(), scale, shift.numpy(), rows.numpy(), cand_np, out.numpy(),
+                                  self.metric == "euclidean")
+            return out
         width = cand.shape[1]
         step = max(1, chunk // max(1, width * self.data.shape[1]))
         for lo in range(0, rows.numel(), step):

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from speechprune.analysis.knn import as_device, exact_fp32, knn
+from speechprune.analysis.knn_kernels import finite
 from speechprune.errors import LayerIndexError, SpeechpruneError
 from speechprune.utils.io import atomic_path, write_text_atomic
 
@@ -203,7 +204,7 @@ def _check_finite(states: Sequence[np.ndarray | torch.Tensor], labels: Sequence[
     """Refuse NaN/inf features, naming the state and the first bad row (checked in the data's own dtype)."""
     for x, label in zip(states, labels, strict=True):
         for start in range(0, int(x.shape[0]), chunk):
-            if not bool(torch.isfinite(_tensor(x[start:start + chunk])).all()):
+            if not finite(x[start:start + chunk]):
                 _rows64(x, slice(start, start + chunk), label)
 
 
@@ -422,7 +423,8 @@ class StreamingCKA:
         f64 = torch.float64
         with torch.no_grad(), exact_fp32(self.device):
             p = self._row_norms2(z)  # r × S in the compute dtype
-            self._sum += z.sum(dim=0, dtype=f64)
+            for lo in range(0, r, 256):  # float64 sums of 256-row slices: a float64 copy of z would be 327 MB
+                self._sum += z[lo:lo + 256].sum(dim=0, dtype=f64)
             p64 = p.to(f64)
             self._pq += p64.T @ p64
             self._py += (p.T @ z).to(f64)

@@ -1,0 +1,176 @@
+"""Compiled parts of the exact kNN search on the CPU: operands, candidate lists, float64 checks.
+
+Candidate lists: one pass over each fp32 product block, no sorting.
+
+Why (measured at N = 20 000, D = 768, k = 10 on this 2-core CPU, ``benchmarks/analysis_kernels.py``): with
+``torch.topk`` the search spent as long selecting and merging candidates as multiplying — per 2 048 × 2 048 block
+a top-k along the rows, a transposed copy and a top-k along the columns, two concatenations and two more top-k
+merges, plus two elementwise passes to turn products into scores. Here each product block is read once per side:
+a row's running list (``take`` best so far, ascending) has a threshold, nearly every score fails one comparison
+against it, and the rare winner is inserted in place. Scores are formed in fp32 exactly as the torch path forms
+them (``‖y‖² − 2·x·y``, or ``−x·y``), so the error bound of :mod:`speechprune.analysis.knn` holds unchanged.
+
+Lists are kept sorted by (score, index), so the result is deterministic whatever the thread count. Rows are
+independent, so the row side runs one thread per row range and the column side one thread per column range —
+no two threads ever touch the same list.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:  # numba is a declared dependency; without it the search keeps torch.topk
+    import numba
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    HAVE_NUMBA = False
+
+COLUMN_CHUNK = 64  # columns per task on the column side: 64 lists of ≤ 32 entries stay in the L1 cache
+
+
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _insert(vals, idx, r, s, c):  # type: ignore[no-untyped-def]
+        """Insert score s of point c into row r's ascending list (the caller checked it beats the last entry)."""
+        p = vals.shape[1] - 1
+        while p > 0 and (vals[r, p - 1] > s or (vals[r, p - 1] == s and idx[r, p - 1] > c)):
+            vals[r, p] = vals[r, p - 1]
+            idx[r, p] = idx[r, p - 1]
+            p -= 1
+        vals[r, p] = s
+        idx[r, p] = c
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def merge_rows(g, col_sq, row_lo, col_lo, vals, idx, euclidean, skip_self):  # type: ignore[no-untyped-def]
+        """Merge the block ``g = X[row_lo:…] · X[col_lo:…]ᵀ`` into the lists of its rows (points ``row_lo + i``)."""
+        bi, bj = g.shape
+        last = vals.shape[1] - 1
+        two = np.float32(2.0)
+        for i in prange(bi):
+            r = row_lo + i
+            worst = vals[r, last]  # the list's threshold, in a register: it changes only on an insert
+            for j in range(bj):
+                s = col_sq[j] - two * g[i, j] if euclidean else -g[i, j]
+                if s <= worst:
+                    c = col_lo + j
+                    if (s < worst or c < idx[r, last]) and not (skip_self and c == r):
+                        _insert(vals, idx, r, s, c)
+                        worst = vals[r, last]
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def merge_columns(g, row_sq, row_lo, col_lo, vals, idx, euclidean):  # type: ignore[no-untyped-def]
+        """Merge the same block into the lists of its columns (points ``col_lo + j``), reading ``g`` row by row."""
+        bi, bj = g.shape
+        last = vals.shape[1] - 1
+        two = np.float32(2.0)
+        chunks = (bj + COLUMN_CHUNK - 1) // COLUMN_CHUNK
+        for q in prange(chunks):
+            j0 = q * COLUMN_CHUNK
+            j1 = min(j0 + COLUMN_CHUNK, bj)
+            worst = np.empty(j1 - j0, np.float32)  # the chunk's thresholds, updated on every insert
+            for j in range(j0, j1):
+                worst[j - j0] = vals[col_lo + j, last]
+            for i in range(bi):
+                c = row_lo + i
+                for j in range(j0, j1):
+                    s = row_sq[i] - two * g[i, j] if euclidean else -g[i, j]
+                    if s <= worst[j - j0]:
+                        r = col_lo + j
+                        if s < worst[j - j0] or c < idx[r, last]:
+                            _insert(vals, idx, r, s, c)
+                            worst[j - j0] = vals[r, last]
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def exact_scores(x, scale, shift, rows, cand, out, euclidean):  # type: ignore[no-untyped-def]
+        """float64 score of each row q = rows[a] against candidate c = cand[a, b] (−1 → inf), the two branches of
+        ``knn._Search._exact`` without their float64 gathers of R × C × D temporaries: Euclidean, the difference
+        form ``Σ_d ((x_c·s_c − m_d) − (x_q·s_q − m_d))²`` with the same operations per element; inner product,
+        ``−(Σ_d x_q,d · x_c,d) · s_q · s_c``."""
+        n_rows, width = cand.shape
+        d = x.shape[1]
+        for a in prange(n_rows):
+            q = rows[a]
+            for b in range(width):
+                c = cand[a, b]
+                if c < 0:
+                    out[a, b] = np.inf
+                    continue
+                acc = 0.0
+                if euclidean:
+                    for t in range(d):
+                        diff = (np.float64(x[c, t]) * scale[c] - shift[t]) - (np.float64(x[q, t]) * scale[q]
+                                                                                - shift[t])
+                        acc += diff * diff
+                    out[a, b] = acc
+                else:
+                    for t in range(d):
+                        acc += np.float64(x[c, t]) * np.float64(x[q, t])
+                    out[a, b] = -(acc * scale[q] * scale[c])
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def prepare_rows(x, normalize, center, scale, shift, x32, sq):  # type: ignore[no-untyped-def]
+        """The search's operands in one pass per step, as ``knn._Search._prepare`` forms them with torch: float64
+        inverse norms (``normalize``; zero rows stay zero), the float64 column mean of the scaled rows
+        (``center``), the fp32 rows ``x·s − m`` and their fp32 squared norms. Small-op torch calls cost more in
+        thread start-up than in work at N ≈ 1 000, and stall whenever another process holds a core."""
+        n, d = x.shape
+        for i in prange(n):
+            s = 1.0
+            if normalize:
+                acc = 0.0
+                for t in range(d):
+                    v = np.float64(x[i, t])
+                    acc += v * v
+                s = 1.0 / max(np.sqrt(acc), 1e-12)
+            scale[i] = s
+        shift[:] = 0.0
+        if center and n > 0:
+            parts = min(n, 64)
+            partial = np.zeros((parts, d))
+            for p in prange(parts):
+                for i in range(p * n // parts, (p + 1) * n // parts):
+                    for t in range(d):
+                        partial[p, t] += np.float64(x[i, t]) * scale[i]
+            for t in range(d):
+                acc = 0.0
+                for p in range(parts):
+                    acc += partial[p, t]
+                shift[t] = acc / n
+        for i in prange(n):
+            acc32 = np.float32(0.0)
+            for t in range(d):
+                v = np.float32(np.float64(x[i, t]) * scale[i] - shift[t])
+                x32[i, t] = v
+                acc32 += v * v
+            sq[i] = acc32
+
+    @njit(cache=True, nogil=True)
+    def all_finite(x):  # type: ignore[no-untyped-def]
+        """Whether every entry is finite (stops at the first that is not; no N × D boolean temporary)."""
+        flat = x.reshape(-1) if x.flags.c_contiguous else x.copy().reshape(-1)
+        for v in flat:
+            if not np.isfinite(v):
+                return False
+        return True
+
+
+def finite(x: np.ndarray | torch.Tensor) -> bool:
+    """Whether every entry of ``x`` is finite: compiled for CPU float32/float64 data (one pass, stops early, no
+    boolean temporary), ``torch.isfinite`` otherwise (other dtypes, GPU tensors)."""
+    arr = x
+    if isinstance(x, torch.Tensor):
+        arr = x.numpy() if x.device.type == "cpu" and not x.requires_grad else None
+    if HAVE_NUMBA and isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64):
+        return bool(all_finite(arr))
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return bool(torch.isfinite(t).all()) if t.is_floating_point() else True
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` (capped at numba's pool size) for the parallel kernels of this module."""
+    if HAVE_NUMBA:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
