@@ -47,13 +47,11 @@ __all__ = ["LayerPruneOptions", "analyze", "distill", "evaluate", "export_onnx",
 
 def _data(data: Any, columns: list[str | None], group: str | None, segments_dir: str | None = None,
           audio_column: str | None = None) -> Any:
-    """``data`` as loaded: an :class:`~speechprune.data.types.AudioDataset` as it is, else a spec to load (an
-    audiofolder, a CSV/JSONL manifest, a ``save_to_disk`` folder or ``hf:NAME[:CONFIG][:SPLIT]``) with these label
-    columns (empty names and repeats dropped)."""
+    """``data`` loaded with these label columns (empty names and repeats dropped): a spec (audiofolder, CSV/JSONL
+    manifest, ``save_to_disk`` folder, ``hf:NAME[:CONFIG][:SPLIT]``), a ``datasets.Dataset``, or an
+    :class:`~speechprune.data.types.AudioDataset`, which is taken as it is."""
     from speechprune.data.sources import load_dataset_spec
 
-    if not isinstance(data, (str, Path)):
-        return data
     return load_dataset_spec(data, list(dict.fromkeys(c for c in columns if c)), group, segments_dir, audio_column)
 
 
