@@ -45,7 +45,12 @@ COMMANDS: dict[str, tuple[list[str], str, dict[int, Any]]] = {
                                               6: SplitOptions()}),
     "distill": (["distill", "M", "D", "-l", "y", "-o", "OUT", "--hidden", "16"], "distill", {}),
     "run": (["run", "model=M", "data=D", "label=y", "out=OUT"], "run", {0: None, 1: ["model=M", "data=D", "label=y"]}),
+    "extract": (["extract", "M", "D", "-l", "y", "--layers", "0,2", "-o", "OUT"], "extract", {1: "D"}),
+    "profile": (["profile", "M", "--seconds", "2"], "profile", {}),
+    "export onnx": (["export", "onnx", "M", "OUT", "--opset", "18"], "export_onnx", {1: "OUT"}),
 }
+#: Keyword arguments a command must pass on from its flags (for the functions without an options dataclass).
+KEYWORDS = {"extract": {"labels": ["y"], "layers": [0, 2]}, "profile": {"seconds": 2.0}, "export onnx": {"opset": 18}}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -60,9 +65,14 @@ def test_command_calls_its_api_function(command: str, monkeypatch: pytest.Monkey
     args = result.exception.args_
     assert args[0] in ("M", None), args
     for i, value in expected.items():
+        if value == "OUT":  # an output path, given as the flag's type (str or Path)
+            assert str(args[i]) == out, f"argument {i} of api.{function}"
+            continue
         if i == 1 and command == "run":
             value = [*value, f"out={out}"]
         assert args[i] == value, f"argument {i} of api.{function}"
+    for name, value in KEYWORDS.get(command, {}).items():
+        assert result.exception.kwargs[name] == value, f"api.{function}({name}=...)"
     assert not (tmp_path / "out").exists(), "the command wrote something before calling its API function"
 
 
@@ -74,3 +84,14 @@ def test_distill_builds_the_distill_config(monkeypatch: pytest.MonkeyPatch, tmp_
     cfg = result.exception.args_[4]
     assert isinstance(cfg, DistillConfig) and cfg.hidden == 16 and cfg.stage1.epochs == 2
     assert cfg.stage2.epochs == DistillConfig().stage2.epochs
+
+
+#: Commands without a function of their own: ``info`` lists families, ``import-ct2`` converts a foreign format
+#: (``speechprune.importers.ct2``), ``demo`` runs a fixed ``run`` on generated data.
+WITHOUT_API = {"info", "import-ct2", "demo"}
+
+
+def test_every_command_is_covered() -> None:
+    from tests.test_option_defaults import COMMANDS_FOUND
+
+    assert set(COMMANDS_FOUND) == set(COMMANDS) | WITHOUT_API

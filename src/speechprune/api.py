@@ -13,6 +13,9 @@ function                   options                                              
                            + ``TrainConfig``
 :func:`distill`            :class:`~speechprune.compress.distill.train.DistillConfig`    ``speechprune distill``
 :func:`run`                :class:`~speechprune.pipeline.config.RunConfig`               ``speechprune run``
+:func:`extract`            keyword arguments                                             ``speechprune extract``
+:func:`profile`            keyword arguments                                             ``speechprune profile``
+:func:`export_onnx`        keyword arguments                                             ``speechprune export onnx``
 =========================  ============================================================  ==============================
 
 Each dataclass is the one home of its command's defaults (``tests/test_option_defaults.py`` holds every CLI flag
@@ -38,19 +41,17 @@ from typing import Any
 
 from speechprune.errors import SpeechpruneError
 
-__all__ = ["LayerPruneOptions", "analyze", "distill", "evaluate", "finetune", "prune_layers", "prune_structured",
-           "run"]
+__all__ = ["LayerPruneOptions", "analyze", "distill", "evaluate", "export_onnx", "extract", "finetune", "profile",
+           "prune_layers", "prune_structured", "run"]
 
 
 def _data(data: Any, columns: list[str | None], group: str | None, segments_dir: str | None = None,
           audio_column: str | None = None) -> Any:
-    """``data`` as loaded: an :class:`~speechprune.data.types.AudioDataset` as it is, else a spec to load (an
-    audiofolder, a CSV/JSONL manifest, a ``save_to_disk`` folder or ``hf:NAME[:CONFIG][:SPLIT]``) with these label
-    columns (empty names and repeats dropped)."""
+    """``data`` loaded with these label columns (empty names and repeats dropped): a spec (audiofolder, CSV/JSONL
+    manifest, ``save_to_disk`` folder, ``hf:NAME[:CONFIG][:SPLIT]``), a ``datasets.Dataset``, or an
+    :class:`~speechprune.data.types.AudioDataset`, which is taken as it is."""
     from speechprune.data.sources import load_dataset_spec
 
-    if not isinstance(data, (str, Path)):
-        return data
     return load_dataset_spec(data, list(dict.fromkeys(c for c in columns if c)), group, segments_dir, audio_column)
 
 
@@ -334,6 +335,130 @@ def evaluate(model: str, data: Any, label: str, split: Any = None, *, part: str 
     if out:
         write_json_atomic(out, res)
     return res
+
+
+def extract(model: str, data: Any, *, labels: list[str] | None = None, group: str | None = None,
+            pooling: str = "mean", layers: list[int] | None = None, batch_size: int = 8, dtype: str = "fp32",
+            device: str = "auto", window: float | None = None, segments_dir: str | None = None,
+            chunk_seconds: float = 30.0, final_norm: bool = False, cache_dir: str | Path | None = None,
+            bucket: bool | None = None, out: str | Path | None = None, to_dataset: str | Path | None = None,
+            overwrite: bool = False, audio_column: str | None = None, progress: bool = True,
+            log: Any = None) -> Any:
+    """Per-layer features of every clip of ``data`` (``layers``: state indices, ``None`` = all), cached; returns the
+    :class:`~speechprune.features.extract.Features`. ``out`` also gets a copy of the features, ``to_dataset`` a
+    Hugging Face datasets folder (both claimed before any work; written by the main process of a launch only)."""
+    from speechprune.features import extract_features
+    from speechprune.features.window_advice import warn_if_window_too_long
+    from speechprune.models import load_encoder
+    from speechprune.utils.device import place_model, resolve_device
+    from speechprune.utils.distributed import is_main_process
+    from speechprune.utils.outputs import claim_output
+
+    log = log or _quiet
+    dev = resolve_device(device)
+    for target in (out, to_dataset):  # before any work: usable, unused (or overwrite) folders, locked
+        if target is not None and is_main_process():  # only the main process of a launch writes them
+            claim_output(target, overwrite=overwrite, command="extract")
+    enc = load_encoder(model, window_seconds=window)
+    place_model(enc.model, dev, dtype)
+    ds = _data(data, list(labels or []), group, segments_dir, audio_column)
+    warn_if_window_too_long(enc, ds)
+    feats = extract_features(
+        enc, ds, pooling=pooling, layers=layers, batch_size=batch_size, dtype=dtype, device=str(dev),
+        final_norm=final_norm, cache_dir=cache_dir, progress=progress and is_main_process(), bucket=bucket,
+        chunk_seconds=chunk_seconds,
+    )
+    if not is_main_process():
+        return feats
+    if out is not None:
+        _copy_features(feats, Path(out), overwrite=overwrite)
+    if to_dataset is not None:
+        from speechprune.features.to_dataset import save_features_dataset
+
+        save_features_dataset(feats, to_dataset, keys=[it.key for it in ds.items], overwrite=True)  # claimed above
+        log(f"[green]datasets folder[/green] → {to_dataset} (datasets.load_from_disk)")
+    return feats
+
+
+def _copy_features(feats: Any, out: Path, *, overwrite: bool) -> None:
+    """features.safetensors, run.json and meta.json (with the labels attached now) into ``out``, replaced whole."""
+    import shutil
+
+    from speechprune.utils.io import write_json_atomic
+    from speechprune.utils.outputs import output_folder
+
+    with output_folder(out, overwrite=overwrite, command="extract") as tmp:
+        for name in ("features.safetensors", "run.json"):
+            shutil.copy2(feats.path / name, tmp / name)
+        write_json_atomic(tmp / "meta.json", feats.meta)
+
+
+def profile(model: str, *, seconds: float = 1.0, batch_size: int = 1, repeats: int = 20, warmup: int = 3,
+            threads: int | None = None, device: str = "auto", dtype: str = "fp32", flop_check: bool = True,
+            latency: bool = True, json_out: str | Path | None = None) -> dict[str, Any]:
+    """Parameters and analytic MACs per part, an optional FlopCounter cross-check, latency and peak memory of
+    ``model`` (for Whisper its encoder); returns the report, also written to ``json_out`` (atomically) if given."""
+    from speechprune.models import load_encoder
+    from speechprune.profile import profile_model
+    from speechprune.utils.device import resolve_device
+    from speechprune.utils.io import write_json_atomic
+    from speechprune.utils.precision import normalize_precision
+
+    dtype = normalize_precision(dtype, "--dtype")  # float32/bfloat16 spellings are accepted too
+    if dtype not in ("fp32", "bf16"):
+        raise SpeechpruneError(f"--dtype {dtype} is not supported by the profiler; use fp32 or bf16")
+    device = str(resolve_device(device))  # a clear error for CUDA without CUDA, before loading anything
+    if json_out is not None:
+        from speechprune.utils.outputs import check_file_target
+
+        check_file_target(json_out, "--json")
+    loaded = load_encoder(model).profiled_module.eval()
+    report = profile_model(loaded, seconds=seconds, batch_size=batch_size, latency=latency, flop_check=flop_check,
+                           warmup=warmup, repeats=repeats, threads=threads, device=device, dtype=dtype, name=model)
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+    return report
+
+
+def export_onnx(model: str, out: str | Path, *, quantize: str | None = None, data: Any = None,
+                label: str | None = None, split: str = "test", split_column: str | None = None,
+                max_clips: int | None = None, opset: int = 17, threads: int = 1, seconds: float = 1.0,
+                latency_repeats: int = 20, overwrite: bool = False) -> dict[str, Any]:
+    """``model`` (any folder speechprune writes) → ONNX fp32 (and int8 with ``quantize="int8"``) in ``out``, checked
+    against torch on random clips and, with ``data`` and ``label``, on real ones (``split``: test — the split
+    recorded in the folder, or ``split_column``'s — or all); returns the ``export.json`` summary."""
+    from speechprune.deploy.onnx import check_opset, require_onnx
+    from speechprune.deploy.onnx import export_onnx as run_export
+
+    check_opset(opset)  # the cheap checks first: nothing is loaded or written for a bad flag
+    require_onnx()
+    if split not in ("test", "all"):
+        raise SpeechpruneError(f"--split must be test or all, got {split!r}")
+    if data and not label:
+        raise SpeechpruneError("--data needs --label (the column the classifier predicts)")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SpeechpruneError(f"{out} exists; choose another OUT or pass --overwrite")
+    dataset, indices, extra = None, None, {}
+    if data:
+        from speechprune.data.splits import SplitSpec, make_splits, recorded_split
+
+        recorded = recorded_split(model) if not split_column else None
+        spec = recorded or SplitSpec(split_column=split_column)
+        dataset = _data(data, [label, spec.split_column], spec.group_column)
+        if split == "test":
+            if not (recorded or split_column):
+                raise SpeechpruneError(f"{model} records no split: pass --split-column or --split all")
+            indices = [int(i) for i in make_splits(dataset, label, spec)["test"]]
+        else:
+            indices = list(range(len(dataset)))
+        if max_clips:
+            indices = indices[:max_clips]
+        extra = {"data": data if isinstance(data, (str, Path)) else repr(data), "split": split,
+                 "split_spec": spec.to_dict()}
+    return run_export(model, out, opset=opset, quantize=quantize, dataset=dataset, label=label, indices=indices,
+                      threads=threads, seconds=seconds, latency_repeats=latency_repeats, overwrite=overwrite,
+                      extra=extra)
 
 
 def run(config: Any = None, overrides: list[str] | None = None, *, overwrite: bool = False, progress: bool = True,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from speechprune.cli.common import console, load_dataset_spec
+from speechprune.cli.common import console
 
 export_app = typer.Typer(help="Export a model folder to a deployment format (ONNX fp32 / int8).",
                          no_args_is_help=True)
@@ -41,37 +41,11 @@ def onnx_cmd(
 
     speechprune export onnx runs/fsdd-word exports/fsdd-word --quantize int8 --data ../shared/data/fsdd -l word
     """
-    from speechprune.deploy.onnx import check_opset, export_onnx, require_onnx
-    from speechprune.errors import SpeechpruneError
+    from speechprune import api
 
-    check_opset(opset)  # the cheap checks first: nothing is loaded or written for a bad flag
-    require_onnx()
-    if split not in ("test", "all"):
-        raise SpeechpruneError(f"--split must be test or all, got {split!r}")
-    if data and not label:
-        raise SpeechpruneError("--data needs --label (the column the classifier predicts)")
-    if out.exists() and not overwrite:
-        raise SpeechpruneError(f"{out} exists; choose another OUT or pass --overwrite")
-    dataset, indices, extra = None, None, {}
-    if data:
-        from speechprune.data.splits import SplitSpec, make_splits, recorded_split
-
-        recorded = recorded_split(model) if not split_column else None
-        spec = recorded or SplitSpec(split_column=split_column)
-        columns: List[str] = [label] + ([spec.split_column] if spec.split_column else [])
-        dataset = load_dataset_spec(data, columns, spec.group_column)
-        if split == "test":
-            if not (recorded or split_column):
-                raise SpeechpruneError(f"{model} records no split: pass --split-column or --split all")
-            indices = [int(i) for i in make_splits(dataset, label, spec)["test"]]
-        else:
-            indices = list(range(len(dataset)))
-        if max_clips:
-            indices = indices[:max_clips]
-        extra = {"data": data, "split": split, "split_spec": spec.to_dict()}
-    res = export_onnx(model, out, opset=opset, quantize=quantize, dataset=dataset, label=label, indices=indices,
-                      threads=threads, seconds=seconds, latency_repeats=latency_repeats, overwrite=overwrite,
-                      extra=extra)
+    res = api.export_onnx(model, out, quantize=quantize, data=data, label=label, split=split,
+                          split_column=split_column, max_clips=max_clips, opset=opset, threads=threads,
+                          seconds=seconds, latency_repeats=latency_repeats, overwrite=overwrite)
     diff = res["check"]["max_abs_logit_diff"]
     console.print(f"wrote {out}: " + ", ".join(f"{k} {res['size_bytes'][k] / 1e6:.1f} MB (max |diff| {diff[k]:.1e})"
                                                for k in res["files"]))

@@ -7,21 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, load_dataset_spec, parse_states
-from speechprune.utils.device import DEVICE_HELP, place_model, resolve_device
-
-
-def copy_features(feats, out: Path, *, overwrite: bool) -> None:
-    """features.safetensors, run.json and meta.json (with the labels attached now) into ``out``, replaced whole."""
-    import shutil
-
-    from speechprune.utils.io import write_json_atomic
-    from speechprune.utils.outputs import output_folder
-
-    with output_folder(out, overwrite=overwrite, command="extract") as tmp:
-        for name in ("features.safetensors", "run.json"):
-            shutil.copy2(feats.path / name, tmp / name)
-        write_json_atomic(tmp / "meta.json", feats.meta)
+from speechprune.cli.common import AUDIO_COLUMN_HELP, DATA_HELP, console, parse_states
+from speechprune.utils.device import DEVICE_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -65,34 +52,16 @@ def register(app: typer.Typer) -> None:
         Several processes (`accelerate launch -m speechprune.cli.app extract ...`, one device each) share the
         batches; the cache entry is the same as one process writes.
         """
-        from speechprune.features import extract_features
-        from speechprune.features.window_advice import warn_if_window_too_long
-        from speechprune.models import load_encoder
+        from speechprune import api
         from speechprune.utils.distributed import is_main_process
-        from speechprune.utils.outputs import claim_output
 
-        dev = resolve_device(device)
-        for target in (out, to_dataset):  # before any work: usable, unused (or --overwrite) folders, locked
-            if target is not None and is_main_process():  # only the main process of a launch writes them
-                claim_output(target, overwrite=overwrite, command="extract")
-        enc = load_encoder(model, window_seconds=window)
-        place_model(enc.model, dev, dtype)
-        ds = load_dataset_spec(data, label, group, segments_dir, audio_column)
-        warn_if_window_too_long(enc, ds)
-        feats = extract_features(
-            enc, ds, pooling=pooling, layers=parse_states(layers), batch_size=batch_size, dtype=dtype,
-            device=str(dev), final_norm=final_norm, cache_dir=cache_dir, progress=progress and is_main_process(),
-            bucket=bucket, chunk_seconds=chunk_seconds,
-        )
+        feats = api.extract(model, data, labels=list(label), group=group, pooling=pooling, layers=parse_states(layers),
+                            batch_size=batch_size, dtype=dtype, device=device, window=window,
+                            segments_dir=segments_dir, chunk_seconds=chunk_seconds, final_norm=final_norm,
+                            cache_dir=cache_dir, bucket=bucket, out=out, to_dataset=to_dataset, overwrite=overwrite,
+                            audio_column=audio_column, progress=progress, log=console.print)
         if not is_main_process():
             return
-        if out is not None:
-            copy_features(feats, out, overwrite=overwrite)
-        if to_dataset is not None:
-            from speechprune.features.to_dataset import save_features_dataset
-
-            save_features_dataset(feats, to_dataset, keys=[it.key for it in ds.items], overwrite=True)  # claimed above
-            console.print(f"[green]datasets folder[/green] → {to_dataset} (datasets.load_from_disk)")
         console.print(
             f"[green]features[/green]: {feats.num_rows} rows × {len(feats.layers)} states × {feats.dim} dims "
             f"({pooling}) → {feats.path}"

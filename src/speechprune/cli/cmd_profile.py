@@ -6,14 +6,7 @@ Heavy imports (torch, transformers) happen inside the command so that ``speechpr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import typer
-
-from speechprune.errors import SpeechpruneError
-
-if TYPE_CHECKING:
-    from torch import nn
 
 HELP = "\n\n".join(
     [
@@ -33,14 +26,6 @@ HELP = "\n\n".join(
 )
 
 
-def load_profile_model(name: str) -> nn.Module:
-    """Load MODEL as every speechprune command does (see :data:`HELP`); for Whisper only the encoder is kept."""
-    from speechprune.models import load_encoder
-
-    enc = load_encoder(name)
-    return enc.profiled_module.eval()
-
-
 def profile_cmd(
     model: str = typer.Argument(..., help="Local folder, hub id, or tiny:NAME / default:NAME."),
     seconds: float = typer.Option(1.0, "--seconds", help="Clip length in seconds (16 kHz)."),
@@ -58,29 +43,14 @@ def profile_cmd(
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency and peak memory."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the full report as JSON (atomically)."),
 ) -> None:
-    from speechprune.profile import profile_model, render_report
-    from speechprune.utils.io import write_json_atomic
+    from speechprune import api
+    from speechprune.profile import render_report
 
-    from speechprune.utils.precision import normalize_precision
-
-    dtype = normalize_precision(dtype, "--dtype")  # float32/bfloat16 spellings are accepted too
-    if dtype not in ("fp32", "bf16"):
-        raise SpeechpruneError(f"--dtype {dtype} is not supported by the profiler; use fp32 or bf16")
-    from speechprune.utils.device import resolve_device
-
-    device = str(resolve_device(device))  # a clear error for CUDA without CUDA, before loading anything
-    if json_out is not None:
-        from speechprune.utils.outputs import check_file_target
-
-        check_file_target(json_out, "--json")
-    loaded = load_profile_model(model)
-    report = profile_model(
-        loaded, seconds=seconds, batch_size=batch_size, latency=latency, flop_check=flop_check, warmup=warmup,
-        repeats=repeats, threads=threads, device=device, dtype=dtype, name=model,
-    )
+    report = api.profile(model, seconds=seconds, batch_size=batch_size, repeats=repeats, warmup=warmup,
+                         threads=threads, device=device, dtype=dtype, flop_check=flop_check, latency=latency,
+                         json_out=json_out)
     render_report(report)
     if json_out is not None:
-        write_json_atomic(json_out, report)
         typer.echo(f"wrote {json_out}")
 
 

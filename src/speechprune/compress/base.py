@@ -105,15 +105,13 @@ class Task:
     def load(cls, data: Any, label: str, split: SplitSpec, *, group: str | None = None,
              audio_column: str | None = None) -> "Task":
         """The task of ``label`` on ``data``: a spec (audiofolder, manifest, ``save_to_disk`` folder,
-        ``hf:NAME``) loaded with the label, the split's column and group column, or an already loaded
-        :class:`~speechprune.data.types.AudioDataset` as it is. From here on the label travels inside the task."""
+        ``hf:NAME``) or a ``datasets.Dataset``, loaded with the label, the split's column and group column, or an
+        :class:`~speechprune.data.types.AudioDataset`, taken as it is. From here on the label travels inside the
+        task."""
         from speechprune.data.sources import load_dataset_spec
 
-        if isinstance(data, (str, Path)):
-            columns = [c for c in (label, split.split_column) if c]
-            data = load_dataset_spec(data, list(dict.fromkeys(columns)), group or split.group_column, None,
-                                     audio_column)
-        return cls(data, label, split)
+        columns = [label] if split.split_column in (None, "", label) else [label, split.split_column]
+        return cls(load_dataset_spec(data, columns, group or split.group_column, None, audio_column), label, split)
 
     def parts(self) -> dict[str, Any]:
         """Index arrays ``{"train", "validation", "test"}`` into :attr:`dataset`."""
