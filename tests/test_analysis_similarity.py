@@ -299,3 +299,25 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(SpeechpruneError, match="more than 3 rows"):
         cka_matrix([x, x], debiased=True)
     assert cka_matrices([x, x], debiased=(False,))[False][0, 1] == pytest.approx(1.0)  # biased is fine at N=3
+
+
+def test_cosine_baseline_equals_the_cosine_of_explicitly_permuted_copies() -> None:
+    """The streamed cosine baseline (rows gathered a batch at a time) against the definition: permuted copies of
+    every state, per-row cosines averaged, with the generator drawn in the same order."""
+    from speechprune.analysis.similarity import shuffled_pairing_baseline
+
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((2500, 12)).astype(np.float32) + 0.3 * i for i in range(3)]
+    got = shuffled_pairing_baseline(xs, "cosine", 2, seed=9, return_all=True)
+    draw = np.random.default_rng(9)
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        return float(np.mean((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+    for p in range(2):
+        perms = [draw.permutation(2500) for _ in xs]
+        for i in range(3):
+            for j in range(3):
+                want = cos(xs[i][perms[i]], xs[i]) if i == j else cos(xs[i][perms[i]], xs[j][perms[j]])
+                assert got[p, i, j] == pytest.approx(want, abs=1e-12)

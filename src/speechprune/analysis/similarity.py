@@ -891,13 +891,36 @@ def _view_pairs(
                 relabelled.append(inverse[lists[state][perm]])  # row r of the view is original row perm[r]
         return [_overlap(relabelled[a], relabelled[b]) for a, b in pairs]
     if metric == "cosine":
-        view_states = [xs[st] if perm is None else _gather(xs[st], perm) for st, perm in views]
-        full = cosine_matrix(view_states, batch_rows=batch_rows, labels=view_labels)
-        return [float(full[a, b]) for a, b in pairs]
+        return _cosine_view_pairs(xs, views, pairs, view_labels)
     shift = [means[st] for st, _ in views] if means is not None else None  # a permutation keeps the mean
     acc = StreamingCKA(len(views), pairs=pairs, precision=precision, labels=view_labels, shift=shift, device=device)
     _feed(acc, xs, views, batch_rows)
     return list(acc._cka_values(pairs, debiased=metric == "cka_debiased"))
+
+
+def _cosine_view_pairs(xs: Sequence[np.ndarray | torch.Tensor], views: Sequence[tuple[int, np.ndarray | None]],
+                       pairs: Sequence[tuple[int, int]], view_labels: Sequence[int],
+                       batch_rows: int = 1024) -> list[float]:
+    """Mean per-row cosine of each pair of views, streamed over row batches: only the asked pairs (not all
+    2S × 2S), and a permuted view gathers one batch of rows at a time — a permuted copy of every state would
+    double the memory of the data (100 000 × 13 × 768: 3.7 GB more, 11.4 GB peak measured)."""
+    n = int(xs[0].shape[0])
+    sums = np.zeros(len(pairs))
+    zero = np.zeros(len(views), dtype=bool)
+    for start in range(0, n, batch_rows):
+        stop = min(start + batch_rows, n)
+        unit = []
+        for v, (state, perm) in enumerate(views):
+            rows = slice(start, stop) if perm is None else perm[start:stop]
+            t = _rows64(xs[state], rows, view_labels[v])
+            norm = torch.linalg.vector_norm(t, dim=1)
+            zero[v] |= bool((norm <= 0).any())
+            unit.append(t / norm.clamp_min(torch.finfo(torch.float64).tiny)[:, None])
+        for i, (a, b) in enumerate(pairs):
+            sums[i] += float((unit[a] * unit[b]).sum())
+    bad = {a for a, b in pairs if zero[a]} | {b for a, b in pairs if zero[b]}
+    _warn_undefined("cosine", view_labels, bad, "rows with zero norm")
+    return [math.nan if zero[a] or zero[b] else sums[i] / n for i, (a, b) in enumerate(pairs)]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -4,25 +4,11 @@
 ``speechprune run`` knows no method by name: it asks the registry (:func:`methods`) for the registered
 compressions, builds each one's options dataclass from its ``compress.<name>`` section, and calls
 ``method.run(teacher, task, out, train, options)`` for the enabled ones. A fifth method is one new module that
-subclasses :class:`Compression` and calls :func:`register` (the built-in four are in
-:mod:`speechprune.compress.methods`)::
-
-    @dataclass
-    class MyOptions:
-        enabled: bool = False
-        strength: float = 0.5
-
-    class Mine(Compression):
-        name = "mine"
-        options = MyOptions
-        inputs = ("baseline",)
-
-        def run(self, teacher, task, out, train, options):
-            enc = teacher.load()
-            ...
-            return [Candidate(name="mine", kind="my method", model_dir=str(path), metrics=test_metrics)]
-
-    register(Mine())
+subclasses :class:`Compression` — a ``name``, an ``options`` dataclass (its fields are the ``compress.<name>``
+YAML keys and their defaults), the ``inputs`` it needs, and ``run(teacher, task, out, train, options)`` returning
+:class:`Candidate` objects — and calls :func:`register`. The built-in four are in
+:mod:`speechprune.compress.methods` (``truncation.py`` is the shortest); ``tests/test_compression_plugins.py``
+registers a complete toy method from outside the package and sees it in ``run``'s candidates and report.
 
 Stage files (``OUT/stages/<method>.json``) hold candidates as plain data (:meth:`Candidate.to_dict`): a name, a
 description, a model folder, numbers. How a candidate is loaded and measured is decided by the registered method
