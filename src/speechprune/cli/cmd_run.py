@@ -53,4 +53,6 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"recommended: [bold]{rec['name']}[/bold] ({rec['kind']}), accuracy {rec['accuracy']:.3f}, "
                           f"{rec['gmacs_per_s']:.2f} GMACs/s")
-        console.print(f"[green]report[/green] → {res['config']['out']}/report.html")
+        out = (res.get("config") or {}).get("out")
+        if out:
+            console.print(f"[green]report[/green] → {out}/report.html")
