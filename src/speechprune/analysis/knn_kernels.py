@@ -170,6 +170,35 @@ def finite(x: np.ndarray | torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all()) if t.is_floating_point() else True
 
 
+if HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True, parallel=True)
+    def _column_sums(x, out):  # type: ignore[no-untyped-def]
+        """float64 column sums of ``x`` in one pass (per-thread partial sums over row ranges, then added)."""
+        n, d = x.shape
+        parts = max(1, min(n, 64))
+        partial = np.zeros((parts, d))
+        for p in prange(parts):
+            for i in range(p * n // parts, (p + 1) * n // parts):
+                for t in range(d):
+                    partial[p, t] += x[i, t]
+        for t in range(d):
+            acc = 0.0
+            for p in range(parts):
+                acc += partial[p, t]
+            out[t] = acc
+
+
+def column_sums(x: torch.Tensor) -> torch.Tensor:
+    """float64 column sums of an N × D tensor: compiled for CPU float32/float64 data (no float64 copy of x),
+    torch otherwise."""
+    if HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
+        out = np.zeros(x.shape[1])
+        _column_sums(x.numpy(), out)
+        return torch.from_numpy(out)
+    return x.to(torch.float64).sum(dim=0)
+
+
 def set_threads(threads: int) -> None:
     """Use ``threads`` (capped at numba's pool size) for the parallel kernels of this module."""
     if HAVE_NUMBA:

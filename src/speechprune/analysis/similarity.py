@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from speechprune.analysis.knn import as_device, exact_fp32, knn
-from speechprune.analysis.knn_kernels import finite
+from speechprune.analysis.knn_kernels import column_sums, finite
 from speechprune.errors import LayerIndexError, SpeechpruneError
 from speechprune.utils.io import atomic_path, write_text_atomic
 
@@ -369,7 +369,7 @@ class StreamingCKA:
             raise SpeechpruneError(f"feature dimensions changed between batches (expected {self._dims})")
         ts = [_tensor(x) for x in xs]
         for s, t in enumerate(ts):
-            if not bool(torch.isfinite(t).all()):
+            if not finite(t):
                 _rows64(xs[s], slice(0, b), self.labels[s])  # raises, naming the state and the row
         done = 0
         while done < b:
@@ -613,9 +613,9 @@ def _column_means(xs: Sequence[np.ndarray | torch.Tensor], labels: Sequence[int]
         total = torch.zeros(int(x.shape[1]), dtype=torch.float64)
         for start in range(0, n, chunk):
             t = _tensor(x[start:start + chunk])
-            if not bool(torch.isfinite(t).all()):
+            if not finite(t):
                 _rows64(x, slice(start, start + chunk), label)  # raises with the row
-            total += t.to(torch.float64).sum(dim=0) if t.dtype != torch.float64 else t.sum(dim=0)
+            total += column_sums(t)
         out.append(total / max(n, 1))
     return out
 
