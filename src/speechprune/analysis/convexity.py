@@ -25,9 +25,10 @@ Why it is fast (``docs/methods.md`` §5.3, ``benchmarks/results/analysis_convexi
   Bidirectional, it settles two balls of half the path's radius instead of a whole single-source tree (1.5 % of
   the graph per pair at N = 20 000 against 29 % per source for a single-source search that stops once all its
   targets are settled); guided by a lower bound on the remaining distance (the points' distance on their top
-  principal axes), the balls shrink to ellipsoids around the straight line (4× fewer vertices at N = 5 000). Pairs whose endpoints lie in different connected components are
-  scored 0 without a search, and with ``use_symmetry`` the sampled pairs (u, v) and (v, u) share one search
-  (the graph is undirected, so they share the path; every pair is searched from its smaller index).
+  principal axes), the balls shrink to ellipsoids around the straight line (4× fewer vertices at N = 5 000).
+  Pairs whose endpoints lie in different connected components are scored 0 without a search, and with
+  ``use_symmetry`` the sampled pairs (u, v) and (v, u) share one search (the graph is undirected, so they share
+  the path; every pair is searched from its smaller index).
 * ``paths="scipy"`` keeps the earlier route, an independent cross-check: pairs grouped by source, scipy's
   ``dijkstra(indices=chunk, return_predecessors=True, limit=…)`` on forked processes, a greedy vertex cover so that
   few trees are needed, and a radius limit calibrated on a pilot of whole trees (``LIMIT_QUANTILE``).

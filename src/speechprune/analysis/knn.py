@@ -158,6 +158,7 @@ class _Search:
         self.scale = None  # float64 1/‖x‖ per row when normalising
         step = max(1, (1 << 24) // max(d, 1))  # float64 temporaries of ≈ 128 MB at most
         if self.compiled:
+            _kernels.set_threads(torch.get_num_threads())  # for every compiled step of this search
             scale, shift = torch.empty(n, dtype=f64), torch.empty(d, dtype=f64)
             self.x32, self.sq = torch.empty((n, d), dtype=torch.float32), torch.empty(n, dtype=torch.float32)
             _kernels.prepare_rows(self.data.numpy(), normalize, self.metric == "euclidean", scale.numpy(),
@@ -246,15 +247,14 @@ class _Search:
         return vals, idx
 
     def _compiled_candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The symmetric scheme with the compiled merges of :mod:`speechprune.analysis.knn_kernels` (CPU): each product of
-        blocks on and above the diagonal updates the lists of both blocks' rows in one pass, whatever N."""
+        """The symmetric scheme with the compiled merges of :mod:`speechprune.analysis.knn_kernels` (CPU): each
+        product of blocks on and above the diagonal updates the lists of both blocks' rows in one pass, whatever N."""
         n, take, b = self.n, self.take, self.block
         vals = np.full((n, take), np.inf, dtype=np.float32)
         idx = np.full((n, take), -1, dtype=np.int64)
         x32 = self.x32
         sq = self.sq.numpy()
         euclidean = self.metric == "euclidean"
-        _kernels.set_threads(torch.get_num_threads())
         starts = list(range(0, n, b))
         for i, lo in enumerate(starts):
             hi = min(lo + b, n)
@@ -315,7 +315,7 @@ class _Search:
         Euclidean: the difference form ``Σ (c − q)²`` (exactly 0 for duplicates, no cancellation); inner product:
         one batched float64 GEMV per chunk on the raw rows, scaled by the float64 inverse norms afterwards."""
         out = torch.empty(cand.shape, dtype=torch.float64, device=self.dev)
-        if self.compiled and self.data.dtype in (torch.float32, torch.float64):
+        if self.compiled:
             scale = (self.scale if self.scale is not None else torch.ones(self.n, dtype=torch.float64)).numpy()
             cand_np = np.ascontiguousarray(cand.numpy())
             shift = self.shift if self.shift is not None else torch.zeros(self.data.shape[1], dtype=torch.float64)

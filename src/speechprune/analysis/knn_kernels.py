@@ -112,6 +112,22 @@ if HAVE_NUMBA:
                     out[a, b] = -(acc * scale[q] * scale[c])
 
     @njit(cache=True, nogil=True, parallel=True)
+    def _scaled_column_sums(x, scale, out):  # type: ignore[no-untyped-def]
+        """float64 ``out[t] = Σ_i x[i, t]·scale[i]`` in one pass (per-thread partial sums over row ranges)."""
+        n, d = x.shape
+        parts = max(1, min(n, 64))
+        partial = np.zeros((parts, d))
+        for p in prange(parts):
+            for i in range(p * n // parts, (p + 1) * n // parts):
+                for t in range(d):
+                    partial[p, t] += np.float64(x[i, t]) * scale[i]
+        for t in range(d):
+            acc = 0.0
+            for p in range(parts):
+                acc += partial[p, t]
+            out[t] = acc
+
+    @njit(cache=True, nogil=True, parallel=True)
     def prepare_rows(x, normalize, center, scale, shift, x32, sq):  # type: ignore[no-untyped-def]
         """The search's operands in one pass per step, as ``knn._Search._prepare`` forms them with torch: float64
         inverse norms (``normalize``; zero rows stay zero), the float64 column mean of the scaled rows
@@ -129,17 +145,8 @@ if HAVE_NUMBA:
             scale[i] = s
         shift[:] = 0.0
         if center and n > 0:
-            parts = min(n, 64)
-            partial = np.zeros((parts, d))
-            for p in prange(parts):
-                for i in range(p * n // parts, (p + 1) * n // parts):
-                    for t in range(d):
-                        partial[p, t] += np.float64(x[i, t]) * scale[i]
-            for t in range(d):
-                acc = 0.0
-                for p in range(parts):
-                    acc += partial[p, t]
-                shift[t] = acc / n
+            _scaled_column_sums(x, scale, shift)
+            shift /= n
         for i in prange(n):
             acc32 = np.float32(0.0)
             for t in range(d):
@@ -158,45 +165,33 @@ if HAVE_NUMBA:
         return True
 
 
+def _compiled_view(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
+    """``x`` as a numpy array the kernels can read (CPU float32/float64, no autograd), or None."""
+    arr = x.numpy() if isinstance(x, torch.Tensor) and x.device.type == "cpu" and not x.requires_grad else x
+    if HAVE_NUMBA and isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64):
+        return arr
+    return None
+
+
 def finite(x: np.ndarray | torch.Tensor) -> bool:
     """Whether every entry of ``x`` is finite: compiled for CPU float32/float64 data (one pass, stops early, no
     boolean temporary), ``torch.isfinite`` otherwise (other dtypes, GPU tensors)."""
-    arr = x
-    if isinstance(x, torch.Tensor):
-        arr = x.numpy() if x.device.type == "cpu" and not x.requires_grad else None
-    if HAVE_NUMBA and isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64):
+    arr = _compiled_view(x)
+    if arr is not None:
         return bool(all_finite(arr))
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     return bool(torch.isfinite(t).all()) if t.is_floating_point() else True
 
 
-if HAVE_NUMBA:
-
-    @njit(cache=True, nogil=True, parallel=True)
-    def _column_sums(x, out):  # type: ignore[no-untyped-def]
-        """float64 column sums of ``x`` in one pass (per-thread partial sums over row ranges, then added)."""
-        n, d = x.shape
-        parts = max(1, min(n, 64))
-        partial = np.zeros((parts, d))
-        for p in prange(parts):
-            for i in range(p * n // parts, (p + 1) * n // parts):
-                for t in range(d):
-                    partial[p, t] += x[i, t]
-        for t in range(d):
-            acc = 0.0
-            for p in range(parts):
-                acc += partial[p, t]
-            out[t] = acc
-
-
 def column_sums(x: torch.Tensor) -> torch.Tensor:
     """float64 column sums of an N × D tensor: compiled for CPU float32/float64 data (no float64 copy of x),
     torch otherwise."""
-    if HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
-        out = np.zeros(x.shape[1])
-        _column_sums(x.numpy(), out)
-        return torch.from_numpy(out)
-    return x.to(torch.float64).sum(dim=0)
+    arr = _compiled_view(x)
+    if arr is None:
+        return x.to(torch.float64).sum(dim=0)
+    out = np.zeros(arr.shape[1])
+    _scaled_column_sums(arr, np.ones(arr.shape[0]), out)
+    return torch.from_numpy(out)
 
 
 def set_threads(threads: int) -> None:

@@ -211,7 +211,8 @@ def _pairs_kernel(indptr, indices, weights, codes, coords, shrink, slack, us, vs
         while size_f > 0 and size_b > 0:
             if keys_f[0] + keys_b[0] >= mu:
                 break
-            if keys_f[0] <= keys_b[0]:  # the smaller reduced radius expands (both offsets equal pot[s]); forward on ties
+            # the smaller reduced radius expands (both sides' offsets equal pot[s]); forward on ties
+            if keys_f[0] <= keys_b[0]:
                 u = nodes_f[0]
                 size_f = _pop(keys_f, nodes_f, size_f)
                 if done_f[u]:
