@@ -44,13 +44,10 @@ def skipped(run: Any) -> dict[str, Any] | None:
     from speechprune.utils import distributed
 
     c = run.cfg
-    parts = run.task().parts()
-    labels = run.dataset.labels(c.label)
-    check = validation_check(labels, parts["validation"], sorted({labels[i] for i in parts["train"]}, key=_natural))
-    base = {"mode": c.selection.cv, "validation": check, "applied": False}
+    base = _unapplied(run)
     if c.selection.cv == "never":
         return {**base, "reason": "selection.cv is never"}
-    if c.selection.cv == "auto" and check["ok"]:
+    if c.selection.cv == "auto" and base["validation"]["ok"]:
         return {**base, "reason": "the validation split is large enough"}
     if distributed.is_distributed():
         return {**base, "reason": "cross-validation is not run in a multi-process launch"}
@@ -69,9 +66,7 @@ def crossval(run: Any) -> dict[str, Any]:
     task = run.task()
     parts = task.parts()
     labels = ds.labels(c.label)
-    classes = sorted({labels[i] for i in parts["train"]}, key=_natural)
-    base = {"mode": c.selection.cv, "validation": validation_check(labels, parts["validation"], classes),
-            "applied": False}
+    base = _unapplied(run)
     groups = ds.groups()
     grouped = bool(ds.group_column) and all(g is not None for g in groups)
     pool = np.sort(np.concatenate([parts["train"], parts["validation"]]))
@@ -120,6 +115,16 @@ def crossval(run: Any) -> dict[str, Any]:
             "predictions": [{"index": i, "key": ds.items[i].key, "fold": fold_of[i], "true": labels[i],
                              "predicted": predicted[i]} for i in held_all],
             "chance_guard": guard, "methods": per_method}
+
+
+def _unapplied(run: Any) -> dict[str, Any]:
+    """The stage result before anything is decided: the mode and the validation split's check (classes = those of
+    the training split, which the classifier learns)."""
+    parts = run.task().parts()
+    labels = run.dataset.labels(run.cfg.label)
+    classes = sorted({labels[i] for i in parts["train"]}, key=_natural)
+    return {"mode": run.cfg.selection.cv, "validation": validation_check(labels, parts["validation"], classes),
+            "applied": False}
 
 
 def _baseline_best_epoch(run: Any) -> int | None:
