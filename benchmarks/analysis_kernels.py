@@ -14,8 +14,13 @@ For 13 states of N × 768 float32 features (the two random-walk blocks of ``anal
   data laid side by side (Z = N × 9 984; ``scipy.linalg.blas.ssyrk``), and its error against float64.
 
 Ratios are medians over ``--rounds`` rounds in which the contenders alternate, so the other users' load hits
-them alike; the load average is recorded per round. The CKA memory target (< 1 GB above the data) is measured in
-a fresh subprocess (``ru_maxrss`` minus the RSS after the data were created).
+them alike; the load average is recorded per round. Before each timed contender the process sleeps ``--settle``
+seconds: the BLAS and OpenMP pools of the previous contender (OpenBLAS for ssyrk, torch's OpenMP, numba's) keep
+spinning for a while after their last call, and without the pause whoever runs next pays for it — measured on
+this machine, 10 fp32 1 000 × 768 products took 264 ms right after the ssyrk floor and 196 ms after 0.3 s of
+sleep (min of 12), which put ≈ 0.07 s of the ssyrk floor's spin on "ours" at N = 1 000. The CKA memory target
+(< 1 GB above the data) is measured in a fresh subprocess (``ru_maxrss`` minus the RSS after the data were
+created).
 
     python benchmarks/analysis_kernels.py                       # N = 1 000, 5 000, 20 000
     python benchmarks/analysis_kernels.py --sizes 1000 --rounds 2 --no-write
@@ -95,7 +100,7 @@ def ssyrk_floor(z: np.ndarray) -> float:
     return float(c[0, 0])
 
 
-def measure(n: int, rounds: int, dense_max: int) -> dict[str, Any]:
+def measure(n: int, rounds: int, dense_max: int, settle: float = 0.3) -> dict[str, Any]:
     from speechprune.analysis.similarity import cka_matrices, mutual_knn_matrix
 
     states = structured_states(n, 768, 13, seed=0)
@@ -105,19 +110,24 @@ def measure(n: int, rounds: int, dense_max: int) -> dict[str, Any]:
     ours_knn = dense_knn = ours_cka = None
     for r in range(rounds):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
+        time.sleep(settle)
         t = time.perf_counter()
         ours_knn = mutual_knn_matrix(states, k=K)
         row["knn_ours_s"] = time.perf_counter() - t
+        time.sleep(settle)
         t = time.perf_counter()
         gemm_floor(states)
         row["knn_gemm_floor_s"] = time.perf_counter() - t
         if n <= dense_max and (r == 0 or n <= 5000):
+            time.sleep(settle)
             t = time.perf_counter()
             dense_knn = dense_mutual_knn(states, K)
             row["knn_dense_s"] = time.perf_counter() - t
+        time.sleep(settle)
         t = time.perf_counter()
         ours_cka = cka_matrices(states)
         row["cka_ours_s"] = time.perf_counter() - t
+        time.sleep(settle)
         t = time.perf_counter()
         ssyrk_floor(z)
         row["cka_ssyrk_floor_s"] = time.perf_counter() - t
@@ -168,13 +178,16 @@ def main() -> None:
     ap.add_argument("--dense-max", type=int, default=20000, help="largest N at which the dense form runs")
     ap.add_argument("--memory-size", type=int, default=20000)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds of sleep before each timed contender (the previous one's thread pools stop "
+                         "spinning)")
     ap.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_memory:
         print(json.dumps(child_memory(args.child_memory)))
         return
     command = "python benchmarks/analysis_kernels.py " + " ".join(sys.argv[1:])
-    report: dict[str, Any] = {"command": command.strip(), "k": K, "states": 13, "dim": 768,
+    report: dict[str, Any] = {"command": command.strip(), "k": K, "states": 13, "dim": 768, "settle_s": args.settle,
                               "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                                           "torch": torch.__version__, "numpy": np.__version__,
                                           "python": platform.python_version()},
@@ -193,7 +206,7 @@ def main() -> None:
         print(json.dumps(report["memory"]), flush=True)
         save()
     for n in args.sizes:
-        report["sizes"].append(measure(n, args.rounds, args.dense_max))
+        report["sizes"].append(measure(n, args.rounds, args.dense_max, args.settle))
         save()
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()

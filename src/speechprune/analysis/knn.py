@@ -9,6 +9,10 @@ keeps its ``k + margin`` best candidates. Two ways to cover the N × N products:
   serves the rows of I (top-k along its rows) and the rows of J (top-k along its columns), so the GEMM work is
   halved; the running candidates of every row are merged block by block (memory O(N·(k + margin))).
 
+On the CPU the symmetric scheme runs as compiled merges at every N (:mod:`speechprune.analysis.knn_kernels`);
+small N only changes its block size (:func:`block_rows`: at N ≈ 1 000 four blocks of ≈ 250 rows instead of one
+full product). The torch scheme choice by :data:`DENSE_MAX_ROWS` applies to other devices and forced schemes.
+
 **Exactness.** The fp32 scores carry a rounding error of at most ``ε = γ_D·(…)`` (the standard dot-product bound
 ``|fl(x·y) − x·y| ≤ γ_D ‖x‖‖y‖``, γ_D = D·u / (1 − D·u), u = 2⁻²⁴, plus the rounding of the inputs), computed per
 row. Where the fp32 ranking cannot be wrong — every gap that decides the answer is larger than ``2ε`` — it is taken
@@ -40,9 +44,14 @@ from speechprune.analysis import knn_kernels as _kernels
 from speechprune.errors import SpeechpruneError
 
 DEFAULT_BLOCK = 2048
-# At or below this many rows the dense row-block scan is used: the symmetric scheme's extra top-k along columns
-# and its merges pay off only once the GEMM half they save is large. A first choice (3 row blocks of 2 048), not
-# tuned on an idle machine: the benchmarks of issue 18 ran at load 20–30 (benchmarks/results/analysis_kernels.md).
+# Small N on the CPU (the compiled scheme): at or below SMALL_N_ROWS rows the blocks are ≈ N / SMALL_N_PARTS rows
+# (and at most 1 024) instead of DEFAULT_BLOCK, see :func:`block_rows`.
+SMALL_N_ROWS = 8192
+SMALL_N_PARTS = 4
+SMALL_N_MIN_BLOCK = 128
+# Torch search (GPU, or a forced scheme): at or below this many rows the dense row-block scan is used: the
+# symmetric scheme's extra top-k along columns and its merges pay off only once the GEMM half they save is large.
+# A first choice (3 row blocks of 2 048), not tuned on an idle machine: the benchmarks of issue 18 ran at load 20–30 (benchmarks/results/analysis_kernels.md).
 DENSE_MAX_ROWS = 6144
 _U32 = 2.0**-24
 
@@ -64,12 +73,13 @@ def knn(
     exclude_self: bool = True,
     exclude_duplicates: bool = False,
     margin: int = 8,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
     normalize: bool = False,
     device: str | torch.device | None = None,
     symmetric: bool | None = None,
     distances: bool = True,
     exact_order: bool = True,
+    check_finite: bool = True,
 ) -> Neighbours:
     """Exact k nearest neighbours of every row of ``x`` (N × D) among the rows of ``x``.
 
@@ -82,10 +92,36 @@ def knn(
     only the lists matter, as for mutual kNN; with ``exact_order=False`` as well, only the *set* of each row's k
     neighbours is guaranteed exact (their order within the row is the fp32 one), which needs the fewest float64
     checks (only rows whose k-th and (k+1)-th candidates are within the rounding bound).
+
+    ``block`` is the rows per GEMM block (default: :func:`block_rows` for the compiled CPU search, else
+    :data:`DEFAULT_BLOCK`); it changes only the speed, never the result. ``check_finite=False`` skips the NaN/inf
+    check for callers that made it already.
     """
-    search = _Search(x, k, metric, exclude_self, exclude_duplicates, margin, block, normalize, device, symmetric)
+    search = _Search(x, k, metric, exclude_self, exclude_duplicates, margin, block, normalize, device, symmetric,
+                     check_finite)
     idx, dist = search.run(distances=distances, exact_order=exact_order)
     return Neighbours(idx.cpu().numpy(), dist.cpu().numpy() if dist is not None else np.empty((0, k)))
+
+
+def block_rows(n: int) -> int:
+    """Rows per GEMM block of the compiled CPU search for N = ``n`` rows: the small-N path.
+
+    The compiled search multiplies only the blocks on and above the diagonal, so with B blocks it computes
+    (B + 1) / (2B) of the full N × N product. With :data:`DEFAULT_BLOCK` rows per block any N ≤ 2 048 is one block —
+    the full product, exactly the dense form's GEMM, which is most of the time at N = 1 000 (13 states × 768 dims:
+    full products 0.12 s of 0.2–0.3 s). At or below :data:`SMALL_N_ROWS` the rows are split into at least
+    :data:`SMALL_N_PARTS` blocks of at most 1 024 rows (and at least :data:`SMALL_N_MIN_BLOCK`): 4 blocks compute
+    62.5 % of the product, and 250–1 024-row fp32 products still run near MKL's peak on this machine. Measured per
+    state (``benchmarks/analysis_kernels.py`` data, 2 cores, load ≈ 2.5 from another job, min of 10 interleaved
+    rounds): N = 1 000, one block 13.8 ms, 4 blocks 12.1 ms, 8 blocks 13.3 ms; N = 5 000, 3 blocks of ≤ 2 048
+    275 ms, 5 blocks of 1 000 175 ms. Above SMALL_N_ROWS the default 2 048-row blocks (measured at N = 20 000)
+    are kept. The block size never changes the result: every fp32 score is within the same rounding bound
+    whatever the block, and near ties are decided in float64.
+    """
+    if n > SMALL_N_ROWS:
+        return DEFAULT_BLOCK
+    parts = max(SMALL_N_PARTS, -(-n // 1024))
+    return max(SMALL_N_MIN_BLOCK, -(-n // parts))
 
 
 # ----------------------------------------------------------------------------------------------------- internals
@@ -120,8 +156,8 @@ def as_device(x: np.ndarray | torch.Tensor, device: str | torch.device | None) -
 
 class _Search:
     def __init__(self, x: np.ndarray | torch.Tensor, k: int, metric: str, exclude_self: bool,
-                 exclude_duplicates: bool, margin: int, block: int, normalize: bool,
-                 device: str | torch.device | None, symmetric: bool | None) -> None:
+                 exclude_duplicates: bool, margin: int, block: int | None, normalize: bool,
+                 device: str | torch.device | None, symmetric: bool | None, check_finite: bool = True) -> None:
         if metric not in ("euclidean", "ip"):
             raise SpeechpruneError(f"unknown kNN metric {metric!r}; use 'euclidean' or 'ip'")
         data = as_device(x, device)
@@ -134,11 +170,13 @@ class _Search:
         # keeps torch's, as does every other device
         self.compiled = (_kernels.HAVE_NUMBA and data.device.type == "cpu" and symmetric is None
                          and data.dtype in (torch.float32, torch.float64))
-        if not _kernels.finite(data):
+        if check_finite and not _kernels.finite(data):
             raise SpeechpruneError("features contain NaN or inf values; cannot compute neighbours")
         available = n - 1 if exclude_self else n
         if k < 1 or k > available:
             raise SpeechpruneError(f"k={k} neighbours requested but only {available} other points exist (N={n})")
+        if block is None:
+            block = block_rows(n) if self.compiled else DEFAULT_BLOCK
         if block < 1 or margin < 0:
             raise SpeechpruneError(f"block must be ≥ 1 and margin ≥ 0, got block={block}, margin={margin}")
         self.data, self.n, self.k, self.metric = data, n, k, metric

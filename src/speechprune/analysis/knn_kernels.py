@@ -155,6 +155,24 @@ if HAVE_NUMBA:
                 acc32 += v * v
             sq[i] = acc32
 
+    @njit(cache=True, nogil=True, parallel=True)
+    def _list_hits(a, b):  # type: ignore[no-untyped-def]
+        """Σ_r |A_r ∩ B_r| over the rows of two neighbour-index lists (entries within a row distinct)."""
+        n, ka = a.shape
+        kb = b.shape[1]
+        parts = max(1, min(n, 64))
+        hits = np.zeros(parts, np.int64)
+        for p in prange(parts):
+            h = 0
+            for r in range(p * n // parts, (p + 1) * n // parts):
+                for i in range(ka):
+                    v = a[r, i]
+                    for j in range(kb):
+                        if b[r, j] == v:
+                            h += 1
+            hits[p] = h
+        return hits.sum()
+
     @njit(cache=True, nogil=True)
     def all_finite(x):  # type: ignore[no-untyped-def]
         """Whether every entry is finite (stops at the first that is not; no N × D boolean temporary)."""
@@ -192,6 +210,17 @@ def column_sums(x: torch.Tensor) -> torch.Tensor:
     out = np.zeros(arr.shape[1])
     _scaled_column_sums(arr, np.ones(arr.shape[0]), out)
     return torch.from_numpy(out)
+
+
+def list_hits(a: np.ndarray, b: np.ndarray, chunk_elems: int = 1 << 22) -> int:
+    """Σ_r |A_r ∩ B_r| for two N × k neighbour lists whose rows hold distinct indices: one compiled pass (the
+    numpy broadcast ``a[:, :, None] == b[:, None, :]`` of the fallback costs an N × k × k temporary per chunk;
+    at N = 1 000 the 78 pairs of 13 states took 16 ms of 0.2 s that way)."""
+    if HAVE_NUMBA and a.dtype == b.dtype and a.dtype in (np.int64, np.int32):
+        return int(_list_hits(a, b))
+    n, k = a.shape
+    step = max(1, chunk_elems // max(1, k * b.shape[1]))
+    return sum(int((a[lo:lo + step, :, None] == b[lo:lo + step, None, :]).sum()) for lo in range(0, n, step))
 
 
 def set_threads(threads: int) -> None:

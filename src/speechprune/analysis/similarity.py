@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from speechprune.analysis.knn import as_device, exact_fp32, knn
-from speechprune.analysis.knn_kernels import column_sums, finite
+from speechprune.analysis.knn_kernels import column_sums, finite, list_hits
 from speechprune.errors import LayerIndexError, SpeechpruneError
 from speechprune.utils.io import atomic_path, write_text_atomic
 
@@ -754,17 +754,13 @@ def _lists(states: StatesLike, k: int, metric: str, normalize: bool, labels: Seq
         raise SpeechpruneError(f"mutual kNN needs 1 ≤ k < N (self is excluded), got k={k} with N={n} rows")
     _check_finite(xs, labels)
     return [knn(x, k, metric=metric, normalize=normalize, distances=False, exact_order=exact_order,
-                device=device).indices for x in xs]
+                device=device, check_finite=False).indices for x in xs]
 
 
-def _overlap(a: np.ndarray, b: np.ndarray, chunk_elems: int = 1 << 22) -> float:
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over rows of |A_r ∩ B_r| / k for two N × k neighbour lists (entries within a row are distinct)."""
     n, k = a.shape
-    step = max(1, chunk_elems // (k * k))
-    hits = 0
-    for start in range(0, n, step):
-        hits += int((a[start:start + step, :, None] == b[start:start + step, None, :]).sum())
-    return hits / (n * k)
+    return list_hits(a, b) / (n * k)
 
 
 def _knn_pairs_matrix(lists: Sequence[np.ndarray]) -> np.ndarray:
