@@ -10,13 +10,15 @@ from scipy import sparse
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial.distance import cdist
 
+from speechprune.analysis import knn as knn_module
 from speechprune.analysis import paths
 from speechprune.analysis.convexity import (
     convexity_by_labels,
     convexity_by_layer,
     knn_graph,
 )
-from speechprune.analysis.knn import knn
+from speechprune.analysis.knn import block_rows, knn
+from speechprune.analysis.knn_kernels import list_hits
 from speechprune.analysis.similarity import (
     StreamingCKA,
     cka_gram,
@@ -78,6 +80,100 @@ def test_knn_device_argument_on_cpu() -> None:
     lists = neighbour_lists([x, x], 5, device="cpu")
     np.testing.assert_array_equal(lists[0], lists[1])
     assert mutual_knn_matrix([x, x[::-1].copy()], 5, device="cpu")[0, 0] == 1.0
+
+
+def _ref_ip(x: np.ndarray, k: int, normalize: bool) -> np.ndarray:
+    """float64 inner-product neighbours, ties by index. On integer data every dot product is exact and the
+    normalised scores are formed as the float64 check forms them (dot · 1/‖x_q‖ · 1/‖x_c‖), so exact ties stay
+    exact ties here and there."""
+    s = x @ x.T
+    if normalize:
+        inv = 1.0 / np.maximum(np.sqrt((x * x).sum(axis=1)), 1e-12)
+        s = s * inv[:, None] * inv[None, :]
+    s = -s
+    np.fill_diagonal(s, np.inf)
+    return np.argsort(s, axis=1, kind="stable")[:, :k]
+
+
+def _tied_data(n: int, d: int, seed: int) -> np.ndarray:
+    """Small integers (exact float64 products, many exact ties) with duplicated rows and a scaled copy (a cosine
+    tie with a different norm); the second half is the first negated, so the column means are exactly 0 and the
+    Euclidean search's centring keeps every tie exact (with a mean such as 0.37 the centred float64 differences
+    of tied integer points can differ in the last bit, and cdist's tie order is not the search's)."""
+    rng = np.random.default_rng(seed)
+    half = rng.integers(-2, 3, size=(n // 2, d)).astype(np.float64)
+    half[1::7] = half[0]  # exact duplicates of row 0
+    half[3] = 2 * half[5]  # same direction as row 5
+    return np.concatenate([half, -half])
+
+
+@pytest.mark.parametrize("n", [40, 300, 2100])  # 2 100: above ONE_BLOCK_MAX_ROWS, the default splits into blocks
+def test_knn_block_size_never_changes_the_lists(n: int) -> None:
+    """The small-N (one full product) and large-N (blocks on and above the diagonal) paths give identical lists,
+    equal to float64 brute force with the index tie rule: exact ties, duplicate rows, k up to N − 1."""
+    d = 6
+    x = _tied_data(n, d, seed=n)
+    blocks = sorted({block_rows(n), n, max(1, n // 3)} | ({64} if n <= 300 else set()))
+    ks = [1, 10, n - 1] if n <= 300 else [10]
+    for metric, normalize in (("ip", True), ("ip", False), ("euclidean", False)):
+        for k in ks:
+            ref = _ref_ip(x, k, normalize) if metric == "ip" else _ref_euclidean(x, k)
+            for block in blocks:
+                got = knn(x, k, metric=metric, normalize=normalize, distances=False, block=block).indices
+                np.testing.assert_array_equal(got, ref, err_msg=f"{metric} normalize={normalize} k={k} b={block}")
+                sets = knn(x, k, metric=metric, normalize=normalize, distances=False, exact_order=False,
+                           block=block).indices
+                np.testing.assert_array_equal(np.sort(sets, axis=1), np.sort(ref, axis=1))
+
+
+def test_knn_block_size_never_changes_continuous_float32_lists() -> None:
+    """float32 features with near ties (rows nearly duplicated) and exact duplicates: every block size gives the
+    lists of a float64 brute force."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((500, 32)).astype(np.float32)
+    x[100:110] = x[99] + np.float32(1e-6) * rng.standard_normal((10, 32)).astype(np.float32)
+    x[200] = x[201]
+    x64 = x.astype(np.float64)
+    ref = _ref_ip(x64, 12, normalize=True)
+    for block in (block_rows(500), 500, 123, 17):
+        got = knn(x, 12, metric="ip", normalize=True, distances=False, block=block).indices
+        np.testing.assert_array_equal(got, ref, err_msg=f"block={block}")
+
+
+def test_block_rows_choice() -> None:
+    assert block_rows(1000) == 1000  # small N: one block, the dense form's single product
+    assert block_rows(knn_module.ONE_BLOCK_MAX_ROWS) == knn_module.ONE_BLOCK_MAX_ROWS
+    assert block_rows(5000) == 1000  # middle: ≈ 1 024-row blocks
+    assert block_rows(20000) == knn_module.DEFAULT_BLOCK
+    for n in (1, 2, 2049, 5000, 8192, 8193, 50000):
+        b = block_rows(n)
+        assert 1 <= b <= max(n, 1) and -(-n // b) * b >= n
+
+
+def test_mutual_knn_independent_of_block_choice(monkeypatch) -> None:
+    """mutual_knn_matrix and neighbour_lists do not depend on the block size the search picks for N."""
+    rng = np.random.default_rng(3)
+    states = [_tied_data(150, 5, seed=s) for s in range(2)] + [rng.standard_normal((150, 5)).astype(np.float32)]
+    want = mutual_knn_matrix(states, k=6)
+    lists = neighbour_lists(states, 6)
+    for block in (1, 7, 64, 149):
+        monkeypatch.setattr(knn_module, "block_rows", lambda n, b=block: b)
+        np.testing.assert_array_equal(mutual_knn_matrix(states, k=6), want)
+        for a, b in zip(neighbour_lists(states, 6), lists, strict=True):
+            np.testing.assert_array_equal(a, b)
+    for x, got in zip(states, lists, strict=True):
+        np.testing.assert_array_equal(got, _ref_ip(np.asarray(x, dtype=np.float64), 6, normalize=True))
+
+
+def test_list_hits_equals_set_intersections() -> None:
+    rng = np.random.default_rng(5)
+    a = np.stack([rng.permutation(50)[:8] for _ in range(300)])
+    b = np.stack([rng.permutation(50)[:8] for _ in range(300)])
+    want = sum(len(set(p) & set(q)) for p, q in zip(a, b, strict=True))
+    assert list_hits(a, b) == want
+    assert list_hits(a.astype(np.int32), b.astype(np.int32)) == want
+    assert list_hits(a[:, :5], b[:, :5]) == sum(len(set(p[:5]) & set(q[:5])) for p, q in zip(a, b, strict=True))
+    assert list_hits(a, b.astype(np.int32)) == want  # mixed dtypes: the numpy fallback
 
 
 # ----------------------------------------------------------------------------------------------- paths

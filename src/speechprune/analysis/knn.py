@@ -10,8 +10,8 @@ keeps its ``k + margin`` best candidates. Two ways to cover the N × N products:
   halved; the running candidates of every row are merged block by block (memory O(N·(k + margin))).
 
 On the CPU the symmetric scheme runs as compiled merges at every N (:mod:`speechprune.analysis.knn_kernels`);
-small N only changes its block size (:func:`block_rows`: at N ≈ 1 000 four blocks of ≈ 250 rows instead of one
-full product). The torch scheme choice by :data:`DENSE_MAX_ROWS` applies to other devices and forced schemes.
+N only changes its block size (:func:`block_rows`: up to 2 048 rows one block, i.e. the dense form's single full
+product; blocks of ≈ 1 024 rows up to 8 192). The torch scheme choice by :data:`DENSE_MAX_ROWS` applies to other devices and forced schemes.
 
 **Exactness.** The fp32 scores carry a rounding error of at most ``ε = γ_D·(…)`` (the standard dot-product bound
 ``|fl(x·y) − x·y| ≤ γ_D ‖x‖‖y‖``, γ_D = D·u / (1 − D·u), u = 2⁻²⁴, plus the rounding of the inputs), computed per
@@ -44,11 +44,12 @@ from speechprune.analysis import knn_kernels as _kernels
 from speechprune.errors import SpeechpruneError
 
 DEFAULT_BLOCK = 2048
-# Small N on the CPU (the compiled scheme): at or below SMALL_N_ROWS rows the blocks are ≈ N / SMALL_N_PARTS rows
-# (and at most 1 024) instead of DEFAULT_BLOCK, see :func:`block_rows`.
+# The compiled CPU search's block size by N (:func:`block_rows`; measured, see there): one block up to
+# ONE_BLOCK_MAX_ROWS rows (the dense form's single full product), blocks of ≈ MID_BLOCK rows up to SMALL_N_ROWS,
+# DEFAULT_BLOCK above.
+ONE_BLOCK_MAX_ROWS = 2048
+MID_BLOCK = 1024
 SMALL_N_ROWS = 8192
-SMALL_N_PARTS = 4
-SMALL_N_MIN_BLOCK = 128
 # Torch search (GPU, or a forced scheme): at or below this many rows the dense row-block scan is used: the
 # symmetric scheme's extra top-k along columns and its merges pay off only once the GEMM half they save is large.
 # A first choice (3 row blocks of 2 048), not tuned on an idle machine: the benchmarks of issue 18 ran at load 20–30 (benchmarks/results/analysis_kernels.md).
@@ -104,24 +105,29 @@ def knn(
 
 
 def block_rows(n: int) -> int:
-    """Rows per GEMM block of the compiled CPU search for N = ``n`` rows: the small-N path.
+    """Rows per GEMM block of the compiled CPU search for N = ``n`` rows.
 
-    The compiled search multiplies only the blocks on and above the diagonal, so with B blocks it computes
-    (B + 1) / (2B) of the full N × N product. With :data:`DEFAULT_BLOCK` rows per block any N ≤ 2 048 is one block —
-    the full product, exactly the dense form's GEMM, which is most of the time at N = 1 000 (13 states × 768 dims:
-    full products 0.12 s of 0.2–0.3 s). At or below :data:`SMALL_N_ROWS` the rows are split into at least
-    :data:`SMALL_N_PARTS` blocks of at most 1 024 rows (and at least :data:`SMALL_N_MIN_BLOCK`): 4 blocks compute
-    62.5 % of the product, and 250–1 024-row fp32 products still run near MKL's peak on this machine. Measured per
-    state (``benchmarks/analysis_kernels.py`` data, 2 cores, load ≈ 2.5 from another job, min of 10 interleaved
-    rounds): N = 1 000, one block 13.8 ms, 4 blocks 12.1 ms, 8 blocks 13.3 ms; N = 5 000, 3 blocks of ≤ 2 048
-    275 ms, 5 blocks of 1 000 175 ms. Above SMALL_N_ROWS the default 2 048-row blocks (measured at N = 20 000)
-    are kept. The block size never changes the result: every fp32 score is within the same rounding bound
-    whatever the block, and near ties are decided in float64.
+    With B blocks the search multiplies only the blocks on and above the diagonal, (B + 1) / (2B) of the full
+    N × N product, but each off-diagonal product also pays a merge along its columns. Measured on an idle 2-core
+    Xeon (the device machine pinned to 2 cores, 13 states × 768 dims, k = 10, interleaved rounds with 0.3 s pauses,
+    medians; mutual kNN of the issue-18 benchmark data):
+
+    * N = 1 000: one block 0.222 s, 2 blocks 0.219 s, 3: 0.209 s, 4: 0.217 s, 5: 0.221 s, 8: 0.256 s, the dense
+      platonic-rep form 0.487 s; best of 7 with phases timed, one block 0.166 s vs 4 blocks 0.194 s (the column
+      merges cost 24 ms, more than the 25 % of the product they save). So up to :data:`ONE_BLOCK_MAX_ROWS` the
+      search is one full product — the dense form's GEMM — followed by the compiled row merge.
+    * N = 5 000: 3 blocks of ≤ 2 048 rows 2.26 s, 5 blocks of 1 000 rows 1.71 s, 8 of 625 1.98 s (dense form
+      10.2 s). So up to :data:`SMALL_N_ROWS` the blocks are ≈ :data:`MID_BLOCK` rows.
+    * Above, :data:`DEFAULT_BLOCK` as measured at N = 20 000 (``benchmarks/results/analysis_kernels.md``).
+
+    The block size never changes the result: every fp32 score is within the same rounding bound whatever the
+    blocking, near ties are decided in float64, and the lists are kept sorted by (score, index).
     """
-    if n > SMALL_N_ROWS:
-        return DEFAULT_BLOCK
-    parts = max(SMALL_N_PARTS, -(-n // 1024))
-    return max(SMALL_N_MIN_BLOCK, -(-n // parts))
+    if n <= ONE_BLOCK_MAX_ROWS:
+        return max(1, n)
+    if n <= SMALL_N_ROWS:
+        return -(-n // -(-n // MID_BLOCK))
+    return DEFAULT_BLOCK
 
 
 # ----------------------------------------------------------------------------------------------------- internals
@@ -403,13 +409,17 @@ class _Search:
         return chosen, chosen_d
 
     def _full_row(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One row against every point in float64 (many duplicates or near ties beyond the candidate margin)."""
-        q = self._rows64(slice(i, i + 1))
+        """One row against every point in float64 (many duplicates or near ties beyond the candidate margin).
+
+        Scored by :meth:`_exact`, the same arithmetic as the refined candidate lists: a second float64 formula
+        (e.g. the dot of the normalised rows instead of the raw dot times both inverse norms) rounds exact ties
+        differently, and which rows end up here depends on the fp32 candidates, i.e. on the block size."""
+        row = torch.tensor([i], dtype=torch.int64, device=self.dev)
         d = torch.empty(self.n, dtype=torch.float64, device=self.dev)
         step = max(1, (1 << 24) // max(1, self.data.shape[1]))
         for lo in range(0, self.n, step):
-            c = self._rows64(slice(lo, lo + step))
-            d[lo:lo + step] = ((c - q) ** 2).sum(dim=1) if self.metric == "euclidean" else -(c @ q[0])
+            hi = min(lo + step, self.n)
+            d[lo:hi] = self._exact(row, torch.arange(lo, hi, dtype=torch.int64, device=self.dev)[None, :])[0]
         if self.exclude_self:
             d[i] = float("inf")
         if self.exclude_duplicates:
