@@ -48,6 +48,7 @@ class AnalysisConfig:
     max_pairs: int = 5000
     permutations: int = 3
     probe_folds: int = 5
+    probe: str = "auto"  # logistic | ridge | auto (analysis.probes.resolve_probe: ridge above AUTO_RIDGE_ROWS rows)
     split_column: str | None = None
     test_groups: list[str] | None = None
     seed: int = 0
@@ -63,6 +64,10 @@ class AnalysisConfig:
             raise SpeechpruneError(f"unknown similarity measure(s) {bad}; choose from {', '.join(SIMILARITIES)}")
         if not self.labels and ("convexity" in self.metrics or "probes" in self.metrics):
             raise SpeechpruneError("convexity and probes need at least one --label")
+        from speechprune.analysis.probes import PROBES
+
+        if self.probe not in PROBES:
+            raise SpeechpruneError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
         check_seed(self.seed)
@@ -307,14 +312,15 @@ def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: 
                 label_how = f"leave-one-group-out cross-validation ({dataset.group_column}, {k} groups)"
         bar = tqdm(total=len(feats.layers), desc=f"probes {label}", disable=not progress)
         res[label] = probes_by_layer(feats, label, splits=splits, seed=cfg.seed,
-                                     n_permutations=cfg.permutations, progress=lambda: bar.update(1))
+                                     n_permutations=cfg.permutations, progress=lambda: bar.update(1),
+                                     probe=cfg.probe, device=cfg.device)
         bar.close()
         for r in res[label]:
             r["split"] = label_how
     _write_rows(out / "probes.csv", [
         {"label": lab, "state": r["state"], "accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"],
          "macro_f1": r["macro_f1"], "chance_accuracy": r["chance_accuracy"],
-         "majority_accuracy": r["majority_accuracy"], "split": r["split"]}
+         "majority_accuracy": r["majority_accuracy"], "probe": r["probe"], "split": r["split"]}
         for lab, rows in res.items() for r in rows
     ])
     return res

@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         max_pairs: int = typer.Option(5000, min=1, help="Ordered same-class pairs sampled per class (reference: 5000)."),
         permutations: int = typer.Option(3, min=0, help="Label permutations for the chance levels (0 = none)."),
         probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given (at most; they adapt to the smallest class or the number of groups)."),
+        probe: str = typer.Option("auto", help="Linear probe: logistic (L-BFGS logistic regression), ridge (closed-form "
+                                  "least squares, seconds at 100k clips) or auto (ridge above 20,000 clips)."),
         seed: int = typer.Option(0, help="Seed for pair sampling, folds and permutations."),
         processes: int = typer.Option(2, min=1, help="Worker processes for shortest paths."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
@@ -67,7 +69,7 @@ def register(app: typer.Typer) -> None:
         cfg = AnalysisConfig(
             labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
             layers=parse_states(layers), batch_size=batch_size, dtype=dtype, device=device, knn_k=knn_k,
-            convexity_k=convexity_k, max_pairs=max_pairs, permutations=permutations, probe_folds=probe_folds,
+            convexity_k=convexity_k, max_pairs=max_pairs, permutations=permutations, probe_folds=probe_folds, probe=probe,
             split_column=split_column, test_groups=_split_list(test_groups) or None, seed=seed, processes=processes,
             chunk_seconds=chunk_seconds,
         )

@@ -53,6 +53,7 @@ class AnalysisSection:
     max_pairs: int = 5000
     # probe folds: an upper bound; they adapt to the smallest class / the number of groups (data.splits.plan_folds)
     probe_folds: int = 5
+    probe: str = "auto"  # logistic | ridge | auto (ridge above analysis.probes.AUTO_RIDGE_ROWS clips)
     knn_k: int = 10
     convexity_k: int = 10
     pooling: str = "mean"
@@ -289,6 +290,10 @@ def _check_semantics(cfg: RunConfig) -> None:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
     if cfg.analysis.probe_folds < 2:
         raise ConfigError(f"analysis.probe_folds must be at least 2, got {cfg.analysis.probe_folds}")
+    from speechprune.analysis.probes import PROBES
+
+    if cfg.analysis.probe not in PROBES:
+        raise ConfigError(f"analysis.probe must be one of {', '.join(PROBES)}, got {cfg.analysis.probe!r}")
     from speechprune.utils.device import DeviceError, check_device
 
     try:
