@@ -168,8 +168,13 @@ def test_probe_option_is_documented_with_the_threshold_and_checked_in_configs() 
     from speechprune.analysis.runner import AnalysisConfig
     from speechprune.cli.app import app
 
+    from speechprune.pipeline.config import AnalysisSection
+
     analyze = typer.main.get_command(app).commands["analyze"]
     (option,) = [p for p in analyze.params if p.name == "probe"]
     assert f"ridge above {AUTO_RIDGE_ROWS:,} clips" in option.help
+    # the other large-data default written in three places: the CLI flag, the API config and the run config
+    (cap,) = [p for p in analyze.params if p.name == "convexity_max_rows"]
+    assert cap.default == AnalysisConfig(labels=["c"]).convexity_max_rows == AnalysisSection().convexity_max_rows
     with pytest.raises(SpeechpruneError, match="unknown probe 'lasso'"):
         AnalysisConfig(labels=["c"], probe="lasso").validate()

@@ -83,6 +83,10 @@ def test_run_accepts_the_analysis_options(data: Path, tmp_path: Path) -> None:
         load_run_config(None, overrides(data, tmp_path / "o", "analysis.probe_folds=1"))
     with pytest.raises(ConfigError, match="analysis.probe must be one of auto, logistic, ridge, got 'svm'"):
         load_run_config(None, overrides(data, tmp_path / "o", "analysis.probe=svm"))
+    with pytest.raises(ConfigError, match="analysis.convexity_max_rows must be at least 2"):
+        load_run_config(None, overrides(data, tmp_path / "o", "analysis.convexity_max_rows=1"))
+    assert load_run_config(None, overrides(data, tmp_path / "o", "analysis.convexity_max_rows=null")
+                           ).analysis.convexity_max_rows is None
 
 
 def test_run_caches_stages_and_recovers_from_a_crash(data: Path, tmp_path: Path, monkeypatch) -> None:

@@ -46,6 +46,9 @@ class AnalysisConfig:
     knn_k: int = 10
     convexity_k: int = 10
     max_pairs: int = 5000
+    # convexity scores a seeded random subset of at most this many rows (None: all), as mutual kNN does: its exact
+    # paths grow like N^1.5 (analysis.convexity.convexity_by_labels); the rows used are recorded per result row
+    convexity_max_rows: int | None = 20_000
     permutations: int = 3
     probe_folds: int = 5
     probe: str = "auto"  # logistic | ridge | auto (analysis.probes.resolve_probe: ridge above AUTO_RIDGE_ROWS rows)
@@ -70,6 +73,9 @@ class AnalysisConfig:
             raise SpeechpruneError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
+        if self.convexity_max_rows is not None and self.convexity_max_rows < 2:
+            raise SpeechpruneError(f"convexity_max_rows must be at least 2 (or none for all rows), got "
+                                   f"{self.convexity_max_rows}")
         check_seed(self.seed)
 
 
@@ -201,17 +207,20 @@ def _offdiag(m: np.ndarray) -> float:
 def _convexity(feats: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, list[dict[str, Any]]]:
     from speechprune.analysis.convexity import convexity_by_labels
 
+    n = len(feats.item_index)
+    cap = cfg.convexity_max_rows
+    rows = f"; a random {cap:,} of the {n:,} rows (convexity_max_rows)" if cap is not None and n > cap else ""
     console.print(f"convexity: {', '.join(cfg.labels)} over {len(feats.layers)} states "
-                  f"({cfg.permutations} permutations; one kNN graph per state for all labels)")
+                  f"({cfg.permutations} permutations; one kNN graph per state for all labels{rows})")
     res = convexity_by_labels(
         feats, cfg.labels, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
         max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
-        device=cfg.device,
+        device=cfg.device, max_rows=cfg.convexity_max_rows,
     )
     _write_rows(out / "convexity.csv", [
         {"label": lab, "state": r["state"], "convexity": r["score"], "std_error": r["std_error"],
          "chance": r.get("chance"), "chance_std": r.get("chance_std"), "n_pairs": r["n_pairs"],
-         "unreachable_fraction": r["unreachable_fraction"]}
+         "unreachable_fraction": r["unreachable_fraction"], "rows": r["rows"]}
         for lab, rows in res.items() for r in rows
     ])
     return res
