@@ -2,7 +2,8 @@
 
 What ``speechprune analyze`` runs after extraction, with its defaults (``analysis/runner.py``): the similarity
 matrices (cosine, linear CKA, mutual kNN on a 20 000-row subset) each with 3 shuffled-pairing permutations, graph
-convexity for two label columns with 3 label permutations, and linear probes (5 folds, 3 permutations) for both
+convexity for two label columns with 3 label permutations (on a 20 000-row subset, ``--convexity-max-rows``), and
+linear probes (5 folds, 3 permutations; above 20 000 rows the closed-form ridge probe, ``--probe``) for both
 labels. Features are synthetic (extraction is not measured here; see ``benchmarks/extract.py``): two labels,
 ``word`` (10 classes) and ``speaker`` (20 classes), placed on a 6-d latent that each state mixes differently, plus
 isotropic noise, in float32 — 4 GB for 100 000 × 13 × 768.
@@ -117,7 +118,13 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=3)
     ap.add_argument("--device", default=None, help="torch device for the similarity and kNN kernels")
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--convexity-max-rows", type=int, default=20_000,
+                    help="convexity on a seeded subset of at most this many rows, as `speechprune analyze` (0 = all)")
+    ap.add_argument("--probe", default="auto", choices=("auto", "logistic", "ridge"),
+                    help="linear probe (auto: ridge above 20,000 rows, as `speechprune analyze`)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where NAME.json and NAME.md are written")
+    ap.add_argument("--name", default="analysis_scale", help="results file stem (e.g. analysis_scale_gpu)")
     args = ap.parse_args()
 
     from speechprune.analysis.convexity import convexity_by_labels
@@ -135,7 +142,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "command": command.strip(), "rows": args.rows, "states": args.states, "dim": args.dim,
-        "device": args.device or "cpu", "permutations": args.permutations,
+        "device": args.device or "cpu", "permutations": args.permutations, "probe": args.probe,
+        "convexity_max_rows": args.convexity_max_rows,
         "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), "mem_total_gb": os.sysconf("SC_PHYS_PAGES")
                     * os.sysconf("SC_PAGE_SIZE") / 2**30},
@@ -146,9 +154,9 @@ def main() -> None:
         report["total_wall_s"] = sum(r["wall_s"] for r in rows)
         report["peak_rss_gb"] = max([r["peak_rss_gb"] for r in rows] + [report.get("data_rss_gb", 0.0)])
         if not args.no_write:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "analysis_scale.json").write_text(json.dumps(report, indent=2) + "\n")
-            (RESULTS / "analysis_scale.md").write_text(markdown(report))
+            args.results_dir.mkdir(parents=True, exist_ok=True)
+            (args.results_dir / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+            (args.results_dir / f"{args.name}.md").write_text(markdown(report))
 
     feats = timed("make synthetic features", lambda: make_features(args.rows, args.states, args.dim), rss, rows,
                   save)
@@ -174,9 +182,11 @@ def main() -> None:
                   lambda: shuffled_pairing_baseline(sub, "mutual_knn", perms, seed, k=10, labels=labels, device=dev),
                   rss, rows, save)
     if "convexity" in args.phases:
-        out = timed(f"graph convexity, word + speaker, {perms} permutations each",
+        cap = f", {min(args.rows, args.convexity_max_rows):,} rows" if args.convexity_max_rows else ""
+        out = timed(f"graph convexity, word + speaker, {perms} permutations each{cap}",
                     lambda: convexity_by_labels(feats, ["word", "speaker"], n_permutations=perms, seed=seed,
-                                                processes=args.processes, device=dev), rss, rows, save)
+                                                processes=args.processes, device=dev,
+                                                max_rows=args.convexity_max_rows or None), rss, rows, save)
         report["convexity"] = {lab: [{"state": r["state"], "score": r["score"], "chance": r.get("chance"),
                                       "seconds": r["seconds"]} for r in rs] for lab, rs in out.items()}
         save()
@@ -186,9 +196,10 @@ def main() -> None:
             # speaker = group column: stratified folds, as the runner does; word: speaker-independent folds
             groups = None if label == "speaker" else feats.groups
             splits = cv_folds(y, groups=groups, n_splits=5, seed=seed)
-            timed(f"probes {label} (5 folds, {perms} permutations)",
+            timed(f"probes {label} ({args.probe} probe, 5 folds, {perms} permutations)",
                   lambda y=y, splits=splits, label=label: probes_by_layer(feats, label, splits=splits, seed=seed,
-                                                                         n_permutations=perms), rss, rows, save)
+                                                                         n_permutations=perms, probe=args.probe,
+                                                                         device=dev), rss, rows, save)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     rss.stop()
     save()
@@ -215,7 +226,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['kernel']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_gb']:.2f} | "
                      f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
     lines += ["", f"Total wall {report.get('total_wall_s', 0) / 60:.1f} min; peak RSS "
-              f"{report.get('peak_rss_gb', 0):.2f} GB. Targets: < 60 min and < 8 GB on the 2-core CPU.", "",
+              f"{report.get('peak_rss_gb', 0):.2f} GB. Targets: < 60 min and < 8 GB on the 2-core CPU; < 5 min on a GPU.", "",
               "The 2 cores are shared with other users' jobs (see the load averages: a load of L on 2 cores leaves "
               "this run about 2/L of the machine), so wall times are upper bounds; CPU s is what the run consumed."]
     return "\n".join(lines) + "\n"

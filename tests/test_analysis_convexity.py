@@ -339,3 +339,47 @@ def test_agrees_with_nnconvexity_on_whisper_tiny_fsdd(whisper_tiny_dir, shared_d
             assert abs(assert_agrees(x, np.array(feats.labels[column]))) <= 0.5
     rows = convexity_by_layer(feats, "word", n_permutations=1)
     assert rows[-1]["score"] > rows[-1]["chance"] + 20  # words form convex regions in Whisper's top layer
+
+
+def test_convexity_row_cap_scores_the_seeded_subset_and_records_it() -> None:
+    """``max_rows`` scores exactly the rows of the seeded subset (same result as passing that subset alone), the
+    same rows for every state and label, and each result row says how many rows were used."""
+    from speechprune.analysis.convexity import convexity_by_labels, subset_rows
+    from speechprune.features.store import LayerFeatures
+
+    rng = np.random.default_rng(5)
+    n = 400
+    word = rng.integers(0, 3, n)
+    spk = rng.integers(0, 4, n)
+    states = np.stack([(np.eye(3)[word] @ rng.standard_normal((3, 16)) * 3 + rng.standard_normal((n, 16)))
+                       for _ in range(2)]).astype(np.float32)
+    labels = {"word": [f"w{v}" for v in word], "spk": [f"s{v}" for v in spk]}
+    feats = LayerFeatures(states=states, layers=[0, 1], item_index=np.arange(n), labels=labels,
+                          groups=[None] * n, pooling="mean")
+    capped = convexity_by_labels(feats, ["word", "spk"], max_rows=150, seed=3, max_pairs_per_class=200,
+                                 processes=1)
+    rows = subset_rows(n, 150, 3)
+    assert rows is not None and len(rows) == 150 and len(set(rows.tolist())) == 150
+    sub = LayerFeatures(states=states[:, rows], layers=[0, 1], item_index=np.arange(150),
+                        labels={k: [v[i] for i in rows] for k, v in labels.items()}, groups=[None] * 150,
+                        pooling="mean")
+    alone = convexity_by_labels(sub, ["word", "spk"], seed=3, max_pairs_per_class=200, processes=1)
+    for lab in ("word", "spk"):
+        assert [r["score"] for r in capped[lab]] == [r["score"] for r in alone[lab]]
+        assert all(r["rows"] == 150 for r in capped[lab]) and all(r["rows"] == 150 for r in alone[lab])
+    full = convexity_by_labels(feats, ["word"], max_rows=10_000, seed=3, max_pairs_per_class=200, processes=1)
+    assert subset_rows(n, 10_000, 3) is None and all(r["rows"] == n for r in full["word"])
+    with pytest.raises(SpeechpruneError, match="max_rows must be at least 2"):
+        convexity_by_labels(feats, ["word"], max_rows=1)
+
+
+def test_non_contiguous_features_give_the_same_graph() -> None:
+    """A column-fancy-indexed or Fortran-ordered array (what ``states[:, rows]`` gives) once failed to compile in
+    the finite check; it must give the same kNN graph as its C-ordered copy."""
+    from speechprune.analysis.convexity import knn_graph
+
+    x = np.random.default_rng(0).standard_normal((120, 9)).astype(np.float32)
+    ref = knn_graph(np.ascontiguousarray(x), 5)
+    for view in (np.asfortranarray(x), np.stack([x, x])[:, np.arange(120)][0], x[:, ::1].T.copy().T):
+        got = knn_graph(view, 5)
+        assert (got != ref).nnz == 0

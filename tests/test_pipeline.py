@@ -76,11 +76,17 @@ def test_yaml_file_and_overrides(data: Path, tmp_path: Path) -> None:
 
 def test_run_accepts_the_analysis_options(data: Path, tmp_path: Path) -> None:
     cfg = load_run_config(None, overrides(data, tmp_path / "o", "analysis.probe_folds=3", "analysis.knn_k=4",
-                                          "analysis.convexity_k=6", "analysis.processes=1"))
+                                          "analysis.convexity_k=6", "analysis.processes=1", "analysis.probe=ridge"))
     a = cfg.analysis
-    assert (a.probe_folds, a.knn_k, a.convexity_k, a.processes) == (3, 4, 6, 1)
+    assert (a.probe_folds, a.knn_k, a.convexity_k, a.processes, a.probe) == (3, 4, 6, 1, "ridge")
     with pytest.raises(ConfigError, match="probe_folds must be at least 2"):
         load_run_config(None, overrides(data, tmp_path / "o", "analysis.probe_folds=1"))
+    with pytest.raises(ConfigError, match="analysis.probe must be one of auto, logistic, ridge, got 'svm'"):
+        load_run_config(None, overrides(data, tmp_path / "o", "analysis.probe=svm"))
+    with pytest.raises(ConfigError, match="analysis.convexity_max_rows must be at least 2"):
+        load_run_config(None, overrides(data, tmp_path / "o", "analysis.convexity_max_rows=1"))
+    assert load_run_config(None, overrides(data, tmp_path / "o", "analysis.convexity_max_rows=null")
+                           ).analysis.convexity_max_rows is None
 
 
 def test_run_caches_stages_and_recovers_from_a_crash(data: Path, tmp_path: Path, monkeypatch) -> None:

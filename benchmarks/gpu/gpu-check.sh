@@ -22,6 +22,9 @@ step() { local name=$1 t=$2; shift 2
   echo "=== $name"; local s=$(date +%s)
   timeout "$t" "$@" > $W/step.log 2>&1; local rc=$?
   grep -v "it/s\]\|Loading weights\|Writing model" $W/step.log | tail -15; echo "### $name rc=$rc wall=$(( $(date +%s)-s ))s"; }
+# --- issue 18: the full analysis on 100 000 cached rows x 13 states x 768 dims (target < 5 min on a GPU); kNN graph,
+# CKA, mutual kNN and ridge probes on CUDA, shortest paths on the CPU cores
+step analysis-100k     300 python3 benchmarks/analysis_scale.py --device cuda --processes $(nproc) --results-dir $OUT --name analysis_scale_gpu
 # --- profile: TF32 fp32, bf16 weights (the issue: autocast bf16 at batch 8 reached 57 TFLOP/s, TF32 was off)
 step profile-fp32       60 $SP profile default:wav2vec2 --seconds 1 --batch-size 8 --device cuda --no-flop-check --json $W/p1.json
 step profile-bf16-10s   60 $SP profile default:wav2vec2 --seconds 10 --batch-size 8 --device cuda --dtype bf16 --no-flop-check --json $W/p2.json

@@ -248,10 +248,18 @@ def convexity_by_labels(
     layers: Sequence[int] | None = None,
     *,
     n_permutations: int = 0,
+    max_rows: int | None = None,
     **kw: Any,
 ) -> dict[str, list[dict[str, Any]]]:
     """:func:`convexity_by_layer` for several label columns: ``{label: rows}``, each state's kNN graph built once
-    and scored for every label (the graph is the expensive part that does not depend on the labels)."""
+    and scored for every label (the graph is the expensive part that does not depend on the labels).
+
+    ``max_rows``: score at most this many rows — a seeded random subset (``seed``), the same rows for every state
+    and label — or all rows (``None``). Each row of the result records the rows used in ``rows``. Why a cap: a
+    label that a state does not encode, and every permutation baseline, makes the sampled pairs' shortest paths
+    cross the whole graph, and each such path costs about √N·k vertex visits, so the exact paths of 5 000 pairs per
+    class grow like N^1.5 (measured: 6 s per label set at 10 000 rows, 26 s at 25 000 on 2 cores).
+    """
     labels = list(labels)
     for label in labels:
         if label not in feats.labels:
@@ -259,22 +267,35 @@ def convexity_by_labels(
                 f"no label column {label!r} in these features; available: {', '.join(feats.labels) or '(none)'}"
             )
     opts = _options(kw)
+    if max_rows is not None and max_rows < 2:
+        raise SpeechpruneError(f"max_rows must be at least 2 (or None for all rows), got {max_rows}")
     states = list(feats.layers) if layers is None else list(layers)
     for state in states:  # fail on a bad state index before spending minutes on the good ones
         feats.layer(state)
+    n = len(feats.labels[labels[0]]) if labels else 0
+    rows_used = subset_rows(n, max_rows, opts["seed"]) if n else None
     out: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for state in states:
-        data = _check_features(feats.layer(state), opts["n_neighbors"])
+        x = feats.layer(state)
+        data = _check_features(x if rows_used is None else x[rows_used], opts["n_neighbors"])
         prep = _prepare(data, opts["n_neighbors"], opts["device"])
         for label in labels:
-            classes, codes = _encode_labels(feats.labels[label], data.shape[0])
+            y = feats.labels[label]
+            classes, codes = _encode_labels(y if rows_used is None else [y[i] for i in rows_used], data.shape[0])
             res = _score(prep, codes, classes, **_score_opts(opts))
-            row = {"state": int(state), **_row(res)}
+            row = {"state": int(state), **_row(res), "rows": int(data.shape[0])}
             if n_permutations > 0:
                 base = _baseline_on(prep, codes, classes, n_permutations, opts["seed"], _score_opts(opts))
                 row.update(chance=base.mean, chance_std=base.std)
             out[label].append(row)
     return out
+
+
+def subset_rows(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
+    """The sorted rows of a seeded random subset of ``max_rows`` of ``n`` rows, or ``None`` for all of them."""
+    if max_rows is None or n <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
 
 
 # ----------------------------------------------------------------------------------------------- input checking

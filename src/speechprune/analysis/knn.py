@@ -176,6 +176,8 @@ class _Search:
         # keeps torch's, as does every other device
         self.compiled = (_kernels.HAVE_NUMBA and data.device.type == "cpu" and symmetric is None
                          and data.dtype in (torch.float32, torch.float64))
+        if self.compiled and not data.is_contiguous():
+            data = data.contiguous()  # the kernels read rows of a C-ordered array (e.g. not a column-fancy-indexed view)
         if check_finite and not _kernels.finite(data):
             raise SpeechpruneError("features contain NaN or inf values; cannot compute neighbours")
         available = n - 1 if exclude_self else n

@@ -176,17 +176,17 @@ if HAVE_NUMBA:
     @njit(cache=True, nogil=True)
     def all_finite(x):  # type: ignore[no-untyped-def]
         """Whether every entry is finite (stops at the first that is not; no N × D boolean temporary)."""
-        flat = x.reshape(-1) if x.flags.c_contiguous else x.copy().reshape(-1)
-        for v in flat:
+        for v in x.reshape(-1):  # C-ordered arrays only (_compiled_view)
             if not np.isfinite(v):
                 return False
         return True
 
 
 def _compiled_view(x: np.ndarray | torch.Tensor) -> np.ndarray | None:
-    """``x`` as a numpy array the kernels can read (CPU float32/float64, no autograd), or None."""
+    """``x`` as a numpy array the kernels can read (CPU float32/float64, C-ordered, no autograd), or None."""
     arr = x.numpy() if isinstance(x, torch.Tensor) and x.device.type == "cpu" and not x.requires_grad else x
-    if HAVE_NUMBA and isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64):
+    if (HAVE_NUMBA and isinstance(arr, np.ndarray) and arr.dtype in (np.float32, np.float64)
+            and arr.flags.c_contiguous):
         return arr
     return None
 

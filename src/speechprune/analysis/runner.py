@@ -46,8 +46,12 @@ class AnalysisConfig:
     knn_k: int = 10
     convexity_k: int = 10
     max_pairs: int = 5000
+    # convexity scores a seeded random subset of at most this many rows (None: all), as mutual kNN does: its exact
+    # paths grow like N^1.5 (analysis.convexity.convexity_by_labels); the rows used are recorded per result row
+    convexity_max_rows: int | None = 20_000
     permutations: int = 3
     probe_folds: int = 5
+    probe: str = "auto"  # logistic | ridge | auto (analysis.probes.resolve_probe: ridge above AUTO_RIDGE_ROWS rows)
     split_column: str | None = None
     test_groups: list[str] | None = None
     seed: int = 0
@@ -63,8 +67,15 @@ class AnalysisConfig:
             raise SpeechpruneError(f"unknown similarity measure(s) {bad}; choose from {', '.join(SIMILARITIES)}")
         if not self.labels and ("convexity" in self.metrics or "probes" in self.metrics):
             raise SpeechpruneError("convexity and probes need at least one --label")
+        from speechprune.analysis.probes import PROBES
+
+        if self.probe not in PROBES:
+            raise SpeechpruneError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
+        if self.convexity_max_rows is not None and self.convexity_max_rows < 2:
+            raise SpeechpruneError(f"convexity_max_rows must be at least 2 (or none for all rows), got "
+                                   f"{self.convexity_max_rows}")
         check_seed(self.seed)
 
 
@@ -196,17 +207,20 @@ def _offdiag(m: np.ndarray) -> float:
 def _convexity(feats: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> dict[str, list[dict[str, Any]]]:
     from speechprune.analysis.convexity import convexity_by_labels
 
+    n = len(feats.item_index)
+    cap = cfg.convexity_max_rows
+    rows = f"; a random {cap:,} of the {n:,} rows (convexity_max_rows)" if cap is not None and n > cap else ""
     console.print(f"convexity: {', '.join(cfg.labels)} over {len(feats.layers)} states "
-                  f"({cfg.permutations} permutations; one kNN graph per state for all labels)")
+                  f"({cfg.permutations} permutations; one kNN graph per state for all labels{rows})")
     res = convexity_by_labels(
         feats, cfg.labels, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
         max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
-        device=cfg.device,
+        device=cfg.device, max_rows=cfg.convexity_max_rows,
     )
     _write_rows(out / "convexity.csv", [
         {"label": lab, "state": r["state"], "convexity": r["score"], "std_error": r["std_error"],
          "chance": r.get("chance"), "chance_std": r.get("chance_std"), "n_pairs": r["n_pairs"],
-         "unreachable_fraction": r["unreachable_fraction"]}
+         "unreachable_fraction": r["unreachable_fraction"], "rows": r["rows"]}
         for lab, rows in res.items() for r in rows
     ])
     return res
@@ -307,14 +321,15 @@ def _probes(feats: Any, dataset: Any, cfg: AnalysisConfig, out: Path, progress: 
                 label_how = f"leave-one-group-out cross-validation ({dataset.group_column}, {k} groups)"
         bar = tqdm(total=len(feats.layers), desc=f"probes {label}", disable=not progress)
         res[label] = probes_by_layer(feats, label, splits=splits, seed=cfg.seed,
-                                     n_permutations=cfg.permutations, progress=lambda: bar.update(1))
+                                     n_permutations=cfg.permutations, progress=lambda: bar.update(1),
+                                     probe=cfg.probe, device=cfg.device)
         bar.close()
         for r in res[label]:
             r["split"] = label_how
     _write_rows(out / "probes.csv", [
         {"label": lab, "state": r["state"], "accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"],
          "macro_f1": r["macro_f1"], "chance_accuracy": r["chance_accuracy"],
-         "majority_accuracy": r["majority_accuracy"], "split": r["split"]}
+         "majority_accuracy": r["majority_accuracy"], "probe": r["probe"], "split": r["split"]}
         for lab, rows in res.items() for r in rows
     ])
     return res

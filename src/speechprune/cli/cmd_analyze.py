@@ -37,8 +37,12 @@ def register(app: typer.Typer) -> None:
         knn_k: int = typer.Option(10, min=1, help="k of mutual-kNN similarity."),
         convexity_k: int = typer.Option(10, min=1, help="k of the convexity kNN graph (reference: 10)."),
         max_pairs: int = typer.Option(5000, min=1, help="Ordered same-class pairs sampled per class (reference: 5000)."),
+        convexity_max_rows: int = typer.Option(20_000, min=0, help="Convexity on a seeded random subset of at most "
+                                               "this many rows (0 = all): its exact paths grow like N^1.5."),
         permutations: int = typer.Option(3, min=0, help="Label permutations for the chance levels (0 = none)."),
         probe_folds: int = typer.Option(5, min=2, help="Cross-validation folds when no split is given (at most; they adapt to the smallest class or the number of groups)."),
+        probe: str = typer.Option("auto", help="Linear probe: logistic (L-BFGS logistic regression), ridge (closed-form "
+                                  "least squares, seconds at 100k clips) or auto (ridge above 20,000 clips)."),
         seed: int = typer.Option(0, help="Seed for pair sampling, folds and permutations."),
         processes: int = typer.Option(2, min=1, help="Worker processes for shortest paths."),
         batch_size: int = typer.Option(8, min=1, help="Clips per forward pass."),
@@ -67,7 +71,8 @@ def register(app: typer.Typer) -> None:
         cfg = AnalysisConfig(
             labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
             layers=parse_states(layers), batch_size=batch_size, dtype=dtype, device=device, knn_k=knn_k,
-            convexity_k=convexity_k, max_pairs=max_pairs, permutations=permutations, probe_folds=probe_folds,
+            convexity_k=convexity_k, max_pairs=max_pairs, convexity_max_rows=convexity_max_rows or None,
+            permutations=permutations, probe_folds=probe_folds, probe=probe,
             split_column=split_column, test_groups=_split_list(test_groups) or None, seed=seed, processes=processes,
             chunk_seconds=chunk_seconds,
         )

@@ -51,8 +51,10 @@ class AnalysisSection:
     similarity: list[str] = field(default_factory=lambda: ["cosine", "cka", "mutual_knn"])
     permutations: int = 2
     max_pairs: int = 5000
+    convexity_max_rows: int | None = 20_000  # a seeded random subset of at most this many rows (null: all)
     # probe folds: an upper bound; they adapt to the smallest class / the number of groups (data.splits.plan_folds)
     probe_folds: int = 5
+    probe: str = "auto"  # logistic | ridge | auto (ridge above analysis.probes.AUTO_RIDGE_ROWS clips)
     knn_k: int = 10
     convexity_k: int = 10
     pooling: str = "mean"
@@ -289,6 +291,13 @@ def _check_semantics(cfg: RunConfig) -> None:
         raise ConfigError("split.test_groups needs group (the column that holds the groups, e.g. speaker)")
     if cfg.analysis.probe_folds < 2:
         raise ConfigError(f"analysis.probe_folds must be at least 2, got {cfg.analysis.probe_folds}")
+    rows = cfg.analysis.convexity_max_rows
+    if rows is not None and rows < 2:
+        raise ConfigError(f"analysis.convexity_max_rows must be at least 2 (or null for all rows), got {rows}")
+    from speechprune.analysis.probes import PROBES
+
+    if cfg.analysis.probe not in PROBES:
+        raise ConfigError(f"analysis.probe must be one of {', '.join(PROBES)}, got {cfg.analysis.probe!r}")
     from speechprune.utils.device import DeviceError, check_device
 
     try:
