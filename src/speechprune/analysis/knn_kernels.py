@@ -44,6 +44,63 @@ if HAVE_NUMBA:
         vals[r, p] = s
         idx[r, p] = c
 
+    # Row reductions in four interleaved partial sums (t mod 4), added as (s0 + s1) + (s2 + s3): four independent
+    # dependency chains instead of one (a plain float64 sum waits on each add; these loops were latency-bound at
+    # D = 768), in a fixed order, so the value is the same on every machine and thread count.
+    @njit(cache=True, nogil=True, inline="always")
+    def _dot64(x, i, y, j, d):  # type: ignore[no-untyped-def]
+        """Σ_t float64(x[i, t]) · float64(y[j, t])."""
+        s0 = s1 = s2 = s3 = 0.0
+        t = 0
+        while t + 4 <= d:
+            s0 += np.float64(x[i, t]) * np.float64(y[j, t])
+            s1 += np.float64(x[i, t + 1]) * np.float64(y[j, t + 1])
+            s2 += np.float64(x[i, t + 2]) * np.float64(y[j, t + 2])
+            s3 += np.float64(x[i, t + 3]) * np.float64(y[j, t + 3])
+            t += 4
+        while t < d:
+            s0 += np.float64(x[i, t]) * np.float64(y[j, t])
+            t += 1
+        return (s0 + s1) + (s2 + s3)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _dist2(x, scale, shift, q, c, d):  # type: ignore[no-untyped-def]
+        """Σ_t ((x[c, t]·s_c − m_t) − (x[q, t]·s_q − m_t))² in float64 (exactly 0 for duplicate rows)."""
+        sq, sc = scale[q], scale[c]
+        s0 = s1 = s2 = s3 = 0.0
+        t = 0
+        while t + 4 <= d:
+            e0 = (np.float64(x[c, t]) * sc - shift[t]) - (np.float64(x[q, t]) * sq - shift[t])
+            e1 = (np.float64(x[c, t + 1]) * sc - shift[t + 1]) - (np.float64(x[q, t + 1]) * sq - shift[t + 1])
+            e2 = (np.float64(x[c, t + 2]) * sc - shift[t + 2]) - (np.float64(x[q, t + 2]) * sq - shift[t + 2])
+            e3 = (np.float64(x[c, t + 3]) * sc - shift[t + 3]) - (np.float64(x[q, t + 3]) * sq - shift[t + 3])
+            s0 += e0 * e0
+            s1 += e1 * e1
+            s2 += e2 * e2
+            s3 += e3 * e3
+            t += 4
+        while t < d:
+            e0 = (np.float64(x[c, t]) * sc - shift[t]) - (np.float64(x[q, t]) * sq - shift[t])
+            s0 += e0 * e0
+            t += 1
+        return (s0 + s1) + (s2 + s3)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _dot32(x32, i, d):  # type: ignore[no-untyped-def]
+        """fp32 Σ_t x32[i, t]²."""
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        t = 0
+        while t + 4 <= d:
+            s0 += x32[i, t] * x32[i, t]
+            s1 += x32[i, t + 1] * x32[i, t + 1]
+            s2 += x32[i, t + 2] * x32[i, t + 2]
+            s3 += x32[i, t + 3] * x32[i, t + 3]
+            t += 4
+        while t < d:
+            s0 += x32[i, t] * x32[i, t]
+            t += 1
+        return (s0 + s1) + (s2 + s3)
+
     @njit(cache=True, nogil=True, parallel=True)
     def merge_rows(g, col_sq, row_lo, col_lo, vals, idx, euclidean, skip_self):  # type: ignore[no-untyped-def]
         """Merge the block ``g = X[row_lo:…] · X[col_lo:…]ᵀ`` into the lists of its rows (points ``row_lo + i``)."""
@@ -99,17 +156,10 @@ if HAVE_NUMBA:
                 if c < 0:
                     out[a, b] = np.inf
                     continue
-                acc = 0.0
                 if euclidean:
-                    for t in range(d):
-                        diff = (np.float64(x[c, t]) * scale[c] - shift[t]) - (np.float64(x[q, t]) * scale[q]
-                                                                                - shift[t])
-                        acc += diff * diff
-                    out[a, b] = acc
+                    out[a, b] = _dist2(x, scale, shift, q, c, d)
                 else:
-                    for t in range(d):
-                        acc += np.float64(x[c, t]) * np.float64(x[q, t])
-                    out[a, b] = -(acc * scale[q] * scale[c])
+                    out[a, b] = -(_dot64(x, q, x, c, d) * scale[q] * scale[c])
 
     @njit(cache=True, nogil=True, parallel=True)
     def _scaled_column_sums(x, scale, out):  # type: ignore[no-untyped-def]
@@ -137,23 +187,17 @@ if HAVE_NUMBA:
         for i in prange(n):
             s = 1.0
             if normalize:
-                acc = 0.0
-                for t in range(d):
-                    v = np.float64(x[i, t])
-                    acc += v * v
-                s = 1.0 / max(np.sqrt(acc), 1e-12)
+                s = 1.0 / max(np.sqrt(_dot64(x, i, x, i, d)), 1e-12)
             scale[i] = s
         shift[:] = 0.0
         if center and n > 0:
             _scaled_column_sums(x, scale, shift)
             shift /= n
         for i in prange(n):
-            acc32 = np.float32(0.0)
+            si = scale[i]
             for t in range(d):
-                v = np.float32(np.float64(x[i, t]) * scale[i] - shift[t])
-                x32[i, t] = v
-                acc32 += v * v
-            sq[i] = acc32
+                x32[i, t] = np.float32(np.float64(x[i, t]) * si - shift[t])
+            sq[i] = _dot32(x32, i, d)
 
     @njit(cache=True, nogil=True, parallel=True)
     def _list_hits(a, b):  # type: ignore[no-untyped-def]
