@@ -2,7 +2,8 @@
 
 What ``speechprune analyze`` runs after extraction, with its defaults (``analysis/runner.py``): the similarity
 matrices (cosine, linear CKA, mutual kNN on a 20 000-row subset) each with 3 shuffled-pairing permutations, graph
-convexity for two label columns with 3 label permutations (on a 20 000-row subset, ``--convexity-max-rows``), and
+convexity for two label columns with 3 label permutations (on a 20 000-row subset, ``--convexity-max-rows``; 1 000
+pairs per class for each permutation, ``--chance-pairs``), and
 linear probes (5 folds, 3 permutations; above 20 000 rows the closed-form ridge probe, ``--probe``) for both
 labels. Features are synthetic (extraction is not measured here; see ``benchmarks/extract.py``): two labels,
 ``word`` (10 classes) and ``speaker`` (20 classes), placed on a 6-d latent that each state mixes differently, plus
@@ -120,6 +121,8 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--convexity-max-rows", type=int, default=20_000,
                     help="convexity on a seeded subset of at most this many rows, as `speechprune analyze` (0 = all)")
+    ap.add_argument("--chance-pairs", type=int, default=1000,
+                    help="pairs per class of each convexity permutation baseline, as `speechprune analyze` (0 = 5000)")
     ap.add_argument("--probe", default="auto", choices=("auto", "logistic", "ridge"),
                     help="linear probe (auto: ridge above 20,000 rows, as `speechprune analyze`)")
     ap.add_argument("--no-write", action="store_true")
@@ -143,7 +146,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "command": command.strip(), "rows": args.rows, "states": args.states, "dim": args.dim,
         "device": args.device or "cpu", "permutations": args.permutations, "probe": args.probe,
-        "convexity_max_rows": args.convexity_max_rows,
+        "convexity_max_rows": args.convexity_max_rows, "chance_pairs": args.chance_pairs,
         "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), "mem_total_gb": os.sysconf("SC_PHYS_PAGES")
                     * os.sysconf("SC_PAGE_SIZE") / 2**30},
@@ -186,7 +189,8 @@ def main() -> None:
         out = timed(f"graph convexity, word + speaker, {perms} permutations each{cap}",
                     lambda: convexity_by_labels(feats, ["word", "speaker"], n_permutations=perms, seed=seed,
                                                 processes=args.processes, device=dev,
-                                                max_rows=args.convexity_max_rows or None), rss, rows, save)
+                                                max_rows=args.convexity_max_rows or None,
+                                                chance_pairs_per_class=args.chance_pairs or None), rss, rows, save)
         report["convexity"] = {lab: [{"state": r["state"], "score": r["score"], "chance": r.get("chance"),
                                       "seconds": r["seconds"]} for r in rs] for lab, rs in out.items()}
         save()

@@ -383,3 +383,28 @@ def test_non_contiguous_features_give_the_same_graph() -> None:
     for view in (np.asfortranarray(x), np.stack([x, x])[:, np.arange(120)][0], x[:, ::1].T.copy().T):
         got = knn_graph(view, 5)
         assert (got != ref).nnz == 0
+
+
+def test_chance_pairs_bound_the_baseline_pairs_and_keep_its_expectation() -> None:
+    """``chance_pairs_per_class`` changes only the permutation baselines: the real score is untouched, the rows
+    record the pairs used (never more than max_pairs_per_class), and the chance level stays near the full one."""
+    from speechprune.analysis.convexity import convexity_by_labels
+    from speechprune.features.store import LayerFeatures
+
+    rng = np.random.default_rng(8)
+    n = 300
+    word = rng.integers(0, 3, n)
+    x = (np.eye(3)[word] @ rng.standard_normal((3, 12)) * 3 + rng.standard_normal((n, 12))).astype(np.float32)
+    feats = LayerFeatures(states=x[None], layers=[0], item_index=np.arange(n), labels={"w": list(word)},
+                          groups=[None] * n, pooling="mean")
+    kw = dict(n_permutations=4, max_pairs_per_class=400, seed=1, processes=1)
+    full = convexity_by_labels(feats, ["w"], **kw)["w"][0]
+    fewer = convexity_by_labels(feats, ["w"], chance_pairs_per_class=100, **kw)["w"][0]
+    capped = convexity_by_labels(feats, ["w"], chance_pairs_per_class=10_000, **kw)["w"][0]
+    assert fewer["score"] == full["score"] and capped["chance"] == full["chance"]
+    assert (full["chance_pairs_per_class"], fewer["chance_pairs_per_class"], capped["chance_pairs_per_class"]) == (
+        400, 100, 400)
+    assert fewer["chance"] != full["chance"]
+    assert abs(fewer["chance"] - full["chance"]) < 4 * (fewer["chance_std"] + full["chance_std"]) + 1.0
+    with pytest.raises(SpeechpruneError, match="max_pairs_per_class must be a positive integer"):
+        convexity_by_labels(feats, ["w"], chance_pairs_per_class=0, **kw)

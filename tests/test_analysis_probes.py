@@ -174,7 +174,8 @@ def test_probe_option_is_documented_with_the_threshold_and_checked_in_configs() 
     (option,) = [p for p in analyze.params if p.name == "probe"]
     assert f"ridge above {AUTO_RIDGE_ROWS:,} clips" in option.help
     # the other large-data default written in three places: the CLI flag, the API config and the run config
-    (cap,) = [p for p in analyze.params if p.name == "convexity_max_rows"]
-    assert cap.default == AnalysisConfig(labels=["c"]).convexity_max_rows == AnalysisSection().convexity_max_rows
+    for name in ("convexity_max_rows", "chance_pairs"):
+        (flag,) = [p for p in analyze.params if p.name == name]
+        assert flag.default == getattr(AnalysisConfig(labels=["c"]), name) == getattr(AnalysisSection(), name)
     with pytest.raises(SpeechpruneError, match="unknown probe 'lasso'"):
         AnalysisConfig(labels=["c"], probe="lasso").validate()

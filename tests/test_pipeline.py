@@ -87,6 +87,8 @@ def test_run_accepts_the_analysis_options(data: Path, tmp_path: Path) -> None:
         load_run_config(None, overrides(data, tmp_path / "o", "analysis.convexity_max_rows=1"))
     assert load_run_config(None, overrides(data, tmp_path / "o", "analysis.convexity_max_rows=null")
                            ).analysis.convexity_max_rows is None
+    with pytest.raises(ConfigError, match="analysis.chance_pairs must be at least 1"):
+        load_run_config(None, overrides(data, tmp_path / "o", "analysis.chance_pairs=0"))
 
 
 def test_run_caches_stages_and_recovers_from_a_crash(data: Path, tmp_path: Path, monkeypatch) -> None:

@@ -249,6 +249,7 @@ def convexity_by_labels(
     *,
     n_permutations: int = 0,
     max_rows: int | None = None,
+    chance_pairs_per_class: int | None = None,
     **kw: Any,
 ) -> dict[str, list[dict[str, Any]]]:
     """:func:`convexity_by_layer` for several label columns: ``{label: rows}``, each state's kNN graph built once
@@ -259,6 +260,11 @@ def convexity_by_labels(
     label that a state does not encode, and every permutation baseline, makes the sampled pairs' shortest paths
     cross the whole graph, and each such path costs about √N·k vertex visits, so the exact paths of 5 000 pairs per
     class grow like N^1.5 (measured: 6 s per label set at 10 000 rows, 26 s at 25 000 on 2 cores).
+
+    ``chance_pairs_per_class``: pairs per class of each permutation baseline (at most ``max_pairs_per_class``;
+    ``None``: the same). The permutations are 3 of every 4 path sets, and all of them cross the graph; fewer pairs
+    leave the chance level's expectation unchanged and add sampling noise that ``chance_std`` (over the
+    permutations) reports. Each row records it in ``chance_pairs_per_class``.
     """
     labels = list(labels)
     for label in labels:
@@ -269,6 +275,10 @@ def convexity_by_labels(
     opts = _options(kw)
     if max_rows is not None and max_rows < 2:
         raise SpeechpruneError(f"max_rows must be at least 2 (or None for all rows), got {max_rows}")
+    chance_opts = _score_opts(opts)
+    if chance_pairs_per_class is not None:
+        _check_options(opts["n_neighbors"], chance_pairs_per_class, opts["processes"], opts["chunk"])
+        chance_opts["max_pairs_per_class"] = min(int(chance_pairs_per_class), opts["max_pairs_per_class"])
     states = list(feats.layers) if layers is None else list(layers)
     for state in states:  # fail on a bad state index before spending minutes on the good ones
         feats.layer(state)
@@ -285,8 +295,9 @@ def convexity_by_labels(
             res = _score(prep, codes, classes, **_score_opts(opts))
             row = {"state": int(state), **_row(res), "rows": int(data.shape[0])}
             if n_permutations > 0:
-                base = _baseline_on(prep, codes, classes, n_permutations, opts["seed"], _score_opts(opts))
-                row.update(chance=base.mean, chance_std=base.std)
+                base = _baseline_on(prep, codes, classes, n_permutations, opts["seed"], chance_opts)
+                row.update(chance=base.mean, chance_std=base.std,
+                           chance_pairs_per_class=chance_opts["max_pairs_per_class"])
             out[label].append(row)
     return out
 

@@ -49,6 +49,9 @@ class AnalysisConfig:
     # convexity scores a seeded random subset of at most this many rows (None: all), as mutual kNN does: its exact
     # paths grow like N^1.5 (analysis.convexity.convexity_by_labels); the rows used are recorded per result row
     convexity_max_rows: int | None = 20_000
+    # pairs per class of each convexity permutation baseline (None: max_pairs); the expectation is the same, the
+    # extra noise shows in chance_std, and the baselines are 3 of every 4 path sets (analysis.convexity)
+    chance_pairs: int | None = 1000
     permutations: int = 3
     probe_folds: int = 5
     probe: str = "auto"  # logistic | ridge | auto (analysis.probes.resolve_probe: ridge above AUTO_RIDGE_ROWS rows)
@@ -73,6 +76,8 @@ class AnalysisConfig:
             raise SpeechpruneError(f"unknown probe {self.probe!r}; choose from {', '.join(PROBES)}")
         if self.split_column and self.test_groups:
             raise SpeechpruneError("give either --split-column or --test-groups, not both")
+        if self.chance_pairs is not None and self.chance_pairs < 1:
+            raise SpeechpruneError(f"chance_pairs must be at least 1 (or none for max_pairs), got {self.chance_pairs}")
         if self.convexity_max_rows is not None and self.convexity_max_rows < 2:
             raise SpeechpruneError(f"convexity_max_rows must be at least 2 (or none for all rows), got "
                                    f"{self.convexity_max_rows}")
@@ -215,12 +220,13 @@ def _convexity(feats: Any, cfg: AnalysisConfig, out: Path, progress: bool) -> di
     res = convexity_by_labels(
         feats, cfg.labels, n_permutations=cfg.permutations, n_neighbors=cfg.convexity_k,
         max_pairs_per_class=cfg.max_pairs, seed=cfg.seed, processes=cfg.processes, progress=progress,
-        device=cfg.device, max_rows=cfg.convexity_max_rows,
+        device=cfg.device, max_rows=cfg.convexity_max_rows, chance_pairs_per_class=cfg.chance_pairs,
     )
     _write_rows(out / "convexity.csv", [
         {"label": lab, "state": r["state"], "convexity": r["score"], "std_error": r["std_error"],
          "chance": r.get("chance"), "chance_std": r.get("chance_std"), "n_pairs": r["n_pairs"],
-         "unreachable_fraction": r["unreachable_fraction"], "rows": r["rows"]}
+         "unreachable_fraction": r["unreachable_fraction"], "rows": r["rows"],
+         "chance_pairs_per_class": r.get("chance_pairs_per_class")}
         for lab, rows in res.items() for r in rows
     ])
     return res

@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         knn_k: int = typer.Option(10, min=1, help="k of mutual-kNN similarity."),
         convexity_k: int = typer.Option(10, min=1, help="k of the convexity kNN graph (reference: 10)."),
         max_pairs: int = typer.Option(5000, min=1, help="Ordered same-class pairs sampled per class (reference: 5000)."),
+        chance_pairs: int = typer.Option(1000, min=0, help="Pairs per class of each convexity permutation baseline "
+                                         "(at most --max-pairs; 0 = --max-pairs). Same expected chance level, "
+                                         "5x fewer paths; the noise shows in chance_std."),
         convexity_max_rows: int = typer.Option(20_000, min=0, help="Convexity on a seeded random subset of at most "
                                                "this many rows (0 = all): its exact paths grow like N^1.5."),
         permutations: int = typer.Option(3, min=0, help="Label permutations for the chance levels (0 = none)."),
@@ -72,6 +75,7 @@ def register(app: typer.Typer) -> None:
             labels=list(label), metrics=_split_list(metrics), similarity=_split_list(similarity), pooling=pooling,
             layers=parse_states(layers), batch_size=batch_size, dtype=dtype, device=device, knn_k=knn_k,
             convexity_k=convexity_k, max_pairs=max_pairs, convexity_max_rows=convexity_max_rows or None,
+            chance_pairs=chance_pairs or None,
             permutations=permutations, probe_folds=probe_folds, probe=probe,
             split_column=split_column, test_groups=_split_list(test_groups) or None, seed=seed, processes=processes,
             chunk_seconds=chunk_seconds,

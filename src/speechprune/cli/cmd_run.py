@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         Keys (YAML or dotted overrides): model, data, label, labels, group, window, out, seed, batch_size,
         profile_seconds, latency_repeats, recommend_min_retained; split.{split_column,test_groups,val_groups,
         test_fraction,val_fraction}; train.{epochs,batch_size,lr,head_lr,schedule,warmup_ratio,freeze_front_end,
-        patience,max_seconds,mixed_precision}; analysis.{enabled,metrics,similarity,permutations,max_pairs,convexity_max_rows,probe_folds,probe,knn_k,convexity_k,pooling,processes};
+        patience,max_seconds,mixed_precision}; analysis.{enabled,metrics,similarity,permutations,max_pairs,convexity_max_rows,chance_pairs,probe_folds,probe,knn_k,convexity_k,pooling,processes};
         compress.truncate.{enabled,tolerance}; compress.removal.{enabled,orders,min_retained};
         compress.distill.{enabled,mimickers,stage1_epochs,stage2_epochs}; compress.structured.{enabled,budgets,epochs,p0_keep,gate_lr,reg_lr,target_warmup,finetune_epochs}.
 

@@ -26,14 +26,16 @@ def _click_style(type_str: str) -> str:
 
 
 def install() -> None:
-    """Patch Typer's option/argument type display (idempotent)."""
+    """Patch Typer's option/argument type display (idempotent). A Typer without the hook (before 0.20, e.g. the
+    0.1x of the GPU machines' image, where every command crashed on ``cls.display_type_rich``) already shows
+    click's names: nothing to patch."""
     try:
         from typer.core import TyperArgument, TyperOption
     except ImportError:  # pragma: no cover - older Typer renders click's own metavars
         return
     for cls in (TyperOption, TyperArgument):
-        original = cls.display_type_rich
-        if getattr(original, "_speechprune", False):
+        original = getattr(cls, "display_type_rich", None)
+        if original is None or getattr(original, "_speechprune", False):
             continue
 
         def display(self: Any, ctx: Any, _original: Any = original) -> str | None:

@@ -52,6 +52,7 @@ class AnalysisSection:
     permutations: int = 2
     max_pairs: int = 5000
     convexity_max_rows: int | None = 20_000  # a seeded random subset of at most this many rows (null: all)
+    chance_pairs: int | None = 1000  # pairs per class of each convexity permutation baseline (null: max_pairs)
     # probe folds: an upper bound; they adapt to the smallest class / the number of groups (data.splits.plan_folds)
     probe_folds: int = 5
     probe: str = "auto"  # logistic | ridge | auto (ridge above analysis.probes.AUTO_RIDGE_ROWS clips)
@@ -294,6 +295,9 @@ def _check_semantics(cfg: RunConfig) -> None:
     rows = cfg.analysis.convexity_max_rows
     if rows is not None and rows < 2:
         raise ConfigError(f"analysis.convexity_max_rows must be at least 2 (or null for all rows), got {rows}")
+    if cfg.analysis.chance_pairs is not None and cfg.analysis.chance_pairs < 1:
+        raise ConfigError(f"analysis.chance_pairs must be at least 1 (or null for max_pairs), got "
+                          f"{cfg.analysis.chance_pairs}")
     from speechprune.analysis.probes import PROBES
 
     if cfg.analysis.probe not in PROBES:

@@ -42,7 +42,7 @@ def _analysis_config(run: Any) -> Any:
     # probe folds adapt to the data (smallest class, number of groups) inside the analysis
     acfg = AnalysisConfig(probe_folds=a.probe_folds, probe=a.probe, labels=c.analysis_labels, metrics=list(a.metrics),
                           similarity=list(a.similarity), permutations=a.permutations, max_pairs=a.max_pairs,
-                          convexity_max_rows=a.convexity_max_rows,
+                          convexity_max_rows=a.convexity_max_rows, chance_pairs=a.chance_pairs,
                           knn_k=a.knn_k, convexity_k=a.convexity_k, pooling=a.pooling, processes=a.processes,
                           batch_size=c.batch_size, seed=42,  # probes cross-validate on the pool (no test clips)
                           device=str(run.device))
