@@ -406,32 +406,45 @@ class _Search:
             bound = last - self.tol[rows].to(torch.float64)
             kth = chosen_d[:, -1] - (self.sq[rows].to(torch.float64) if self.metric == "euclidean" else 0.0)
             safe &= kth < bound
-        for b in (~safe).nonzero().flatten().tolist():
-            chosen[b], chosen_d[b] = self._full_row(int(rows[b]))
+        redo = (~safe).nonzero().flatten()
+        if redo.numel():
+            chosen[redo], chosen_d[redo] = self._full_rows(rows[redo])
         return chosen, chosen_d
 
-    def _full_row(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One row against every point in float64 (many duplicates or near ties beyond the candidate margin).
+    def _full_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` against every point in float64 (many duplicates or near ties beyond the candidate margin).
 
         Scored by :meth:`_exact`, the same arithmetic as the refined candidate lists: a second float64 formula
         (e.g. the dot of the normalised rows instead of the raw dot times both inverse norms) rounds exact ties
-        differently, and which rows end up here depends on the fp32 candidates, i.e. on the block size."""
-        row = torch.tensor([i], dtype=torch.int64, device=self.dev)
-        d = torch.empty(self.n, dtype=torch.float64, device=self.dev)
+        differently, and which rows end up here depends on the fp32 candidates, i.e. on the block size. Rows go
+        in groups (float64 scores of ≤ 128 MB at a time), one compiled call per column chunk: data with many
+        duplicate rows send hundreds of rows here, and one parallel call per row stalled under load."""
+        n, k = self.n, self.k
+        out_i = torch.empty((rows.numel(), k), dtype=torch.int64, device=self.dev)
+        out_d = torch.empty((rows.numel(), k), dtype=torch.float64, device=self.dev)
+        group = max(1, (1 << 24) // max(1, n))
         step = max(1, (1 << 24) // max(1, self.data.shape[1]))
-        for lo in range(0, self.n, step):
-            hi = min(lo + step, self.n)
-            d[lo:hi] = self._exact(row, torch.arange(lo, hi, dtype=torch.int64, device=self.dev)[None, :])[0]
-        if self.exclude_self:
-            d[i] = float("inf")
-        if self.exclude_duplicates:
-            d[d <= 0.0] = float("inf")
-        order = torch.argsort(d, stable=True)[: self.k]  # stable: equal scores in index order
-        if not bool(torch.isfinite(d[order]).all()):
-            raise SpeechpruneError(
-                f"point {i} has fewer than k={self.k} distinct neighbours (too many duplicate feature vectors)"
-            )
-        return order, d[order]
+        for g0 in range(0, rows.numel(), group):
+            r = rows[g0:g0 + group]
+            d = torch.empty((r.numel(), n), dtype=torch.float64, device=self.dev)
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                cand = torch.arange(lo, hi, dtype=torch.int64, device=self.dev)[None, :].expand(r.numel(), -1)
+                d[:, lo:hi] = self._exact(r, cand)
+            if self.exclude_self:
+                d[torch.arange(r.numel(), device=self.dev), r] = float("inf")
+            if self.exclude_duplicates:
+                d[d <= 0.0] = float("inf")
+            order = torch.argsort(d, dim=1, stable=True)[:, :k]  # stable: equal scores in index order
+            best = torch.gather(d, 1, order)
+            finite = torch.isfinite(best).all(dim=1)
+            if not bool(finite.all()):
+                i = int(r[(~finite).nonzero()[0, 0]])
+                raise SpeechpruneError(
+                    f"point {i} has fewer than k={k} distinct neighbours (too many duplicate feature vectors)"
+                )
+            out_i[g0:g0 + group], out_d[g0:g0 + group] = order, best
+        return out_i, out_d
 
 
 def _sort_by(score: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
