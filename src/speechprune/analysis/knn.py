@@ -11,7 +11,8 @@ keeps its ``k + margin`` best candidates. Two ways to cover the N × N products:
 
 On the CPU the symmetric scheme runs as compiled merges at every N (:mod:`speechprune.analysis.knn_kernels`);
 N only changes its block size (:func:`block_rows`: up to 2 048 rows one block, i.e. the dense form's single full
-product; blocks of ≈ 1 024 rows up to 8 192). The torch scheme choice by :data:`DENSE_MAX_ROWS` applies to other devices and forced schemes.
+product; blocks of ≈ 1 024 rows up to 8 192). The torch scheme choice by :data:`DENSE_MAX_ROWS` applies to other
+devices and forced schemes.
 
 **Exactness.** The fp32 scores carry a rounding error of at most ``ε = γ_D·(…)`` (the standard dot-product bound
 ``|fl(x·y) − x·y| ≤ γ_D ‖x‖‖y‖``, γ_D = D·u / (1 − D·u), u = 2⁻²⁴, plus the rounding of the inputs), computed per
@@ -45,14 +46,16 @@ from speechprune.errors import SpeechpruneError
 
 DEFAULT_BLOCK = 2048
 # The compiled CPU search's block size by N (:func:`block_rows`; measured, see there): one block up to
-# ONE_BLOCK_MAX_ROWS rows (the dense form's single full product), blocks of ≈ MID_BLOCK rows up to SMALL_N_ROWS,
-# DEFAULT_BLOCK above.
+# ONE_BLOCK_MAX_ROWS rows (the dense form's single full product: at N = 1 000 splitting saved less GEMM time than
+# its column merges cost), blocks of ≈ MID_BLOCK rows up to SMALL_N_ROWS (at N = 5 000, 1.71 s vs 2.26 s with
+# 2 048-row blocks), DEFAULT_BLOCK above.
 ONE_BLOCK_MAX_ROWS = 2048
 MID_BLOCK = 1024
 SMALL_N_ROWS = 8192
 # Torch search (GPU, or a forced scheme): at or below this many rows the dense row-block scan is used: the
 # symmetric scheme's extra top-k along columns and its merges pay off only once the GEMM half they save is large.
-# A first choice (3 row blocks of 2 048), not tuned on an idle machine: the benchmarks of issue 18 ran at load 20–30 (benchmarks/results/analysis_kernels.md).
+# A first choice (3 row blocks of 2 048), not tuned on an idle machine: the benchmarks of issue 18 ran at load
+# 20–30 (benchmarks/results/analysis_kernels.md).
 DENSE_MAX_ROWS = 6144
 _U32 = 2.0**-24
 
