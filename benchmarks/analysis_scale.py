@@ -133,9 +133,10 @@ def main() -> None:
     from speechprune.analysis.convexity import convexity_by_labels
     from speechprune.analysis.probes import probes_by_layer
     from speechprune.analysis.similarity import (
+        _knn_pairs_matrix,
+        _lists,
         cka_matrices,
         cosine_matrix,
-        mutual_knn_matrix,
         shuffled_pairing_baseline,
     )
     from speechprune.data.splits import cv_folds
@@ -173,8 +174,13 @@ def main() -> None:
         timed("linear CKA, biased + debiased", lambda: cka_matrices(xs, labels=labels, device=dev), rss, rows, save)
         sub_rows = np.sort(np.random.default_rng(seed).choice(args.rows, min(args.rows, 20000), replace=False))
         sub = [x[sub_rows] for x in xs]
-        timed(f"mutual kNN (k = 10, {len(sub_rows):,} rows)",
-              lambda: mutual_knn_matrix(sub, 10, labels=labels, device=dev), rss, rows, save)
+        def knn_matrix() -> Any:
+            """As similarity_matrices does: one neighbour search per state, shared by the matrix and its baseline."""
+            found = _lists(sub, 10, "ip", True, labels, dev, exact_order=False)
+            _knn_pairs_matrix(found)
+            return found
+
+        lists = timed(f"mutual kNN (k = 10, {len(sub_rows):,} rows)", knn_matrix, rss, rows, save)
         if perms:
             timed(f"cosine baseline ({perms} permutations)",
                   lambda: shuffled_pairing_baseline(xs, "cosine", perms, seed, labels=labels), rss, rows, save)
@@ -182,7 +188,8 @@ def main() -> None:
                   lambda: shuffled_pairing_baseline(xs, "cka", perms, seed, labels=labels, precision="float32",
                                                     device=dev), rss, rows, save)
             timed(f"mutual kNN baseline ({perms} permutations)",
-                  lambda: shuffled_pairing_baseline(sub, "mutual_knn", perms, seed, k=10, labels=labels, device=dev),
+                  lambda: shuffled_pairing_baseline(sub, "mutual_knn", perms, seed, k=10, labels=labels, device=dev,
+                                                    lists=lists),
                   rss, rows, save)
     if "convexity" in args.phases:
         cap = f", {min(args.rows, args.convexity_max_rows):,} rows" if args.convexity_max_rows else ""

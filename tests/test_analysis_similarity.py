@@ -321,3 +321,18 @@ def test_cosine_baseline_equals_the_cosine_of_explicitly_permuted_copies() -> No
             for j in range(3):
                 want = cos(xs[i][perms[i]], xs[i]) if i == j else cos(xs[i][perms[i]], xs[j][perms[j]])
                 assert got[p, i, j] == pytest.approx(want, abs=1e-12)
+
+
+def test_knn_baseline_reuses_given_neighbour_lists() -> None:
+    """similarity_matrices searches once and passes the lists to the baseline: same values as searching again;
+    lists of the wrong shape are refused."""
+    from speechprune.analysis.similarity import _lists, shuffled_pairing_baseline
+
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((150, 6)) for _ in range(3)]
+    lists = _lists(xs, 5, "ip", True, None, None, exact_order=False)
+    again = shuffled_pairing_baseline(xs, "mutual_knn", 2, 7, k=5)
+    shared = shuffled_pairing_baseline(xs, "mutual_knn", 2, 7, k=5, lists=lists)
+    np.testing.assert_array_equal(again, shared)
+    with pytest.raises(SpeechpruneError, match="neighbour lists of shape"):
+        shuffled_pairing_baseline(xs, "mutual_knn", 2, 7, k=4, lists=lists)

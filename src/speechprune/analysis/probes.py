@@ -129,8 +129,12 @@ def ridge_probe(
     xt = xt - xt.mean(0)  # centring by a constant changes no solution, and keeps the Gram differences exact
     n_all = xt.shape[0]
     left_outs = [np.setdiff1d(np.arange(n_all), np.asarray(train)) for train, _ in splits]
-    out_parts = [xt[torch.as_tensor(rows, device=dev)] for rows in left_outs]
-    out_grams = [part.T @ part for part in out_parts]
+    out_grams, out_sums = [], []
+    for rows in left_outs:  # one left-out part in memory at a time (the data are already 4 GB at 100k × 13 × 768)
+        part = xt[torch.as_tensor(rows, device=dev)]
+        out_grams.append(part.T @ part)
+        out_sums.append(part.sum(0))
+        del part
     covered = np.concatenate(left_outs)
     if len(covered) == n_all and len(np.unique(covered)) == n_all:
         gram = torch.stack(out_grams).sum(0)  # cross-validation folds: the held-out parts tile the rows
@@ -140,25 +144,27 @@ def ridge_probe(
     true_folds: list[dict[str, float]] = []
     perm_folds: list[list[dict[str, float]]] = [[] for _ in permute_seeds]
     for k, (train, test) in enumerate(splits):
-        train_t = torch.as_tensor(np.asarray(train), device=dev, dtype=torch.long)
         n = len(train)
-        mean = (total - out_parts[k].sum(0)) / n
+        mean = (total - out_sums[k]) / n
         cov = (gram - out_grams[k]) - n * torch.outer(mean, mean)  # centred training Gram
         std = torch.sqrt(torch.clamp(torch.diagonal(cov) / n, min=0))
         std[std == 0] = 1.0
         a = cov / torch.outer(std, std)
         a.diagonal().add_(alpha)
         factor = torch.linalg.cholesky(a)
-        x_train = xt[train_t]
         z_test = (xt[torch.as_tensor(np.asarray(test), device=dev, dtype=torch.long)] - mean) / std
         shuffles = [None, *[seed + k for seed in permute_seeds]]
         for j, shuffle in enumerate(shuffles):
             y_train = _training_labels(y, train, shuffle)
             classes, codes = np.unique(y_train, return_inverse=True)
-            codes_t = torch.as_tensor(codes, device=dev, dtype=torch.long)
-            counts = torch.bincount(codes_t, minlength=len(classes)).to(torch.float64)
-            class_sums = torch.zeros(len(classes), xt.shape[1], dtype=torch.float64, device=dev)
-            class_sums.index_add_(0, codes_t, x_train)
+            # per-class sums of the training rows without copying them: the other rows go to a dropped class
+            row_class = np.full(n_all, len(classes), dtype=np.int64)
+            row_class[np.asarray(train)] = codes
+            codes_t = torch.as_tensor(row_class, device=dev)
+            counts = torch.bincount(codes_t, minlength=len(classes) + 1)[:-1].to(torch.float64)
+            class_sums = torch.zeros(len(classes) + 1, xt.shape[1], dtype=torch.float64, device=dev)
+            class_sums.index_add_(0, codes_t, xt)
+            class_sums = class_sums[:-1]
             # Zᵀ(2·onehot − 1) = 2·Zᵀonehot, as Z's columns sum to zero
             rhs = (2.0 * (class_sums - counts[:, None] * mean) / std).T
             w = torch.cholesky_solve(rhs, factor)
