@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[dict[str, str], set[str]]] = {
     "analyze": ({"label": "analysis.labels", **{f: f"analysis.{f}" for f in (
         "metrics", "similarity", "pooling", "layers", "batch_size", "dtype", "device", "knn_k", "convexity_k",
         "max_pairs", "permutations", "probe_folds", "split_column", "test_groups", "seed", "processes",
-        "chunk_seconds")}},
+        "chunk_seconds", "probe", "convexity_max_rows", "chance_pairs")}},
                 {"model", "data", "group", "window", "segments_dir", "out", "cache_dir", "overwrite", "progress",
                  "config"}),
     "prune layers": ({**SPLIT, "order": "layers.orders", **{f: f"layers.{f}" for f in (
