@@ -69,7 +69,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from tqdm.auto import tqdm
 
 from speechprune.analysis import paths as _paths
-from speechprune.analysis.knn import knn
+from speechprune.analysis.knn import knn, subset_rows
 from speechprune.errors import SpeechpruneError
 
 MIN_CHUNK = 32  # below this many sources per worker, forking costs more than it saves
@@ -275,7 +275,8 @@ def convexity_by_labels(
     opts = _options(kw)
     if max_rows is not None and max_rows < 2:
         raise SpeechpruneError(f"max_rows must be at least 2 (or None for all rows), got {max_rows}")
-    chance_opts = _score_opts(opts)
+    score_opts = _score_opts(opts)
+    chance_opts = dict(score_opts)
     if chance_pairs_per_class is not None:
         _check_options(opts["n_neighbors"], chance_pairs_per_class, opts["processes"], opts["chunk"])
         chance_opts["max_pairs_per_class"] = min(int(chance_pairs_per_class), opts["max_pairs_per_class"])
@@ -292,7 +293,7 @@ def convexity_by_labels(
         for label in labels:
             y = feats.labels[label]
             classes, codes = _encode_labels(y if rows_used is None else [y[i] for i in rows_used], data.shape[0])
-            res = _score(prep, codes, classes, **_score_opts(opts))
+            res = _score(prep, codes, classes, **score_opts)
             row = {"state": int(state), **_row(res), "rows": int(data.shape[0])}
             if n_permutations > 0:
                 base = _baseline_on(prep, codes, classes, n_permutations, opts["seed"], chance_opts)
@@ -300,13 +301,6 @@ def convexity_by_labels(
                            chance_pairs_per_class=chance_opts["max_pairs_per_class"])
             out[label].append(row)
     return out
-
-
-def subset_rows(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
-    """The sorted rows of a seeded random subset of ``max_rows`` of ``n`` rows, or ``None`` for all of them."""
-    if max_rows is None or n <= max_rows:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
 
 
 # ----------------------------------------------------------------------------------------------- input checking

@@ -133,6 +133,15 @@ def block_rows(n: int) -> int:
     return DEFAULT_BLOCK
 
 
+def subset_rows(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
+    """The sorted rows of a seeded random subset of ``max_rows`` of ``n`` rows, or ``None`` for all of them: the
+    one sampling rule of the exact searches that cap their rows (mutual kNN's ``knn_max_rows``, convexity's
+    ``max_rows``), whose cost grows faster than N."""
+    if max_rows is None or n <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+
+
 # ----------------------------------------------------------------------------------------------------- internals
 
 

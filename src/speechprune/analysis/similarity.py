@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from speechprune.analysis.knn import as_device, exact_fp32, knn
+from speechprune.analysis.knn import as_device, exact_fp32, knn, subset_rows
 from speechprune.analysis.knn_kernels import column_sums, finite, list_hits
 from speechprune.errors import LayerIndexError, SpeechpruneError
 from speechprune.utils.io import atomic_path, write_text_atomic
@@ -978,21 +978,23 @@ def similarity_matrices(
         for name, deb in (("cka", False), ("cka_debiased", True)):
             if name in metrics:
                 out[name] = SimilarityMatrix(both[deb], labels, name, {**base, "precision": precision})
-    knn_rows = np.arange(n)
-    knn_lists = None  # each state's neighbour sets: searched once, overlapped by the matrix and its baseline
+    # mutual kNN's rows (a seeded subset above knn_max_rows) and each state's neighbour sets: selected and searched
+    # once, used by the matrix and by its baseline
+    knn_sub: list[Any] = xs
+    knn_lists = None
     if "mutual_knn" in metrics:
-        if knn_max_rows is not None and n > knn_max_rows:
-            knn_rows = np.sort(np.random.default_rng(seed).choice(n, knn_max_rows, replace=False))
-        sub = [x[knn_rows] for x in xs] if knn_rows.size < n else xs
-        knn_lists = _lists(sub, k, knn_metric, knn_normalize, labels, device, exact_order=False)
+        chosen = subset_rows(n, knn_max_rows, seed)
+        knn_sub = xs if chosen is None else [x[chosen] for x in xs]
+        knn_lists = _lists(knn_sub, k, knn_metric, knn_normalize, labels, device, exact_order=False)
         out["mutual_knn"] = SimilarityMatrix(
             _knn_pairs_matrix(knn_lists),
             labels,
             "mutual_knn",
-            {**base, "rows": int(knn_rows.size), "k": k, "knn_metric": knn_metric, "normalize": knn_normalize})
+            {**base, "rows": n if chosen is None else len(chosen), "k": k, "knn_metric": knn_metric,
+             "normalize": knn_normalize})
     if baseline_permutations:
         for name in [m for m in metrics if m in METRICS]:
-            sub = [x[knn_rows] for x in xs] if name == "mutual_knn" and knn_rows.size < n else xs
+            sub = knn_sub if name == "mutual_knn" else xs
             values = shuffled_pairing_baseline(sub, name, baseline_permutations, seed, k=k, knn_metric=knn_metric,
                                                normalize=knn_normalize, batch_rows=batch_rows, precision=precision,
                                                labels=labels, device=device,
