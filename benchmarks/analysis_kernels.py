@@ -100,7 +100,29 @@ def ssyrk_floor(z: np.ndarray) -> float:
     return float(c[0, 0])
 
 
-def measure(n: int, rounds: int, dense_max: int, settle: float = 0.3) -> dict[str, Any]:
+def _knn_round(states: np.ndarray, row: dict[str, Any], r: int, n: int, dense_max: int, settle: float,
+               dense_knn: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One round's mutual kNN contenders (ours, the GEMM floor, the dense form up to ``dense_max``)."""
+    from speechprune.analysis.similarity import mutual_knn_matrix
+
+    time.sleep(settle)
+    t = time.perf_counter()
+    ours_knn = mutual_knn_matrix(states, k=K)
+    row["knn_ours_s"] = time.perf_counter() - t
+    time.sleep(settle)
+    t = time.perf_counter()
+    gemm_floor(states)
+    row["knn_gemm_floor_s"] = time.perf_counter() - t
+    if n <= dense_max and (r == 0 or n <= 5000):
+        time.sleep(settle)
+        t = time.perf_counter()
+        dense_knn = dense_mutual_knn(states, K)
+        row["knn_dense_s"] = time.perf_counter() - t
+    return ours_knn, dense_knn
+
+
+def measure(n: int, rounds: int, dense_max: int, settle: float = 0.3,
+            kernels: tuple[str, ...] = ("knn", "cka")) -> dict[str, Any]:
     from speechprune.analysis.similarity import cka_matrices, mutual_knn_matrix
 
     states = structured_states(n, 768, 13, seed=0)
@@ -117,34 +139,24 @@ def measure(n: int, rounds: int, dense_max: int, settle: float = 0.3) -> dict[st
     ssyrk_floor(side_by_side(warm))
     for r in range(rounds):
         row: dict[str, Any] = {"round": r, "load": os.getloadavg()[0]}
-        time.sleep(settle)
-        t = time.perf_counter()
-        ours_knn = mutual_knn_matrix(states, k=K)
-        row["knn_ours_s"] = time.perf_counter() - t
-        time.sleep(settle)
-        t = time.perf_counter()
-        gemm_floor(states)
-        row["knn_gemm_floor_s"] = time.perf_counter() - t
-        if n <= dense_max and (r == 0 or n <= 5000):
+        if "knn" in kernels:
+            ours_knn, dense_knn = _knn_round(states, row, r, n, dense_max, settle, dense_knn)
+        if "cka" in kernels:
             time.sleep(settle)
             t = time.perf_counter()
-            dense_knn = dense_mutual_knn(states, K)
-            row["knn_dense_s"] = time.perf_counter() - t
-        time.sleep(settle)
-        t = time.perf_counter()
-        ours_cka = cka_matrices(states)
-        row["cka_ours_s"] = time.perf_counter() - t
-        time.sleep(settle)
-        t = time.perf_counter()
-        ssyrk_floor(z)
-        row["cka_ssyrk_floor_s"] = time.perf_counter() - t
+            ours_cka = cka_matrices(states)
+            row["cka_ours_s"] = time.perf_counter() - t
+            time.sleep(settle)
+            t = time.perf_counter()
+            ssyrk_floor(z)
+            row["cka_ssyrk_floor_s"] = time.perf_counter() - t
         row["load_after"] = os.getloadavg()[0]
         rows.append(row)
         print(json.dumps({"n": n, **row}), flush=True)
-    exact = cka_matrices(states, precision="float64")
-    out: dict[str, Any] = {"n": n, "rounds": rows, "threads": torch_threads,
-                           "cka_max_abs_err_vs_float64": float(max(np.nanmax(np.abs(ours_cka[d] - exact[d]))
-                                                                   for d in (False, True)))}
+    out: dict[str, Any] = {"n": n, "rounds": rows, "threads": torch_threads, "kernels": list(kernels)}
+    if ours_cka is not None:
+        exact = cka_matrices(states, precision="float64")
+        out["cka_max_abs_err_vs_float64"] = float(max(np.nanmax(np.abs(ours_cka[d] - exact[d])) for d in (False, True)))
     if dense_knn is not None:
         out["knn_max_abs_diff_vs_dense"] = float(np.max(np.abs(ours_knn - dense_knn)))
 
@@ -185,6 +197,10 @@ def main() -> None:
     ap.add_argument("--dense-max", type=int, default=20000, help="largest N at which the dense form runs")
     ap.add_argument("--memory-size", type=int, default=20000)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--kernels", nargs="+", choices=["knn", "cka"], default=["knn", "cka"],
+                    help="which contenders to time (the other columns stay empty)")
+    ap.add_argument("--name", default="analysis_kernels",
+                    help="results file stem under benchmarks/results (a partial run should not replace the full one)")
     ap.add_argument("--settle", type=float, default=0.3,
                     help="seconds of sleep before each timed contender (the previous one's thread pools stop "
                          "spinning)")
@@ -203,17 +219,17 @@ def main() -> None:
     def save() -> None:
         if not args.no_write:
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "analysis_kernels.json").write_text(json.dumps(report, indent=2) + "\n")
-            (RESULTS / "analysis_kernels.md").write_text(markdown(report))
+            (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+            (RESULTS / f"{args.name}.md").write_text(markdown(report))
 
-    if args.memory_size:
+    if args.memory_size and "cka" in args.kernels:
         out = subprocess.run([sys.executable, __file__, "--child-memory", str(args.memory_size)],
                              capture_output=True, text=True, check=True)
         report["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(report["memory"]), flush=True)
         save()
     for n in args.sizes:
-        report["sizes"].append(measure(n, args.rounds, args.dense_max, args.settle))
+        report["sizes"].append(measure(n, args.rounds, args.dense_max, args.settle, tuple(args.kernels)))
         save()
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
@@ -239,7 +255,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{f(s['knn_ours_over_floor'], '{:.2f}×')} | {f(s['knn_ours_over_dense'], '{:.2f}×')} | "
             f"{f(s.get('knn_max_abs_diff_vs_dense'), '{:.1e}')} | {f(s['cka_ours_s'])} | "
             f"{f(s['cka_ssyrk_floor_s'])} | {f(s['cka_ours_over_ssyrk'], '{:.2f}×')} | "
-            f"{f(s['cka_max_abs_err_vs_float64'], '{:.1e}')} | {loads} |")
+            f"{f(s.get('cka_max_abs_err_vs_float64'), '{:.1e}')} | {loads} |")
     if "memory" in report:
         m = report["memory"]
         lines += ["", f"CKA memory at N = {m['n']:,} (fresh process): peak {m['cka_peak_above_data_mb']:.0f} MB above "

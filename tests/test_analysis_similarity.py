@@ -99,6 +99,37 @@ def test_float32_gemm_option_is_close() -> None:
     np.testing.assert_allclose(fast, exact, atol=1e-4)
 
 
+def test_float32_cpu_products_over_many_chunks_and_mixed_widths_match_float64(monkeypatch) -> None:
+    """The CPU fp32 path (numpy/OpenBLAS products into one reused buffer, float64 sums) over several chunks and
+    states of different widths equals float64; its BLAS runs on torch's thread count."""
+    import threadpoolctl
+    import torch
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((300, 12))
+    states = [base[:, :5] + 3.0, base @ rng.standard_normal((12, 20)), np.tanh(base[:, 2:11])]
+    exact, fast = StreamingCKA(3), StreamingCKA(3, precision="float32", chunk_rows=64)
+    seen: list[int] = []
+    product = StreamingCKA._host_product
+
+    def spy(self, left, right):
+        seen.extend(p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+        return product(self, left, right)
+
+    monkeypatch.setattr(StreamingCKA, "_host_product", spy)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for lo in range(0, 300, 70):
+            exact.update([x[lo:lo + 70] for x in states])
+            fast.update([x[lo:lo + 70].astype(np.float32) for x in states])
+        for deb in (False, True):
+            np.testing.assert_allclose(fast.matrix(debiased=deb), exact.matrix(debiased=deb), atol=1e-6)
+    finally:
+        torch.set_num_threads(old)
+    assert seen and set(seen) == {1}
+
+
 def test_cka_matrix_is_symmetric_with_unit_diagonal_and_matches_pairs() -> None:
     feats = stack_features()
     for deb in (False, True):
