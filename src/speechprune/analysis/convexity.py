@@ -73,7 +73,6 @@ from speechprune.analysis.knn import knn, subset_rows
 from speechprune.errors import SpeechpruneError
 
 MIN_CHUNK = 32  # below this many sources per worker, forking costs more than it saves
-KNN_BLOCK = 2048  # rows per fp32 GEMM block of the kNN graph (a 2048 × 2048 product is 16 MB)
 PATH_METHODS = ("auto", "compiled", "scipy")
 # Bounded search: after a pilot, each chunk's Dijkstra stops at q × its sources' largest straight-line distance to
 # a target, q = this quantile of (path length / straight line) in the pilot; the rest get whole trees afterwards.
@@ -378,8 +377,8 @@ def knn_graph(x: np.ndarray, n_neighbors: int, device: str | None = None) -> spa
     """Symmetric kNN graph as a scipy CSR matrix: edge i–j weighted by the Euclidean distance when j is among i's
     ``n_neighbors`` nearest distinct points or i among j's (``max(W, Wᵀ)``). Memory O(N·k), never N × N."""
     n = x.shape[0]
-    nb = knn(x, n_neighbors, metric="euclidean", exclude_self=True, exclude_duplicates=True, block=KNN_BLOCK,
-             device=device)
+    nb = knn(x, n_neighbors, metric="euclidean", exclude_self=True, exclude_duplicates=True, device=device)
+    # block: knn's own choice by N (knn.block_rows; ≈ 1 024-row blocks up to 8 192 rows, 2 048 above)
     rows = np.repeat(np.arange(n), n_neighbors)
     w = sparse.csr_matrix((nb.distances.ravel(), (rows, nb.indices.ravel())), shape=(n, n))
     graph = w.maximum(w.T).tocsr()
