@@ -158,3 +158,29 @@ def test_evaluate_rejects_unknown_classes(tones: AudioDataset) -> None:
     clf = add_classification_head(load_encoder("tiny:wav2vec2"), ["w0", "w1"])
     with pytest.raises(DataError, match="not classes of this model"):
         evaluate_classifier(clf, tones, "word", profile=False)
+
+
+def test_checkpoint_swap_waits_for_every_process_to_finish_writing(tmp_path: Path, monkeypatch) -> None:
+    """accelerate's save_state has no closing barrier, so the main process must wait for the others before it swaps
+    checkpoint.tmp into place: a 2-process run lost rank 1's random_states file's folder under it."""
+    import speechprune.train.loop as loop
+    from speechprune.train.loop import Trainer, TrainerState
+
+    events: list[str] = []
+
+    class Accel:
+        is_main_process = True
+
+        def wait_for_everyone(self) -> None:
+            events.append("barrier")
+
+        def save_state(self, folder: str, safe_serialization: bool = True) -> None:
+            events.append("save_state")
+            (Path(folder) / "random_states_0.pkl").write_bytes(b"")
+
+    monkeypatch.setattr(loop, "replace_dir", lambda src, dest: events.append("swap"))
+    trainer = Trainer.__new__(Trainer)  # only the checkpoint bookkeeping is exercised
+    trainer.work_dir, trainer.cfg = tmp_path, TrainConfig()
+    trainer._save(Accel(), TrainerState())
+    assert events.index("swap") > events.index("save_state") + 1
+    assert "barrier" in events[events.index("save_state"):events.index("swap")]

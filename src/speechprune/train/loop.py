@@ -341,6 +341,10 @@ class Trainer:
         accel.wait_for_everyone()
         tmp.mkdir(parents=True, exist_ok=True)  # every process writes its own RNG state into it
         accel.save_state(str(tmp), safe_serialization=True)
+        # accelerate's save_state ends without a barrier: the main process must not swap tmp away while another
+        # process is still writing its random_states_<i>.pkl into it (a 2-process run failed with "Parent
+        # directory …/checkpoint.tmp does not exist")
+        accel.wait_for_everyone()
         if accel.is_main_process:
             best = ckpt / BEST_FILE
             if (self.work_dir / BEST_FILE).exists():
