@@ -309,6 +309,9 @@ class Trainer:
                     discard_run(self.work_dir)
                 raise
         self.model = accel.unwrap_model(model)
+        # every process has read the best weights before any returns: the main process's caller removes the work
+        # folder (checkpoint included) once it has written the model
+        accel.wait_for_everyone()
         accel.free_memory()
         return TrainResult(state, cfg, len(self.train_set), len(self.val_set), accel.num_processes, trainable)
 
