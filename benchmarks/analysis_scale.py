@@ -131,6 +131,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from speechprune.analysis.convexity import convexity_by_labels
+    from speechprune.analysis.knn import subset_rows
     from speechprune.analysis.probes import probes_by_layer
     from speechprune.analysis.similarity import (
         _knn_pairs_matrix,
@@ -172,15 +173,15 @@ def main() -> None:
     if "similarity" in args.phases:
         timed("cosine", lambda: cosine_matrix(xs, labels=labels), rss, rows, save)
         timed("linear CKA, biased + debiased", lambda: cka_matrices(xs, labels=labels, device=dev), rss, rows, save)
-        sub_rows = np.sort(np.random.default_rng(seed).choice(args.rows, min(args.rows, 20000), replace=False))
-        sub = [x[sub_rows] for x in xs]
+        sub_rows = subset_rows(args.rows, 20000, seed)  # the rows similarity_matrices' knn_max_rows=20000 takes
+        sub = xs if sub_rows is None else [x[sub_rows] for x in xs]
         def knn_matrix() -> Any:
             """As similarity_matrices does: one neighbour search per state, shared by the matrix and its baseline."""
             found = _lists(sub, 10, "ip", True, labels, dev, exact_order=False)
             _knn_pairs_matrix(found)
             return found
 
-        lists = timed(f"mutual kNN (k = 10, {len(sub_rows):,} rows)", knn_matrix, rss, rows, save)
+        lists = timed(f"mutual kNN (k = 10, {len(sub[0]):,} rows)", knn_matrix, rss, rows, save)
         if perms:
             timed(f"cosine baseline ({perms} permutations)",
                   lambda: shuffled_pairing_baseline(xs, "cosine", perms, seed, labels=labels), rss, rows, save)
