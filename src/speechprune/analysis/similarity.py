@@ -434,16 +434,18 @@ class StreamingCKA:
             p64 = p.to(f64)
             self._pq += p64.T @ p64
             self._py += (p.T @ z).to(f64)
-        host32 = self.device.type == "cpu" and self._dtype == torch.float32
-        # numpy's BLAS gets torch's thread count, so torch.set_num_threads(1) still means one core
-        with threadpool_limits(torch.get_num_threads(), user_api="blas") if host32 else nullcontext():
-            self._reduce_products(z, z.numpy() if host32 else None)
+        self._reduce_products(z)
         self.n += r
         self._filled = 0
 
-    def _reduce_products(self, z: torch.Tensor, zn: np.ndarray | None) -> None:
-        """Add the chunk's triangular block products into the float64 accumulators (one GEMM per run)."""
-        with torch.no_grad(), exact_fp32(self.device):
+    def _reduce_products(self, z: torch.Tensor) -> None:
+        """Add the chunk's triangular block products into the float64 accumulators (one GEMM per run): fp32 on the
+        CPU through numpy's BLAS (:meth:`_host_product`), torch's otherwise."""
+        host32 = self.device.type == "cpu" and self._dtype == torch.float32
+        zn = z.numpy() if host32 else None
+        # numpy's BLAS gets torch's thread count, so torch.set_num_threads(1) still means one core
+        blas = threadpool_limits(torch.get_num_threads(), user_api="blas") if host32 else nullcontext()
+        with blas, torch.no_grad(), exact_fp32(self.device):
             for (a, c0, c1), acc in self._cross.items():
                 cols_a = slice(self._offsets[a], self._offsets[a] + self._dims[a])
                 cols_r = slice(self._offsets[c0], self._offsets[c1] + self._dims[c1])
